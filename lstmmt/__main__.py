@@ -1,0 +1,3 @@
+from lstmmt.cli import main
+
+main()

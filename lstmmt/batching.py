@@ -1,0 +1,89 @@
+"""Token-budget, length-bucketed batches and padding.
+
+Sentences of similar length go together so little compute is spent on padding; a batch
+holds as many sentences as fit `batch_tokens` padded tokens. The training order of an
+epoch is a pure function of (seed, epoch), so a resumed run sees exactly the batches an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lstmmt.tokenizer import BOS, EOS, PAD
+
+
+@dataclass
+class Batch:
+    src: Tensor  # (B, S) source ids + EOS, padded
+    src_lengths: Tensor  # (B,) on CPU (packing needs them there)
+    tgt_in: Optional[Tensor]  # (B, T) BOS + target ids, padded
+    tgt_out: Optional[Tensor]  # (B, T) target ids + EOS, padded
+    indices: np.ndarray  # (B,) positions of these sentences in the corpus
+    tgt_tokens: int  # real target tokens (incl. EOS), for loss normalisation and tokens/s
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out), self.indices, self.tgt_tokens)
+
+
+def pad(sequences: Sequence[np.ndarray], prefix: Optional[int] = None, suffix: Optional[int] = None) -> Tensor:
+    """Right-padded (B, L) int64 tensor of sequences, each with optional prefix/suffix token."""
+    extra = (prefix is not None) + (suffix is not None)
+    out = np.full((len(sequences), max(len(s) for s in sequences) + extra), PAD, dtype=np.int64)
+    start = int(prefix is not None)
+    for row, seq in enumerate(sequences):
+        if prefix is not None:
+            out[row, 0] = prefix
+        out[row, start : start + len(seq)] = seq
+        if suffix is not None:
+            out[row, start + len(seq)] = suffix
+    return torch.from_numpy(out)
+
+
+def collate(indices: np.ndarray, src: Sequence[np.ndarray], tgt: Optional[Sequence[np.ndarray]] = None) -> Batch:
+    """Build a Batch from the sentences at `indices` (src/tgt are indexable corpora of id arrays)."""
+    src_seqs = [src[i] for i in indices]
+    src_lengths = torch.tensor([len(s) + 1 for s in src_seqs], dtype=torch.int64)
+    if tgt is None:
+        return Batch(pad(src_seqs, suffix=EOS), src_lengths, None, None, indices, 0)
+    tgt_seqs = [tgt[i] for i in indices]
+    tokens = sum(len(t) + 1 for t in tgt_seqs)
+    return Batch(pad(src_seqs, suffix=EOS), src_lengths, pad(tgt_seqs, prefix=BOS), pad(tgt_seqs, suffix=EOS), indices, tokens)
+
+
+def token_batches(order: np.ndarray, lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    """Cut `order` (sentence indices, sorted by length) into batches of at most batch_tokens padded tokens.
+
+    `lengths` gives each sentence's padded cost per row (e.g. max(src, tgt) + 1). A sentence longer
+    than the budget still gets a batch of its own.
+    """
+    batches, start, longest = [], 0, 0
+    for pos, idx in enumerate(order):
+        longest_with = max(longest, int(lengths[idx]))
+        if pos > start and longest_with * (pos - start + 1) > batch_tokens:
+            batches.append(order[start:pos])
+            start, longest_with = pos, int(lengths[idx])
+        longest = longest_with
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def epoch_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The training batches of one epoch, in order: a pure function of (seed, epoch).
+
+    Sentences are sorted by (target, source) length with random tie-breaking, cut into
+    token-budget batches, and the batch order is shuffled.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    noise = rng.permutation(len(src_lengths))
+    order = np.lexsort((noise, src_lengths, tgt_lengths))
+    cost = np.maximum(src_lengths, tgt_lengths) + 1
+    batches = token_batches(order, cost, batch_tokens)
+    return [batches[i] for i in rng.permutation(len(batches))]

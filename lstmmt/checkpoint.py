@@ -1,0 +1,128 @@
+"""Checkpoints: written atomically, loaded without running pickled code, averaged.
+
+A checkpoint is a dict of tensors and plain Python values (no classes), saved with
+torch.save and read with `weights_only=True`, so a planted file cannot execute code.
+It holds everything to rebuild the model (config, vocabulary sizes) and to resume
+training exactly (optimizer, step, data position, RNG states, early-stopping state).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lstmmt.errors import UserError
+from lstmmt.rundir import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from lstmmt.config import Config
+    from lstmmt.model import Seq2Seq
+    from lstmmt.tokenizer import Tokenizer
+
+FORMAT = 1
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU; a missing, truncated or unsafe file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for torn zips and refused globals
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load checkpoint {path} (truncated, corrupt or unsafe): {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
+        raise UserError(f"{path} is not an lstmmt checkpoint")
+    return payload
+
+
+def step_path(run: RunDir, step: int) -> Path:
+    return run.checkpoints / f"step-{step}.pt"
+
+
+def step_checkpoints(run: RunDir) -> list[Path]:
+    """step-N.pt files, newest (highest N) first."""
+    found = [(int(m.group(1)), p) for p in run.checkpoints.glob("step-*.pt") if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune(run: RunDir, keep: int) -> None:
+    for old in step_checkpoints(run)[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def resolve(run: RunDir, name: str) -> Path:
+    """best | last | averaged | a path -> the checkpoint file."""
+    if name in ("best", "last", "averaged"):
+        path = run.checkpoints / f"{name}.pt"
+        if not path.exists():
+            raise UserError(f"{run.root} has no {name} checkpoint: run `lstmmt train {run.root}` first")
+        return path
+    return Path(name)
+
+
+def average(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose model weights are the mean of the given checkpoints' weights."""
+    if not paths:
+        raise UserError("no checkpoints to average")
+    first = load(paths[0])
+    total = {k: v.double().clone() for k, v in first["model"].items()}
+    for path in paths[1:]:
+        model = load(path)["model"]
+        if model.keys() != total.keys() or any(model[k].shape != total[k].shape for k in total):
+            raise UserError(f"{path} has a different architecture from {paths[0]}; cannot average")
+        for key, value in model.items():
+            total[key] += value.double()
+    averaged = {k: (v / len(paths)).to(first["model"][k].dtype) for k, v in total.items()}
+    return {key: first[key] for key in ("config", "vocab", "step") if key in first} | {
+        "model": averaged,
+        "averaged_from": [str(p) for p in paths],
+    }
+
+
+def vocab_info(tokenizer: "Tokenizer") -> dict[str, Any]:
+    return {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size, "joint": tokenizer.joint}
+
+
+def build_model(config: "Config", tokenizer: "Tokenizer") -> "Seq2Seq":
+    from lstmmt.model import Seq2Seq
+
+    return Seq2Seq(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint)
+
+
+def load_model(path: Path, tokenizer: "Tokenizer") -> tuple["Seq2Seq", "Config", dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint, checking it fits this run's tokenizer."""
+    from lstmmt.config import Config
+
+    payload = load(path)
+    if payload.get("vocab") != vocab_info(tokenizer):
+        raise UserError(
+            f"{path} was trained with vocabulary {payload.get('vocab')}, but this run's tokenizer has "
+            f"{vocab_info(tokenizer)}: the checkpoint belongs to another run"
+        )
+    config = Config.from_dict(payload["config"])
+    model = build_model(config, tokenizer)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not match the model described by its config: {str(exc).splitlines()[0]}") from None
+    return model, config, payload
+
+
+def select_for_average(run: RunDir, last: int | None = None, best: int | None = None) -> list[Path]:
+    """The `last` newest step checkpoints, or the `best` ones by the validation BLEU stored in each."""
+    kept = step_checkpoints(run)
+    if not kept:
+        raise UserError(f"{run.checkpoints} has no step-N.pt checkpoints to average")
+    if last is not None:
+        return kept[:last]
+    scored = [(load(p).get("valid", {}).get("bleu", float("-inf")), p) for p in kept]
+    return [p for _, p in sorted(scored, key=lambda pair: -pair[0])[:best]]

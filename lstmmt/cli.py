@@ -1,0 +1,217 @@
+"""The `lstmmt` command: thin Typer commands that parse options and call the steps.
+
+A UserError anywhere below becomes one red line on stderr and exit status 1; a
+traceback means a bug in lstmmt.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lstmmt.config import Config, read_yaml
+from lstmmt.errors import UserError
+from lstmmt.rundir import RunDir
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    help="LSTM sequence-to-sequence machine translation. Steps: preprocess -> train -> translate -> evaluate, "
+    "all reading and writing one run directory.",
+)
+stdout, stderr = Console(), Console(stderr=True)
+
+RunArg = typer.Argument(..., help="The run directory shared by all steps.", show_default=False)
+ConfigOpt = typer.Option(None, "--config", help="YAML file with config sections (data, tokenizer, model, train, decode) laid over the run's config.")
+SetOpt = typer.Option(None, "--set", help="Override one config key, e.g. --set model.hidden_size=256 (repeatable).")
+
+
+def friendly(command: Callable) -> Callable:
+    """Turn UserError into one message and exit 1; Ctrl-C outside training into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # `lstmmt translate ... | head`
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper
+
+
+def build_config(base: Config, config_file: Optional[Path], overrides: Optional[List[str]]) -> Config:
+    config = base
+    if config_file is not None:
+        config = config.merged(read_yaml(config_file))
+    return config.with_overrides(overrides or [])
+
+
+@app.command()
+@friendly
+def preprocess(
+    run_dir: Path = RunArg,
+    src_lang: str = typer.Option(..., "--src-lang", help="Source language code; also the file suffix (PREFIX.en)."),
+    tgt_lang: str = typer.Option(..., "--tgt-lang", help="Target language code; also the file suffix (PREFIX.de)."),
+    train: Optional[str] = typer.Option(None, help="Training data: PREFIX of PREFIX.SRC/PREFIX.TGT (plain or .gz), or a .tsv/.jsonl file."),
+    valid: Optional[str] = typer.Option(None, help="Validation data, as --train. Used for BLEU-based checkpoint selection and early stopping."),
+    test: Optional[str] = typer.Option(None, help="Test data, as --train. Stored for `lstmmt evaluate --split test`."),
+    dataset: Optional[str] = typer.Option(None, help="A Hugging Face datasets name or a folder written by save_to_disk (instead of --train)."),
+    dataset_config: Optional[str] = typer.Option(None, help="The datasets configuration name, e.g. de-en."),
+    train_split: str = typer.Option("train", help="With --dataset: the training split."),
+    valid_split: str = typer.Option("validation", help="With --dataset: the validation split (skipped if absent)."),
+    test_split: str = typer.Option("test", help="With --dataset: the test split (skipped if absent)."),
+    vocab_size: Optional[int] = typer.Option(None, help="SentencePiece vocabulary size (tokenizer.vocab_size, default 8000)."),
+    model_type: Optional[str] = typer.Option(None, help="SentencePiece model: unigram or bpe (tokenizer.model_type)."),
+    config_file: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Redo preprocessing of a run that already has it."),
+) -> None:
+    """Read, clean and tokenize a parallel corpus; train SentencePiece; store the encoded corpus."""
+    from lstmmt.corpus import dataset_source, file_source
+    from lstmmt.preprocess import preprocess as run_preprocess
+
+    sets = [f"data.src_lang={src_lang}", f"data.tgt_lang={tgt_lang}", *(overrides or [])]
+    sets += [f"tokenizer.vocab_size={vocab_size}"] * (vocab_size is not None)
+    sets += [f"tokenizer.model_type={model_type}"] * (model_type is not None)
+    config = build_config(Config(), config_file, sets)
+    if dataset is not None:
+        if train or valid or test:
+            raise UserError("use either --dataset or --train/--valid/--test files, not both")
+        sources = {
+            "train": dataset_source(dataset, dataset_config, train_split),
+            "valid": dataset_source(dataset, dataset_config, valid_split, required=False),
+            "test": dataset_source(dataset, dataset_config, test_split, required=False),
+        }
+    elif train is not None:
+        sources = {name: file_source(path) for name, path in (("train", train), ("valid", valid), ("test", test)) if path}
+    else:
+        raise UserError("no training data: pass --train PREFIX (or a .tsv/.jsonl file) or --dataset NAME")
+    run_preprocess(RunDir(run_dir), config, sources, force=force)
+
+
+@app.command()
+@friendly
+def train(
+    run_dir: Path = RunArg,
+    config_file: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps (train.max_steps)."),
+    max_time: Optional[str] = typer.Option(None, help="Stop after this much training time, e.g. 90s, 30m, 2h (train.max_time)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (train.device)."),
+    restart: bool = typer.Option(False, "--restart", help="Delete this run's checkpoints and train from scratch instead of resuming."),
+) -> None:
+    """Train the model, resuming from the newest checkpoint when there is one."""
+    from lstmmt.train import train as run_train
+
+    run = RunDir(run_dir)
+    run.require_preprocessed()
+    sets = list(overrides or [])
+    sets += [f"train.max_steps={max_steps}"] * (max_steps is not None)
+    sets += [f"train.max_time={max_time}"] * (max_time is not None)
+    sets += [f"train.device={device}"] * (device is not None)
+    run_train(run, build_config(Config.load(run.config), config_file, sets), restart=restart)
+
+
+@app.command()
+@friendly
+def translate(
+    run_dir: Path = RunArg,
+    input: str = typer.Option("-", "--input", "-i", help="Input file, one sentence a line; - for stdin."),
+    output: str = typer.Option("-", "--output", "-o", help="Output file; - for stdout. A file appears only once complete."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam size; 1 is greedy search (default: decode.beam_size, 5)."),
+    n_best: int = typer.Option(1, "--n-best", help="Write the K best translations per line as `line ||| text ||| score`."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Source tokens x beam per batch (decode.batch_tokens)."),
+    checkpoint: str = typer.Option("best", help="best, last, averaged, or a checkpoint path."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Translate text with beam search: one output line per input line, in order."""
+    from lstmmt.translate import translate_file
+
+    lines = translate_file(RunDir(run_dir), input, output, checkpoint, beam, n_best, batch_tokens, device)
+    if output != "-":
+        stderr.print(f"Translated {lines:,} lines into {output}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    run_dir: Path = RunArg,
+    hyp: Optional[Path] = typer.Option(None, help="Hypothesis file (detokenized, one line per reference line)."),
+    ref: Optional[Path] = typer.Option(None, help="Reference file."),
+    split: Optional[str] = typer.Option(None, help="Score a stored split (valid or test), translating it first if RUN/translations/SPLIT.hyp is missing."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="With --split: beam size for the translation."),
+    checkpoint: str = typer.Option("best", help="With --split: best, last, averaged, or a checkpoint path."),
+    device: str = typer.Option("auto", help="With --split: auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
+) -> None:
+    """BLEU, chrF and TER with sacrebleu; saved to RUN/scores/NAME.json with the metric signatures."""
+    from lstmmt.evaluate import evaluate_files, evaluate_split
+
+    run = RunDir(run_dir)
+    if split is not None:
+        if hyp or ref:
+            raise UserError("use either --split or --hyp/--ref, not both")
+        result = evaluate_split(run, split, checkpoint, beam, device)
+    elif hyp is not None and ref is not None:
+        result = evaluate_files(run, hyp, ref)
+    else:
+        raise UserError("pass --hyp FILE --ref FILE, or --split test")
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['lines']:,} lines")
+    for column in ("metric", "score", "sacrebleu signature"):
+        table.add_column(column)
+    for metric in ("bleu", "chrf", "ter"):
+        table.add_row(metric.upper() if metric != "chrf" else "chrF", f"{result[metric]:.2f}", result["signatures"][metric])
+    stdout.print(table)
+
+
+@app.command()
+@friendly
+def average(
+    run_dir: Path = RunArg,
+    last: Optional[int] = typer.Option(None, help="Average the N newest step-N.pt checkpoints."),
+    best: Optional[int] = typer.Option(None, help="Average the N checkpoints with the best validation BLEU among the kept ones."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN/checkpoints/averaged.pt)."),
+) -> None:
+    """Average checkpoints into one model (use it with --checkpoint averaged)."""
+    from lstmmt import checkpoint
+
+    run = RunDir(run_dir)
+    run.require_checkpoint()
+    if (last is None) == (best is None):
+        raise UserError("pass exactly one of --last N or --best N")
+    paths = checkpoint.select_for_average(run, last=last, best=best)
+    target = output or run.checkpoints / "averaged.pt"
+    checkpoint.save(target, checkpoint.average(paths))
+    stderr.print(f"Averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) into {target}")
+
+
+@app.command()
+@friendly
+def info(run_dir: Path = RunArg) -> None:
+    """Show what a run directory holds: config, data, tokenizer, checkpoints, scores."""
+    from lstmmt.info import describe
+
+    stdout.print(describe(RunDir(run_dir)))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,273 @@
+"""Typed configuration: one dataclass per section, YAML load/save and `--set` overrides.
+
+The config is built once (defaults < YAML file < `--set key=value`), validated as a
+whole, and passed down; nothing below reads options from anywhere else. Unknown keys
+and ill-typed values are errors that list what is allowed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from lstmmt.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """What preprocess reads and how it cleans it."""
+
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    max_tokens: int = 200
+    """Pairs with a side longer than this many subword tokens are dropped from training."""
+    max_ratio: float = 3.0
+    """Pairs whose token-length ratio (longer/shorter side) exceeds this are dropped from training."""
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece settings."""
+
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    joint: bool = True
+    """One shared model for both languages (needed for tied source/target embeddings)."""
+    character_coverage: float = 1.0
+    input_sentence_size: int = 1_000_000
+    """SentencePiece samples at most this many sentences per model for training."""
+
+
+@dataclass
+class ModelConfig:
+    """The attentional encoder-decoder; see lstmmt/model.py."""
+
+    embed_size: int = 256
+    hidden_size: int = 512
+    """Decoder hidden size; each encoder direction has hidden_size // 2."""
+    encoder_layers: int = 2
+    decoder_layers: int = 1
+    dropout: float = 0.3
+    """Dropout on embeddings, between LSTM layers and before the output layer."""
+    attention: Literal["luong", "dot", "bahdanau"] = "luong"
+    input_feeding: bool = False
+    """Feed the previous attentional state into the decoder LSTM (slower: the decoder runs step by step)."""
+    tie_embeddings: bool = True
+    """Share target embeddings with the output layer (and source embeddings too when the tokenizer is joint)."""
+    max_source_tokens: int = 250
+    """Longer inputs are truncated at translation time, with a warning."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, validation and checkpointing."""
+
+    seed: int = 1
+    batch_tokens: int = 4096
+    """Token budget per batch (padded target tokens)."""
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    lr_schedule: Literal["constant", "inverse_sqrt", "plateau"] = "plateau"
+    """After warm-up: keep lr, decay with 1/sqrt(step), or halve on a validation BLEU plateau."""
+    lr_decay_factor: float = 0.5
+    lr_min: float = 1e-5
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    max_steps: int = 100_000
+    max_epochs: int = 1000
+    max_time: Optional[str] = None
+    """Wall-clock budget such as 30m, 2h or 90s; training validates and stops when it is spent."""
+    valid_every: int = 1000
+    patience: int = 10
+    """Stop after this many validations without a better validation BLEU (0 = never)."""
+    keep_checkpoints: int = 5
+    """How many step-N.pt files to keep besides last.pt and best.pt."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the model under autocast (CUDA, or a CPU with bf16 support)."""
+    log_every: int = 100
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings for validation and translate."""
+
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    """Hypothesis score = log-probability / length ** length_penalty."""
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    """Outputs stop at max_len_a * source_length + max_len_b tokens."""
+    batch_tokens: int = 8000
+    """Source-token budget per translation batch (times the beam size inside search)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> "Config":
+        """Cross-field checks, run before any data is touched."""
+        checks = [
+            (self.tokenizer.vocab_size >= 8, "tokenizer.vocab_size must be at least 8"),
+            (self.model.hidden_size % 2 == 0, "model.hidden_size must be even (each encoder direction gets half)"),
+            (self.model.encoder_layers >= 1 and self.model.decoder_layers >= 1, "model.*_layers must be >= 1"),
+            (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+            (self.train.batch_tokens > 0 and self.decode.batch_tokens > 0, "batch_tokens must be positive"),
+            (self.train.lr > 0, "train.lr must be positive"),
+            (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
+            (self.decode.beam_size >= 1, "decode.beam_size must be >= 1"),
+            (self.data.max_tokens >= 1, "data.max_tokens must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if self.train.max_time is not None:
+            parse_duration(self.train.max_time)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        return _build(cls, raw, "").validate()
+
+    def save(self, path: Path) -> None:
+        from lstmmt.rundir import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        return cls.from_dict(read_yaml(path))
+
+    def merged(self, raw: dict[str, Any]) -> "Config":
+        """This config with the (possibly partial) sections in `raw` laid over it."""
+        base = self.to_dict()
+        for section, values in raw.items():
+            if section not in base:
+                raise UserError(f"unknown config section {section!r}; valid: {', '.join(base)}")
+            if not isinstance(values, dict):
+                raise UserError(f"config section {section!r} must be a mapping")
+            base[section].update(values)
+        return Config.from_dict(base)
+
+    def with_overrides(self, assignments: list[str]) -> "Config":
+        """Apply `section.key=value` strings, each value parsed and checked against the field's type."""
+        raw: dict[str, dict[str, Any]] = {}
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not sep or not dot:
+                raise UserError(f"--set expects section.key=value, got {assignment!r}")
+            hints = _section_hints(section)
+            if name not in hints:
+                raise UserError(f"unknown key {key!r}; valid keys of {section}: {', '.join(hints)}")
+            raw.setdefault(section, {})[name] = _parse_value(text.strip(), hints[name], key)
+        return self.merged(raw)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's raw mapping (possibly only some sections and keys); checked when merged."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a mapping of sections (data, tokenizer, model, train, decode)")
+    return raw
+
+
+def _section_hints(section: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    if section not in hints:
+        raise UserError(f"unknown config section {section!r}; valid: {', '.join(hints)}")
+    return typing.get_type_hints(hints[section])
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, checking every key and value type."""
+    if not isinstance(raw, dict):
+        raise UserError(f"config {where or 'root'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(hints)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{name}.")
+        else:
+            values[name] = _check_type(value, hint, where + name)
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise UserError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _parse_value(text: str, hint: Any, key: str) -> Any:
+    """Parse a `--set` value with YAML scalar rules, then check it against the field type."""
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    if _accepts_str(hint) and not isinstance(value, str) and value is not None:
+        value = text
+    return _check_type(value, hint, key)
+
+
+def _accepts_str(hint: Any) -> bool:
+    args = typing.get_args(hint)
+    if hint is str:
+        return True
+    if typing.get_origin(hint) is Literal:
+        return all(isinstance(a, str) for a in args)
+    return any(_accepts_str(a) for a in args if a is not type(None))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as '90s', '30m', '1.5h' or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    stripped = text.strip().lower()
+    scale = units.get(stripped[-1:], None)
+    number = stripped[:-1] if scale else stripped
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise UserError(f"cannot read duration {text!r}; use e.g. 90s, 30m or 2h") from None
+    if seconds <= 0:
+        raise UserError(f"duration must be positive, got {text!r}")
+    return seconds

@@ -1,0 +1,85 @@
+"""`lstmmt info`: a readable summary of a run directory, built only from its files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+from lstmmt.config import Config
+from lstmmt.rundir import RunDir
+
+
+def describe(run: RunDir) -> RenderableType:
+    run.require_preprocessed()
+    config = Config.load(run.config)
+    meta = json.loads(run.meta.read_text(encoding="utf-8"))
+    parts: list[RenderableType] = [f"[bold]{run.root}[/]: {config.data.src_lang} -> {config.data.tgt_lang}"]
+    parts.append(_settings(config))
+    parts.append(_splits(meta))
+    parts.append(_checkpoints(run))
+    parts.append(_validation(run))
+    parts.append(_scores(run))
+    return Group(*[p for p in parts if p is not None])
+
+
+def _settings(config: Config) -> Table:
+    table = Table(title="config (config.yaml)", show_header=False)
+    m, t, tok = config.model, config.train, config.tokenizer
+    table.add_row("tokenizer", f"SentencePiece {tok.model_type}, vocab {tok.vocab_size}, {'joint' if tok.joint else 'separate'}")
+    table.add_row("model", f"embed {m.embed_size}, hidden {m.hidden_size}, encoder {m.encoder_layers}x BiLSTM, "
+                           f"decoder {m.decoder_layers}x LSTM, {m.attention} attention, input feeding {m.input_feeding}")
+    table.add_row("train", f"batch {t.batch_tokens} tokens, lr {t.lr} ({t.lr_schedule}), max steps {t.max_steps}, max time {t.max_time}")
+    return table
+
+
+def _splits(meta: dict) -> Table:
+    table = Table(title="data (data/meta.json)")
+    table.add_column("split")
+    table.add_column("pairs kept", justify="right")
+    table.add_column("details")
+    for name, stats in meta.get("splits", {}).items():
+        kept = stats.get("kept", "?")
+        details = ", ".join(f"{k} {v}" for k, v in stats.items() if k != "kept" and isinstance(v, (int, float)))
+        table.add_row(name, f"{kept:,}" if isinstance(kept, int) else str(kept), details)
+    return table
+
+
+def _checkpoints(run: RunDir) -> Table | None:
+    files = sorted(run.checkpoints.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    table = Table(title="checkpoints/")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for path in files:
+        table.add_row(path.name, f"{path.stat().st_size / 2**20:.1f} MiB")
+    return table
+
+
+def _validation(run: RunDir) -> str | None:
+    metrics = run.logs / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    valid = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if '"valid"' in line]
+    if not valid:
+        return None
+    best = max(valid, key=lambda r: r["bleu"])
+    last = valid[-1]
+    return (f"validation: {len(valid)} runs, best BLEU {best['bleu']:.2f} at step {best['step']}, "
+            f"last at step {last['step']} (BLEU {last['bleu']:.2f}, {last['elapsed']:.0f}s of training)")
+
+
+def _scores(run: RunDir) -> Table | None:
+    files = sorted(Path(run.scores).glob("*.json"))
+    if not files:
+        return None
+    table = Table(title="scores/")
+    for column in ("name", "BLEU", "chrF", "TER", "lines"):
+        table.add_column(column)
+    for path in files:
+        score = json.loads(path.read_text(encoding="utf-8"))
+        table.add_row(path.stem, f"{score['bleu']:.2f}", f"{score['chrf']:.2f}", f"{score['ter']:.2f}", str(score["lines"]))
+    return table

@@ -1,0 +1,187 @@
+"""The attentional LSTM encoder-decoder, readable top to bottom.
+
+    source ids -> Embedding -> bidirectional LSTM (packed)       -> memory   (B, S, H)
+    memory final states -> bridge                                -> decoder initial (h, c)
+    target ids -> Embedding -> LSTM -> attention over memory -> tanh(W [h; context]) -> logits
+
+H is `hidden_size`: the decoder's size and the size of the encoder output (H/2 per direction).
+Without input feeding the decoder LSTM runs over the whole target in one fused call during
+training; with it, the previous attentional state is fed back, so it runs step by step.
+`encode` and `decode_step` are the API beam search uses; states are plain tensors in
+NamedTuples whose `select(index)` picks and reorders rows (beams, finished sentences).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lstmmt.config import ModelConfig
+from lstmmt.tokenizer import PAD
+
+
+class Memory(NamedTuple):
+    """What the decoder attends to; rows are sentences (or sentence x beam)."""
+
+    values: Tensor  # (B, S, H) encoder outputs
+    keys: Tensor  # (B, S, K) attention keys, precomputed once per batch
+    mask: Tensor  # (B, S) True at real (non-pad) source positions
+
+    def select(self, index: Tensor) -> "Memory":
+        return Memory(*(t.index_select(0, index) for t in self))
+
+
+class DecoderState(NamedTuple):
+    """The decoder's recurrent state between steps."""
+
+    h: Tensor  # (layers, B, H)
+    c: Tensor  # (layers, B, H)
+    feed: Optional[Tensor]  # (B, H) previous attentional state, with input feeding only
+
+    def select(self, index: Tensor) -> "DecoderState":
+        feed = None if self.feed is None else self.feed.index_select(0, index)
+        return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index), feed)
+
+
+class Attention(nn.Module):
+    """Global attention over encoder outputs: Luong dot/general or Bahdanau MLP scores."""
+
+    def __init__(self, kind: str, hidden_size: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "luong":
+            self.key_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        elif kind == "bahdanau":
+            self.key_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+            self.query_proj = nn.Linear(hidden_size, hidden_size)
+            self.energy = nn.Linear(hidden_size, 1, bias=False)
+        elif kind != "dot":
+            raise ValueError(f"unknown attention {kind!r}")
+
+    def keys(self, values: Tensor) -> Tensor:
+        """(B, S, H) -> (B, S, H): the part of the score that depends only on the source."""
+        return values if self.kind == "dot" else self.key_proj(values)
+
+    def forward(self, query: Tensor, memory: Memory) -> Tensor:
+        """query (B, T, H) -> context (B, T, H); padded source positions get zero weight."""
+        if self.kind == "bahdanau":
+            hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + memory.keys.unsqueeze(1))  # (B, T, S, H)
+            scores = self.energy(hidden).squeeze(-1)  # (B, T, S)
+        else:
+            scores = torch.bmm(query, memory.keys.transpose(1, 2))  # (B, T, S)
+        scores = scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        return torch.bmm(weights, memory.values)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool):
+        super().__init__()
+        self.config = config
+        E, H = config.embed_size, config.hidden_size
+        self.dropout = nn.Dropout(config.dropout)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, E, padding_idx=PAD)
+        share_src = config.tie_embeddings and joint_vocab
+        self.src_embed = self.tgt_embed if share_src else nn.Embedding(src_vocab_size, E, padding_idx=PAD)
+
+        self.encoder = nn.LSTM(
+            E, H // 2, config.encoder_layers, batch_first=True, bidirectional=True,
+            dropout=config.dropout if config.encoder_layers > 1 else 0.0,
+        )
+        self.bridge_h = nn.Linear(H, H * config.decoder_layers)
+        self.bridge_c = nn.Linear(H, H * config.decoder_layers)
+
+        feed_size = H if config.input_feeding else 0
+        self.decoder = nn.LSTM(
+            E + feed_size, H, config.decoder_layers, batch_first=True,
+            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
+        )
+        self.attention = Attention(config.attention, H)
+        self.combine = nn.Linear(2 * H, H, bias=False)
+        if config.tie_embeddings:
+            # Logits reuse the target embedding matrix; project H down to E first.
+            self.pre_output = nn.Linear(H, E, bias=False) if H != E else nn.Identity()
+            self.output_bias = nn.Parameter(torch.zeros(tgt_vocab_size))
+        else:
+            self.output = nn.Linear(H, tgt_vocab_size)
+        self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        for embed in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(embed.weight, std=embed.embedding_dim**-0.5)
+            with torch.no_grad():
+                embed.weight[PAD].zero_()
+
+    # -- encoder -------------------------------------------------------------------------
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
+        """src (B, S) padded ids, src_lengths (B,) on CPU -> memory and the decoder's first state.
+
+        Sequences are packed, so padding never reaches the LSTM: a sentence's encoding does
+        not depend on what else is in its batch.
+        """
+        embedded = self.dropout(self.src_embed(src))
+        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, (h, c) = self.encoder(packed)
+        values, _ = pad_packed_sequence(output, batch_first=True, total_length=src.size(1))  # (B, S, H)
+        memory = Memory(values, self.attention.keys(values), src != PAD)
+        return memory, self._bridge(h, c)
+
+    def _bridge(self, h: Tensor, c: Tensor) -> DecoderState:
+        """Top encoder layer's final states (both directions) -> initial (h, c) of every decoder layer."""
+        batch, layers, H = h.size(1), self.config.decoder_layers, self.config.hidden_size
+
+        def per_layer(x: Tensor) -> Tensor:  # (B, layers * H) -> (layers, B, H)
+            return x.view(batch, layers, H).transpose(0, 1).contiguous()
+
+        h0 = per_layer(torch.tanh(self.bridge_h(torch.cat([h[-2], h[-1]], dim=-1))))
+        c0 = per_layer(self.bridge_c(torch.cat([c[-2], c[-1]], dim=-1)))
+        feed = h.new_zeros(batch, H) if self.config.input_feeding else None
+        return DecoderState(h0, c0, feed)
+
+    # -- decoder -------------------------------------------------------------------------
+
+    def _attend(self, hidden: Tensor, memory: Memory) -> Tensor:
+        """Decoder LSTM output (B, T, H) -> attentional state tanh(W [h; context]) (B, T, H)."""
+        context = self.attention(hidden, memory)
+        return torch.tanh(self.combine(torch.cat([hidden, context], dim=-1)))
+
+    def _logits(self, attentional: Tensor) -> Tensor:
+        x = self.dropout(attentional)
+        if self.config.tie_embeddings:
+            return F.linear(self.pre_output(x), self.tgt_embed.weight, self.output_bias)
+        return self.output(x)
+
+    def _decode(self, embedded: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """Embedded target (B, T, E) -> attentional states (B, T, H) and the state after the last step."""
+        if not self.config.input_feeding:
+            hidden, (h, c) = self.decoder(embedded, (state.h, state.c))
+            return self._attend(self.dropout(hidden), memory), DecoderState(h, c, None)
+        outputs, h, c, feed = [], state.h, state.c, state.feed
+        for t in range(embedded.size(1)):
+            step_input = torch.cat([embedded[:, t], feed], dim=-1).unsqueeze(1)
+            hidden, (h, c) = self.decoder(step_input, (h, c))
+            attentional = self._attend(self.dropout(hidden), memory)
+            feed = attentional.squeeze(1)
+            outputs.append(attentional)
+        return torch.cat(outputs, dim=1), DecoderState(h, c, feed)
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T) that start with BOS."""
+        memory, state = self.encode(src, src_lengths)
+        attentional, _ = self._decode(self.dropout(self.tgt_embed(tgt_in)), memory, state)
+        return self._logits(attentional)
+
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """One step for search: previous tokens (N,) -> log-probabilities (N, V) and the next state."""
+        embedded = self.dropout(self.tgt_embed(prev_tokens)).unsqueeze(1)
+        attentional, state = self._decode(embedded, memory, state)
+        return torch.log_softmax(self._logits(attentional.squeeze(1)).float(), dim=-1), state
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

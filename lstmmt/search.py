@@ -1,0 +1,157 @@
+"""Greedy and batched beam search over any model with the step API.
+
+The model needs two methods (see lstmmt/model.py), so search never knows it is an LSTM:
+
+    encode(src, src_lengths) -> (memory, state)
+    decode_step(prev_tokens, memory, state) -> (log_probs (N, V), state)
+
+where memory and state have `select(index)` to pick and reorder rows. Beam search keeps
+all live sentences x beams as one tensor program: each step is one top-k over
+beam x vocabulary per sentence; hypotheses that end are set aside, and a sentence with
+`beam` finished hypotheses leaves the active batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from lstmmt.tokenizer import BOS, EOS
+
+
+class StepModel(Protocol):
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Any, Any]: ...
+
+    def decode_step(self, prev_tokens: Tensor, memory: Any, state: Any) -> tuple[Tensor, Any]: ...
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # output ids without BOS/EOS
+    score: float  # log-probability / length ** length_penalty (length counts EOS)
+    log_prob: float
+
+
+def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
+    """Maximum output length (tokens incl. EOS) per sentence: a * source length + b, at least 1."""
+    return (src_lengths.double() * a + b).floor().clamp(min=1).long()
+
+
+@torch.inference_mode()
+def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
+    """Most probable next token at every step, for a whole batch; returns ids without BOS/EOS."""
+    memory, state = model.encode(src, src_lengths)
+    limits = max_lengths(src_lengths, max_len_a, max_len_b).to(src.device)
+    batch = src.size(0)
+    prev = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    steps = []
+    for t in range(int(limits.max())):
+        log_probs, state = model.decode_step(prev, memory, state)
+        prev = log_probs.argmax(dim=-1).masked_fill(done, EOS)
+        prev = prev.masked_fill(limits <= t + 1, EOS)  # the last allowed position ends the sentence
+        steps.append(prev)
+        done |= prev == EOS
+        if bool(done.all()):
+            break
+    out = torch.stack(steps, dim=1).tolist()
+    return [row[: row.index(EOS)] if EOS in row else row for row in out]
+
+
+@torch.inference_mode()
+def beam_search(
+    model: StepModel,
+    src: Tensor,
+    src_lengths: Tensor,
+    beam_size: int = 5,
+    length_penalty: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """The n_best hypotheses per sentence, best first. With beam_size 1 this is greedy search."""
+    if not 1 <= n_best <= beam_size:
+        raise ValueError("n_best must be between 1 and beam_size")
+    memory, state = model.encode(src, src_lengths)
+    search = _BeamState(src.size(0), beam_size, max_lengths(src_lengths, max_len_a, max_len_b), src.device)
+    rows = torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size)
+    memory, state = memory.select(rows), state.select(rows)
+    while search.active.numel():
+        log_probs, state = model.decode_step(search.tokens[:, -1], memory, state)
+        reorder, keep = search.advance(log_probs, length_penalty)
+        if keep is not None:
+            memory = memory.select(keep)
+        state = state.select(reorder)
+    nothing = Hypothesis([], float("-inf"), float("-inf"))  # only if the model gave EOS probability 0 at the limit
+    return [sorted(hyps, key=lambda h: -h.score)[:n_best] or [nothing] for hyps in search.finished]
+
+
+class _BeamState:
+    """Bookkeeping of one beam search: live hypotheses as tensors, finished ones as lists."""
+
+    def __init__(self, batch: int, beam: int, limits: Tensor, device: torch.device):
+        self.beam = beam
+        self.active = torch.arange(batch, device=device)  # corpus rows still searching
+        self.limits = limits.to(device)  # (batch,) max output length incl. EOS
+        self.tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
+        scores = torch.full((batch, beam), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+        self.scores = scores  # (active, beam) summed log-probabilities
+        self.finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+
+    def advance(self, log_probs: Tensor, length_penalty: float) -> tuple[Tensor, Tensor | None]:
+        """Take one step; returns the row order for the decoder state and, if sentences
+        finished, the rows of memory to keep (None when every sentence is still active)."""
+        n, beam, vocab = self.active.numel(), self.beam, log_probs.size(-1)
+        step = self.tokens.size(1)  # tokens generated after this step, EOS included
+        log_probs = self._force_eos_at_limit(log_probs.view(n, beam, vocab), step)
+        candidates = (self.scores.unsqueeze(-1) + log_probs).view(n, beam * vocab)
+        top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=-1)  # (n, 2*beam)
+        top_beams, top_tokens = top_ids // vocab, top_ids % vocab
+        is_eos = top_tokens == EOS
+
+        self._finish(top_scores, top_beams, is_eos, step, length_penalty)
+        full = torch.tensor([len(self.finished[i]) >= beam for i in self.active.tolist()], device=self.active.device)
+        done = full | (self.limits.index_select(0, self.active) <= step)
+
+        # Continue with the best `beam` candidates that did not end.
+        alive_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(beam, dim=-1)
+        alive_beams, alive_tokens = top_beams.gather(1, pick), top_tokens.gather(1, pick)
+        rows = (torch.arange(n, device=pick.device).unsqueeze(1) * beam + alive_beams)  # (n, beam) old row ids
+        keep_sentences = (~done).nonzero().squeeze(1)
+        reorder = rows.index_select(0, keep_sentences).view(-1)
+        self.tokens = torch.cat([self.tokens.index_select(0, reorder), alive_tokens.index_select(0, keep_sentences).view(-1, 1)], dim=1)
+        self.scores = alive_scores.index_select(0, keep_sentences)
+        self.active = self.active.index_select(0, keep_sentences)
+        if bool(done.any()):
+            keep_rows = (keep_sentences.unsqueeze(1) * beam + torch.arange(beam, device=pick.device)).view(-1)
+            return reorder, keep_rows
+        return reorder, None
+
+    def _force_eos_at_limit(self, log_probs: Tensor, step: int) -> Tensor:
+        """At a sentence's last allowed position, EOS is the only choice."""
+        at_limit = self.limits.index_select(0, self.active) <= step
+        if bool(at_limit.any()):
+            forced = torch.full_like(log_probs, float("-inf"))
+            forced[..., EOS] = log_probs[..., EOS]
+            log_probs = torch.where(at_limit.view(-1, 1, 1), forced, log_probs)
+        return log_probs
+
+    def _finish(self, top_scores: Tensor, top_beams: Tensor, is_eos: Tensor, step: int, length_penalty: float) -> None:
+        """Set aside hypotheses ending in EOS that rank within the top `beam` candidates."""
+        ended = is_eos[:, : self.beam] & torch.isfinite(top_scores[:, : self.beam])
+        if not bool(ended.any()):
+            return
+        positions = ended.nonzero().tolist()
+        scores = top_scores[:, : self.beam][ended].tolist()
+        beams = top_beams[:, : self.beam][ended].tolist()
+        active = self.active.tolist()
+        for (row, _), beam_id, log_prob in zip(positions, beams, scores):
+            sentence = active[row]
+            if len(self.finished[sentence]) >= self.beam:
+                continue
+            tokens = self.tokens[row * self.beam + beam_id, 1:].tolist()
+            self.finished[sentence].append(Hypothesis(tokens, log_prob / step**length_penalty, log_prob))

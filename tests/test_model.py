@@ -1,0 +1,79 @@
+"""The model's promises: padding never leaks, attention ignores padding, fused == step-by-step."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from lstmmt.batching import pad
+from lstmmt.config import ModelConfig
+from lstmmt.model import Seq2Seq
+from lstmmt.tokenizer import BOS, EOS
+
+VOCAB = 40
+
+
+def small_model(**overrides) -> Seq2Seq:
+    torch.manual_seed(0)
+    config = dataclasses.replace(ModelConfig(embed_size=16, hidden_size=24, encoder_layers=2, decoder_layers=2, dropout=0.0), **overrides)
+    return Seq2Seq(config, VOCAB, VOCAB, joint_vocab=True).eval()
+
+
+def batch_of(*sentences: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    src = pad([torch.tensor(s).numpy() for s in sentences], suffix=EOS)
+    return src, torch.tensor([len(s) + 1 for s in sentences])
+
+
+def test_padding_never_changes_encoder_outputs():
+    model = small_model()
+    short = [5, 6, 7]
+    alone_src, alone_len = batch_of(short)
+    batch_src, batch_len = batch_of([9, 10, 11, 12, 13, 14, 15], short)
+    with torch.no_grad():
+        alone_mem, alone_state = model.encode(alone_src, alone_len)
+        batch_mem, batch_state = model.encode(batch_src, batch_len)
+    n = len(short) + 1
+    torch.testing.assert_close(batch_mem.values[1, :n], alone_mem.values[0, :n])
+    assert torch.all(batch_mem.values[1, n:] == 0)
+    torch.testing.assert_close(batch_state.h[:, 1], alone_state.h[:, 0])
+    torch.testing.assert_close(batch_state.c[:, 1], alone_state.c[:, 0])
+
+
+@pytest.mark.parametrize("attention", ["luong", "dot", "bahdanau"])
+def test_attention_ignores_padded_source_positions(attention):
+    model = small_model(attention=attention)
+    src, lengths = batch_of([9, 10, 11, 12, 13, 14], [5, 6])
+    query = torch.randn(2, 3, 24)
+    with torch.no_grad():
+        memory, _ = model.encode(src, lengths)
+        context = model.attention(query, memory)
+        garbage = memory.values.clone()
+        garbage[1, 3:] = 1e3  # positions past the short sentence's EOS
+        poisoned = memory._replace(values=garbage, keys=model.attention.keys(garbage))
+        context_poisoned = model.attention(query, poisoned)
+    torch.testing.assert_close(context_poisoned[1], context[1])
+    assert not torch.allclose(context_poisoned[0], context[0])  # real positions do matter
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_teacher_forcing_equals_step_by_step_decoding(input_feeding):
+    model = small_model(input_feeding=input_feeding)
+    src, lengths = batch_of([5, 6, 7, 8], [9, 10])
+    tgt_in = torch.tensor([[BOS, 11, 12, 13], [BOS, 14, 15, 16]])
+    with torch.no_grad():
+        logits = model(src, lengths, tgt_in)
+        memory, state = model.encode(src, lengths)
+        steps = []
+        for t in range(tgt_in.size(1)):
+            log_probs, state = model.decode_step(tgt_in[:, t], memory, state)
+            steps.append(log_probs)
+    torch.testing.assert_close(torch.stack(steps, dim=1), torch.log_softmax(logits, dim=-1))
+
+
+def test_untied_and_separate_vocabularies_build_and_run():
+    config = ModelConfig(embed_size=8, hidden_size=12, encoder_layers=1, decoder_layers=1, tie_embeddings=False)
+    model = Seq2Seq(config, 30, 50, joint_vocab=False)
+    src, lengths = batch_of([5, 6])
+    logits = model(src, lengths, torch.tensor([[BOS, 7]]))
+    assert logits.shape == (1, 2, 50)
+    assert model.src_embed is not model.tgt_embed

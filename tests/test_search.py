@@ -1,0 +1,105 @@
+"""Search against a hand-built model whose probabilities are written out, and against a real one."""
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from lstmmt.config import ModelConfig
+from lstmmt.model import Seq2Seq
+from lstmmt.search import beam_search, greedy_search
+from lstmmt.batching import pad
+from lstmmt.tokenizer import BOS, EOS
+
+A, B, C = 4, 5, 6
+VOCAB = 7
+
+# Next-token probabilities given the previous token. Greedy takes A (0.6) and then has at
+# best 0.4 for EOS: 0.24. Beam search finds B EOS: 0.4 * 0.9 = 0.36.
+TABLE = {
+    BOS: {A: 0.6, B: 0.4},
+    A: {EOS: 0.4, C: 0.3, B: 0.3},
+    B: {EOS: 0.9, C: 0.1},
+    C: {EOS: 1.0},
+}
+
+
+class Rows(NamedTuple):
+    rows: torch.Tensor
+
+    def select(self, index):
+        return Rows(self.rows.index_select(0, index))
+
+
+class TableModel:
+    """A fake step model: log P(next | previous token) from TABLE; memory/state are dummies."""
+
+    def encode(self, src, src_lengths):
+        return Rows(torch.arange(src.size(0))), Rows(torch.arange(src.size(0)))
+
+    def decode_step(self, prev, memory, state):
+        log_probs = torch.full((prev.size(0), VOCAB), -math.inf)
+        for row, token in enumerate(prev.tolist()):
+            for nxt, p in TABLE[token].items():
+                log_probs[row, nxt] = math.log(p)
+        return log_probs, state
+
+
+SRC = torch.tensor([[A, B, EOS]])
+LENGTHS = torch.tensor([3])
+
+
+def test_beam_search_finds_the_best_hypothesis_greedy_misses():
+    assert greedy_search(TableModel(), SRC, LENGTHS) == [[A]]
+    best = beam_search(TableModel(), SRC, LENGTHS, beam_size=2, length_penalty=0.0)[0][0]
+    assert best.tokens == [B]
+    assert math.isclose(best.log_prob, math.log(0.4 * 0.9), rel_tol=1e-6)
+
+
+def test_n_best_is_sorted_and_scores_are_length_normalised():
+    hyps = beam_search(TableModel(), SRC, LENGTHS, beam_size=3, length_penalty=1.0, n_best=3)[0]
+    # [B]: ln(.36)/2 = -0.51; [A, C]: ln(.6*.3*1)/3 = -0.57; [A]: ln(.24)/2 = -0.71
+    assert [h.tokens for h in hyps] == [[B], [A, C], [A]]
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    for h in hyps:
+        assert math.isclose(h.score, h.log_prob / (len(h.tokens) + 1), rel_tol=1e-6)
+
+
+def test_max_length_forces_an_end():
+    # max_len_a=0, max_len_b=1: only EOS may be produced... which the table never gives first,
+    # so the hypothesis is the forced EOS alone.
+    hyps = beam_search(TableModel(), SRC, LENGTHS, beam_size=2, max_len_a=0.0, max_len_b=1)
+    assert hyps[0][0].tokens == []
+    assert greedy_search(TableModel(), SRC, LENGTHS, max_len_a=0.0, max_len_b=1) == [[]]
+
+
+def random_model(seed: int = 0) -> Seq2Seq:
+    torch.manual_seed(seed)
+    config = ModelConfig(embed_size=16, hidden_size=32, encoder_layers=1, decoder_layers=1, dropout=0.0)
+    return Seq2Seq(config, 30, 30, joint_vocab=True).eval()
+
+
+def random_batch(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    sentences = [torch.randint(4, 30, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).numpy() for _ in range(n)]
+    return pad(sentences, suffix=EOS), torch.tensor([len(s) + 1 for s in sentences])
+
+
+def test_beam_one_equals_greedy():
+    model = random_model()
+    src, lengths = random_batch(16)
+    greedy = greedy_search(model, src, lengths)
+    beam = [h[0].tokens for h in beam_search(model, src, lengths, beam_size=1)]
+    assert beam == greedy
+    assert any(len(tokens) > 2 for tokens in greedy)
+
+
+def test_beam_search_result_does_not_depend_on_the_batch():
+    model = random_model()
+    src, lengths = random_batch(8)
+    together = beam_search(model, src, lengths, beam_size=4)
+    for i in range(src.size(0)):
+        alone_src = src[i : i + 1, : int(lengths[i])]
+        alone = beam_search(model, alone_src, lengths[i : i + 1], beam_size=4)
+        assert alone[0][0].tokens == together[i][0].tokens
+        assert math.isclose(alone[0][0].score, together[i][0].score, rel_tol=1e-5, abs_tol=1e-6)
