@@ -231,8 +231,11 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         if value not in args:
             raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise UserError(f"{key} must be a number, got {value!r}") from None
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise UserError(f"{key} must be {hint.__name__}, got {value!r}")
     return value
