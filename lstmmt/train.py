@@ -37,6 +37,8 @@ from lstmmt.tokenizer import PAD, Tokenizer
 from lstmmt.translate import SearchOptions, decode_corpus
 
 console = Console(stderr=True)
+MAX_NONFINITE = 10
+"""Consecutive skipped batches after which training stops: the model or the data is broken."""
 
 
 @dataclass
@@ -50,7 +52,8 @@ class TrainState:
     bad_validations: int = 0
     lr_scale: float = 1.0  # plateau schedule's decay so far
     elapsed: float = 0.0  # training seconds over all sessions
-    stopped: str = ""  # why training ended ("" while it can go on)
+    stopped: str = ""  # why the last session ended (informational; limits are checked afresh on resume)
+    nonfinite_in_a_row: int = 0  # batches skipped for a non-finite loss since the last good one
 
 
 def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
@@ -181,15 +184,22 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         (loss / batch.tgt_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        if not torch.isfinite(grad_norm):  # one host sync per step: the price of never corrupting weights
+            self.state.nonfinite_in_a_row += 1
+            console.print(f"[yellow]warning:[/] non-finite loss or gradient at step {self.state.step + 1}; batch skipped")
+            return torch.zeros((), device=self.device)
+        self.state.nonfinite_in_a_row = 0
         self.optimizer.step()
         self.state.step += 1
         return loss.detach()
 
     def fit(self) -> TrainState:
         cfg = self.config.train
-        if self.state.stopped:
-            console.print(f"Training already finished ({self.state.stopped}); pass --restart to train again.")
+        self.state.nonfinite_in_a_row = 0  # a resumed run gets a fresh chance (e.g. with a lower lr)
+        if reason := self._stop_reason():
+            console.print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
+                          f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
             return self.state
         console.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}; "
                       f"{len(self.train_src):,} training pairs")
@@ -237,12 +247,18 @@ class Trainer:
             return "max_time"
         if cfg.patience and self.state.bad_validations >= cfg.patience:
             return "patience"
+        if self.state.nonfinite_in_a_row >= MAX_NONFINITE:
+            return "non-finite loss"
         return ""
 
     def _report_end(self, signal_name: Optional[str]) -> None:
         if signal_name:
             console.print(f"Stopped by {signal_name} at step {self.state.step}; checkpoint saved. "
                           f"Run `lstmmt train {self.run.root}` to resume.")
+        elif self.state.stopped == "non-finite loss":
+            console.print(f"[red]Training stopped:[/] {MAX_NONFINITE} batches in a row gave a non-finite loss at step "
+                          f"{self.state.step}. Lower train.lr, check the data, or try precision fp32; the last good "
+                          f"weights are in {self.run.checkpoints / 'last.pt'}.")
         else:
             best = f"best validation BLEU {self.state.best_bleu:.2f}" if self.has_valid else "no validation set"
             console.print(f"Training finished ({self.state.stopped}) at step {self.state.step}; {best}.")

@@ -55,3 +55,15 @@ def test_durations():
     assert parse_duration("45") == 45
     with pytest.raises(UserError):
         parse_duration("-3m")
+
+
+def test_every_config_key_is_documented():
+    import dataclasses
+    import typing
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/config.md").read_text(encoding="utf-8")
+    for section in dataclasses.fields(Config):
+        assert f"## {section.name}:" in doc
+        for key in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
+            assert f"| `{key.name}` |" in doc, f"{section.name}.{key.name} is missing from docs/config.md"
