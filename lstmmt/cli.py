@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lstmmt.config import Config, read_yaml
 from lstmmt.errors import UserError
@@ -43,7 +44,7 @@ def friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+            stderr.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")

@@ -1,0 +1,124 @@
+"""The whole pipeline through the CLI on the toy corpus: it must learn, and misuse must read well."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lstmmt.cli import app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+import toy  # noqa: E402  (the embedded corpus generator lives in data/, not in the package)
+
+runner = CliRunner()
+
+SMALL_MODEL = [
+    "--set", "tokenizer.vocab_size=300",
+    "--set", "model.embed_size=96", "--set", "model.hidden_size=192",
+    "--set", "model.encoder_layers=1", "--set", "model.dropout=0.1",
+    "--set", "train.batch_tokens=2500", "--set", "train.lr=0.004", "--set", "train.warmup_steps=50",
+    "--set", "train.lr_schedule=inverse_sqrt", "--set", "train.valid_every=150", "--set", "train.log_every=50",
+    "--set", "data.max_ratio=10",
+]
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def write_corpus(folder: Path, n_train: int, n_valid: int, n_test: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, pairs in toy.generate(n_train, n_valid, n_test, seed=7).items():
+        (folder / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), encoding="utf-8")
+        (folder / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    write_corpus(root / "corpus", 8000, 150, 150)
+    run = root / "run"
+    result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", root / "corpus/train",
+                    "--valid", root / "corpus/valid", "--test", root / "corpus/test", *SMALL_MODEL)
+    assert result.exit_code == 0, result.output
+    result = invoke("train", run, "--max-steps", "900", "--max-time", "100s", "--set", "train.seed=3")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.slow
+def test_pipeline_learns_held_out_sentences(trained_run):
+    result = invoke("evaluate", trained_run, "--split", "test", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["bleu"] > 60, scores
+    assert scores["signatures"]["bleu"].startswith("nrefs:1|case:mixed")
+    assert (trained_run / "scores/test.json").exists() and (trained_run / "translations/test.hyp").exists()
+    metrics = [json.loads(line) for line in (trained_run / "logs/metrics.jsonl").read_text().splitlines()]
+    assert any(m["event"] == "valid" for m in metrics) and any(m["event"] == "train" for m in metrics)
+
+
+@pytest.mark.slow
+def test_translate_keeps_line_count_and_order(trained_run, tmp_path):
+    lines = ["twenty-one", "", "on Monday", "   ", "", "half past seven", "\t"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for beam in ("1", "4"):
+        out = tmp_path / f"out{beam}.txt"
+        result = invoke("translate", trained_run, "-i", tmp_path / "in.txt", "-o", out, "--beam", beam)
+        assert result.exit_code == 0, result.output
+        translated = out.read_text(encoding="utf-8").split("\n")[:-1]
+        assert len(translated) == len(lines)
+        assert [t == "" for t in translated] == [line.strip() == "" for line in lines]
+        assert translated[0] == "einundzwanzig" and translated[2] == "am Montag"
+
+
+@pytest.mark.slow
+def test_translate_as_a_filter_with_n_best(trained_run):
+    result = runner.invoke(app, ["translate", str(trained_run), "--beam", "3", "--n-best", "3"], input="on Monday\n")
+    assert result.exit_code == 0, result.output
+    rows = [row.split(" ||| ") for row in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(row[0] == "0" for row in rows)
+    scores = [float(row[2]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.slow
+def test_average_and_info(trained_run):
+    result = invoke("average", trained_run, "--last", "2")
+    assert result.exit_code == 0, result.output
+    assert (trained_run / "checkpoints/averaged.pt").exists()
+    result = invoke("translate", trained_run, "--checkpoint", "averaged")
+    assert result.exit_code == 0
+    result = invoke("info", trained_run)
+    assert result.exit_code == 0 and "best BLEU" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "{tmp}/nothing"], "run `lstmmt preprocess"),
+        (["translate", "{tmp}/nothing"], "run `lstmmt preprocess"),
+        (["preprocess", "{tmp}/run", "--src-lang", "en", "--tgt-lang", "de", "--train", "{tmp}/missing"], "missing"),
+        (["evaluate", "{tmp}/run"], "--hyp FILE --ref FILE"),
+        (["train", "{tmp}/nothing", "--set", "model.size=3"], "run `lstmmt preprocess"),
+    ],
+)
+def test_user_mistakes_give_one_clear_line(tmp_path, args, message):
+    result = invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_steps_out_of_order_name_the_step_to_run(tmp_path):
+    write_corpus(tmp_path / "corpus", 300, 20, 20)
+    run = tmp_path / "run"
+    assert invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", tmp_path / "corpus/train",
+                  "--set", "tokenizer.vocab_size=100").exit_code == 0
+    result = invoke("translate", run)
+    assert result.exit_code == 1 and f"run `lstmmt train {run}` first" in result.output
+    result = invoke("train", run, "--set", "model.hidden_size=33")
+    assert result.exit_code == 1 and "must be even" in result.output
