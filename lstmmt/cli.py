@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 stdout, stderr = Console(), Console(stderr=True)
 
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 RunArg = typer.Argument(..., help="The run directory shared by all steps.", show_default=False)
 ConfigOpt = typer.Option(None, "--config", help="YAML file with config sections (data, tokenizer, model, train, decode) laid over the run's config.")
 SetOpt = typer.Option(None, "--set", help="Override one config key, e.g. --set model.hidden_size=256 (repeatable).")
@@ -126,7 +127,9 @@ def train(
     sets += [f"train.max_steps={max_steps}"] * (max_steps is not None)
     sets += [f"train.max_time={max_time}"] * (max_time is not None)
     sets += [f"train.device={device}"] * (device is not None)
-    run_train(run, build_config(Config.load(run.config), config_file, sets), restart=restart)
+    state = run_train(run, build_config(Config.load(run.config), config_file, sets), restart=restart)
+    if state.stopped in SIGNAL_EXIT_CODES:  # non-zero, so make does not take the model as finished
+        raise typer.Exit(SIGNAL_EXIT_CODES[state.stopped])
 
 
 @app.command()

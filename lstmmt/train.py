@@ -36,7 +36,7 @@ from lstmmt.rundir import RunDir
 from lstmmt.tokenizer import PAD, Tokenizer
 from lstmmt.translate import SearchOptions, decode_corpus
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 MAX_NONFINITE = 10
 """Consecutive skipped batches after which training stops: the model or the data is broken."""
 
@@ -130,7 +130,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest checkpoint that reads back; False if there is none."""
-        candidates = [self.run.checkpoints / "last.pt", *checkpoint.step_checkpoints(self.run)]
+        # step-N.pt is written before last.pt, so the newest step file is never older than last.pt.
+        candidates = [*checkpoint.step_checkpoints(self.run), self.run.checkpoints / "last.pt"]
         for path in [p for p in candidates if p.exists()]:
             try:
                 payload = checkpoint.load(path)
@@ -222,6 +223,7 @@ class Trainer:
                     window_tokens, window_start = 0, time.perf_counter()
                 progress.update(task, completed=self.state.step)
                 if stop.received:  # save at once, without validating: the user is waiting
+                    self.state.stopped = stop.received
                     self.save(best=False)
                     break
                 reason = self._stop_reason()

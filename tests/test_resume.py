@@ -1,0 +1,192 @@
+"""Nothing lost: exact resume after SIGKILL, clean stop on SIGINT/SIGTERM, safe and checked checkpoints."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmmt import checkpoint
+from lstmmt.errors import UserError
+from lstmmt.rundir import RunDir
+from tests.test_cli import invoke, write_corpus
+
+TINY = [
+    "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
+    "--set", "model.encoder_layers=1", "--set", "model.dropout=0.2", "--set", "train.batch_tokens=300",
+    "--set", "train.valid_every=15", "--set", "train.log_every=5", "--set", "train.threads=1",
+    "--set", "train.keep_checkpoints=2", "--set", "train.patience=0", "--set", "train.lr_schedule=plateau",
+    "--set", "train.warmup_steps=10", "--set", "data.max_ratio=10",
+]
+STEPS = 150
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    write_corpus(root / "corpus", 600, 20, 5)
+    run = root / "run"
+    result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", root / "corpus/train",
+                    "--valid", root / "corpus/valid", *TINY)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def fresh_copy(preprocessed: Path, tmp_path: Path, name: str) -> Path:
+    run = tmp_path / name
+    shutil.copytree(preprocessed, run)
+    return run
+
+
+def start_training(run: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "lstmmt", "train", str(run), "--max-steps", str(STEPS), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    payload = checkpoint.load(run / "checkpoints/last.pt")
+    assert payload["step"] == STEPS
+    return payload["model"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(preprocessed, tmp_path):
+    reference = fresh_copy(preprocessed, tmp_path, "reference")
+    assert start_training(reference).wait() == 0
+    expected = final_weights(reference)
+
+    run = fresh_copy(preprocessed, tmp_path, "killed")
+    # Kill right after a checkpoint, a few steps past one, and before the first validation of a resumed session.
+    for moment in ("checkpoints/step-30.pt", "checkpoints/step-75.pt", None):
+        process = start_training(run)
+        if moment is None:
+            time.sleep(4.0)  # somewhere in the middle: at start-up or mid-step
+        else:
+            wait_for(run / moment, process)
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    process = start_training(run)
+    output, _ = process.communicate()
+    assert process.returncode == 0, output
+    assert "Resuming from" in output
+    resumed = final_weights(run)
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_says_how_to_resume(preprocessed, tmp_path, sig, code):
+    run = fresh_copy(preprocessed, tmp_path, "signalled")
+    process = start_training(run, "--set", "train.valid_every=100000")
+    wait_for(run / "logs/metrics.jsonl", process)  # training is under way
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == code, output
+    assert f"Stopped by {signal.Signals(sig).name}" in output and "to resume" in output
+    assert checkpoint.load(run / "checkpoints/last.pt")["step"] > 0
+
+
+def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_good_one(preprocessed, tmp_path):
+    run = fresh_copy(preprocessed, tmp_path, "corrupt")
+    assert invoke("train", run, "--max-steps", "30").exit_code == 0
+    newest = run / "checkpoints/step-30.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
+    (run / "checkpoints/last.pt").unlink()
+    result = invoke("train", run, "--max-steps", "45")
+    assert result.exit_code == 0, result.output
+    assert "skipping" in result.output and "step-30.pt" in result.output
+    assert "Resuming from" in result.output and "step 15" in result.output
+    assert checkpoint.load(run / "checkpoints/last.pt")["step"] == 45
+
+
+def test_changed_architecture_on_resume_is_a_clear_error(preprocessed, tmp_path):
+    run = fresh_copy(preprocessed, tmp_path, "arch")
+    assert invoke("train", run, "--max-steps", "15").exit_code == 0
+    result = invoke("train", run, "--max-steps", "30", "--set", "model.hidden_size=64")
+    assert result.exit_code == 1
+    assert "model.hidden_size" in result.output and "--restart" in result.output
+
+
+def test_checkpoint_of_another_run_is_rejected(preprocessed, tmp_path):
+    run = fresh_copy(preprocessed, tmp_path, "mine")
+    assert invoke("train", run, "--max-steps", "15").exit_code == 0
+    other = tmp_path / "other"
+    write_corpus(tmp_path / "corpus", 600, 20, 5)
+    assert invoke("preprocess", other, "--src-lang", "en", "--tgt-lang", "de", "--train", tmp_path / "corpus/train",
+                  *TINY, "--set", "tokenizer.vocab_size=120").exit_code == 0
+    result = runner_translate(other, run / "checkpoints/last.pt")
+    assert result.exit_code == 1 and "belongs to another run" in result.output
+
+
+def runner_translate(run: Path, ckpt: Path):
+    (run / "checkpoints").mkdir(exist_ok=True)
+    shutil.copy(ckpt, run / "checkpoints/last.pt")
+    return invoke("translate", run, "--checkpoint", "last")
+
+
+class Payload:
+    """Pickles into a call of os.system: what a planted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_fails_cleanly_without_running_its_payload(tmp_path):
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "planted.pt"
+    torch.save({"format": 1, "model": {}, "evil": Payload(marker)}, planted)
+    with pytest.raises(UserError, match="unsafe"):
+        checkpoint.load(planted)
+    assert not marker.exists()
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.ones(3)}, "step": 1})
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        checkpoint.save(path, {"model": {"w": torch.zeros(3)}, "step": 2})
+    assert checkpoint.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_repeated_non_finite_losses_stop_training_with_good_weights(preprocessed, tmp_path, monkeypatch):
+    from lstmmt import train as train_module
+
+    run = fresh_copy(preprocessed, tmp_path, "nan")
+    assert invoke("train", run, "--max-steps", "15").exit_code == 0
+    good = checkpoint.load(run / "checkpoints/last.pt")["model"]
+    original = train_module.F.cross_entropy
+    monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: original(*a, **k) * float("nan"))
+    result = invoke("train", run, "--max-steps", "100")
+    assert result.exit_code == 0
+    assert "non-finite" in result.output and "batch skipped" in result.output
+    saved = checkpoint.load(run / "checkpoints/last.pt")
+    assert saved["step"] == 15
+    assert all(torch.equal(saved["model"][k], good[k]) for k in good)
+    assert RunDir(run).checkpoints.exists()
