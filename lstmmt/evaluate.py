@@ -17,10 +17,22 @@ stderr = Console(stderr=True)
 
 
 def read_lines(path: Path) -> list[str]:
+    """The lines of a text file as translate writes them: split on "\n" only, a CRLF's "\r"
+    dropped, invalid UTF-8 replaced by U+FFFD.
+
+    str.splitlines() would also split on \f, \x85, \u2028 and the like, so one reference line
+    holding such a character would count as two and every line after it would be misaligned.
+    """
     try:
-        return Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline ending the last line starts no new one
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def evaluate_files(run: RunDir, hyp: Path, ref: Path, name: Optional[str] = None) -> dict[str, Any]:

@@ -87,6 +87,25 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
+class LogWindow:
+    """Loss and target tokens since the last log line; the loss stays on the device until read."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss += loss
+        self.tokens += tokens
+
+    def read_and_reset(self) -> tuple[float, float]:
+        """(loss per target token, target tokens per second) over the window."""
+        result = self.loss.item() / self.tokens, self.tokens / (time.perf_counter() - self.start)
+        self.loss.zero_()
+        self.tokens, self.start = 0, time.perf_counter()
+        return result
+
+
 class Trainer:
     def __init__(self, run: RunDir, config: Config, device: torch.device):
         self.run, self.config, self.device = run, config, device
@@ -205,28 +224,21 @@ class Trainer:
         console.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}; "
                       f"{len(self.train_src):,} training pairs")
         self.model.train()
-        window_loss, window_tokens, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        window = LogWindow(self.device)
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed
         with StopSignal() as stop, self._progress() as progress:
-            task = progress.add_task("train", total=cfg.max_steps, completed=self.state.step, loss=float("nan"), tps=0.0, lr=0.0)
+            task = progress.add_task("train", total=None, step=self.state.step, loss=float("nan"), tps=0.0, lr=0.0)
             for batch in self.batches():
-                window_loss += self.train_step(batch)
-                window_tokens += batch.tgt_tokens
+                window.add(self.train_step(batch), batch.tgt_tokens)
                 self.state.elapsed = elapsed_before + time.perf_counter() - session_start
-                if self.state.step % cfg.log_every == 0:
-                    seconds = time.perf_counter() - window_start
-                    loss = window_loss.item() / max(window_tokens, 1)
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.log("train", loss=loss, lr=lr, tgt_tokens_per_s=window_tokens / seconds, epoch=self.state.epoch + 1)
-                    progress.update(task, loss=loss, tps=window_tokens / seconds, lr=lr)
-                    window_loss.zero_()
-                    window_tokens, window_start = 0, time.perf_counter()
-                progress.update(task, completed=self.state.step)
+                reason = stop.received or self._stop_reason()
+                if self.state.step % cfg.log_every == 0 or reason:
+                    self._log_window(window, progress, task)
+                progress.update(task, step=self.state.step, **self._progress_position())
                 if stop.received:  # save at once, without validating: the user is waiting
                     self.state.stopped = stop.received
                     self.save(best=False)
                     break
-                reason = self._stop_reason()
                 if self.state.step % cfg.valid_every == 0 or reason:
                     self.validate_and_save(progress)
                     reason = reason or self._stop_reason()
@@ -240,6 +252,20 @@ class Trainer:
                 self.save(best=False)
         self._report_end(stop.received)
         return self.state
+
+    def _log_window(self, window: "LogWindow", progress: Progress, task: Any) -> None:
+        if not window.tokens:
+            return
+        loss, tokens_per_s = window.read_and_reset()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.log("train", loss=loss, lr=lr, tgt_tokens_per_s=tokens_per_s, epoch=self.state.epoch + 1)
+        progress.update(task, loss=loss, tps=tokens_per_s, lr=lr)
+
+    def _progress_position(self) -> dict[str, float]:
+        """The bar follows the time budget when there is one, else the step limit."""
+        if math.isfinite(self.time_budget):
+            return {"completed": min(self.state.elapsed, self.time_budget), "total": self.time_budget}
+        return {"completed": self.state.step, "total": self.config.train.max_steps}
 
     def _stop_reason(self) -> str:
         cfg = self.config.train
@@ -317,7 +343,7 @@ class Trainer:
 
     def _progress(self) -> Progress:
         return Progress(
-            TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("step {task.fields[step]}"), BarColumn(),
             TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s  lr {task.fields[lr]:.2e}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         )

@@ -1,13 +1,19 @@
 """The translate step: text in, text out, exactly one output line per input line, in order.
 
 Input is read in chunks (bounded memory on big files and pipes), each chunk sorted by
-length into token-budget batches for search, and written back in input order. Empty or
-whitespace-only lines give empty lines; invalid UTF-8 is replaced by U+FFFD with a warning
-naming the line; over-long lines are truncated to the model's maximum source length.
+length into token-budget batches for search, and written back in input order.
+
+Lines end at "\n" only (CRLF works). The other characters str.splitlines() breaks on
+(\r \v \f \x1c-\x1e \x85 \u2028 \u2029) become spaces inside an input line, as preprocess
+does to the training text, and never appear inside an output line. A line with nothing to
+translate (empty, whitespace, or only characters the tokenizer drops) gives an empty line;
+invalid UTF-8 is replaced by U+FFFD with a warning naming the line; over-long lines are
+truncated to the model's maximum source length with a warning naming the line.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,10 @@ from lstmmt.rundir import RunDir, atomic_write
 from lstmmt.tokenizer import Tokenizer
 
 stderr = Console(stderr=True)
+
+LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
+"""Everything str.splitlines() splits on. A reader that splits on any of them would see one
+input or output line as several, so they become spaces (the same set preprocess removes)."""
 
 
 @dataclass
@@ -73,12 +83,17 @@ def translate_lines(
     model: Seq2Seq, tokenizer: Tokenizer, lines: list[str], options: SearchOptions, device: torch.device,
     max_source_tokens: int, first_line: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Translate stripped lines; an empty line yields no hypotheses. Warns on truncation."""
+    """Translate stripped lines. Warns on truncation.
+
+    A line without source tokens yields no hypotheses: besides empty lines, that is a line of
+    characters the tokenizer's normaliser drops (U+FFFD, zero-width space, BOM), which would
+    otherwise be "translated" from nothing into whatever the decoder makes up.
+    """
     encoded = tokenizer.encode_src(lines)
     for offset, ids in enumerate(encoded):
         if len(ids) > max_source_tokens:
             stderr.print(f"[yellow]warning:[/] line {first_line + offset}: {len(ids)} tokens, truncated to {max_source_tokens}")
-    keep = [i for i, line in enumerate(lines) if line]
+    keep = [i for i, ids in enumerate(encoded) if ids]
     sentences = [np.asarray(encoded[i][:max_source_tokens], dtype=np.int32) for i in keep]
     results: list[list[Hypothesis]] = [[] for _ in lines]
     for i, hyps in zip(keep, decode_corpus(model, sentences, options, device)):
@@ -87,7 +102,11 @@ def translate_lines(
 
 
 def read_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, stripped lines) in chunks; invalid UTF-8 becomes U+FFFD with a warning."""
+    """(first line number, stripped lines) in chunks; invalid UTF-8 becomes U+FFFD with a warning.
+
+    Iterating a binary stream splits on b"\n" only, so "\r\n" files count their lines right
+    and a stray form feed or U+2028 inside a line cannot split it (it becomes a space).
+    """
     chunk: list[str] = []
     first = 1
     for number, raw in enumerate(stream, start=1):
@@ -96,7 +115,7 @@ def read_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[tuple[int, list[
         except UnicodeDecodeError:
             line = raw.decode("utf-8", errors="replace")
             stderr.print(f"[yellow]warning:[/] line {number}: invalid UTF-8 replaced by U+FFFD")
-        chunk.append(line.strip())
+        chunk.append(LINE_BREAKS.sub(" ", line).strip())
         if len(chunk) == chunk_lines:
             yield first, chunk
             first, chunk = number + 1, []
@@ -106,10 +125,18 @@ def read_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[tuple[int, list[
 
 def format_output(hyps: list[Hypothesis], tokenizer: Tokenizer, n_best: int, line_index: int) -> list[str]:
     """The output lines for one input line: the best translation, or with n_best > 1 one line
-    per hypothesis as `index ||| translation ||| score` (Moses n-best style)."""
-    texts = tokenizer.decode_tgt([h.tokens for h in hyps])
+    per hypothesis as `index ||| translation ||| score` (Moses n-best style).
+
+    A line with nothing to translate (no hypotheses) still gets its row: an empty line, or
+    `index |||  ||| 0.0000` in n-best mode, so every input index appears in the output.
+    Line breaks in decoded text become spaces: pieces of a tokenizer trained elsewhere
+    could hold them, and one would split an output line in two.
+    """
+    if not hyps:
+        return [""] if n_best == 1 else [f"{line_index} |||  ||| 0.0000"]
+    texts = [LINE_BREAKS.sub(" ", text) for text in tokenizer.decode_tgt([h.tokens for h in hyps])]
     if n_best == 1:
-        return [texts[0] if texts else ""]
+        return [texts[0]]
     return [f"{line_index} ||| {text} ||| {hyp.score:.4f}" for text, hyp in zip(texts, hyps)]
 
 
