@@ -9,6 +9,7 @@ Layout (documented in README.md):
     RUN/data/SPLIT.SIDE.txt         cleaned text of valid/test (references for BLEU)
     RUN/data/meta.json              line counts, filters applied, input files and their hashes
     RUN/checkpoints/                last.pt, best.pt, step-N.pt
+    RUN/train.json                  written when training ends (not when interrupted): why, step, best BLEU
     RUN/logs/train.log, metrics.jsonl
     RUN/translations/NAME.hyp       translate output
     RUN/scores/NAME.json            evaluate output
@@ -46,6 +47,10 @@ class RunDir:
     @property
     def meta(self) -> Path:
         return self.data_dir / "meta.json"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.root / "train.json"
 
     @property
     def checkpoints(self) -> Path:

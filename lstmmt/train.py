@@ -32,7 +32,7 @@ from lstmmt.device import autocast, resolve_device
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq, count_parameters
-from lstmmt.rundir import RunDir
+from lstmmt.rundir import RunDir, atomic_write_text
 from lstmmt.tokenizer import PAD, Tokenizer
 from lstmmt.translate import SearchOptions, decode_corpus
 
@@ -251,7 +251,16 @@ class Trainer:
                 self.validate_and_save(progress)
                 self.save(best=False)
         self._report_end(stop.received)
+        if not stop.received:
+            self._write_summary()
         return self.state
+
+    def _write_summary(self) -> None:
+        """RUN/train.json marks finished training (a file target for recipes); absent after an interruption."""
+        summary = {"stopped": self.state.stopped, "step": self.state.step, "epoch": self.state.epoch + 1,
+                   "best_valid_bleu": self.state.best_bleu if self.has_valid else None,
+                   "training_seconds": round(self.state.elapsed, 1), "device": str(self.device)}
+        atomic_write_text(self.run.train_summary, json.dumps(summary, indent=2) + "\n")
 
     def _log_window(self, window: "LogWindow", progress: Progress, task: Any) -> None:
         if not window.tokens:
@@ -355,6 +364,7 @@ def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     trainer = Trainer(run, config, resolve_device(config.train.device))
+    run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
     if restart:
         for old in run.checkpoints.glob("*.pt"):
             old.unlink()

@@ -190,3 +190,17 @@ def test_repeated_non_finite_losses_stop_training_with_good_weights(preprocessed
     assert saved["step"] == 15
     assert all(torch.equal(saved["model"][k], good[k]) for k in good)
     assert RunDir(run).checkpoints.exists()
+
+
+def test_train_json_marks_finished_training_only(preprocessed, tmp_path):
+    run = fresh_copy(preprocessed, tmp_path, "summary")
+    process = start_training(run, "--set", "train.valid_every=100000")
+    wait_for(run / "logs/metrics.jsonl", process)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert not (run / "train.json").exists()
+    assert invoke("train", run, "--max-steps", "20").exit_code == 0
+    import json
+
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["stopped"] == "max_steps" and summary["step"] == 20

@@ -1,0 +1,254 @@
+"""Hostile input for translate and evaluate: whatever bytes come in, translate writes exactly
+one line per input line, in order, and evaluate counts lines the same way or says clearly
+why it cannot score.
+
+One tiny model is trained once for the module; it translates badly, which is fine: these
+tests check the plumbing around the search, not the translations.
+"""
+
+import functools
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from lstmmt import checkpoint, translate
+from lstmmt.cli import app
+from lstmmt.rundir import RunDir
+from lstmmt.search import Hypothesis
+from lstmmt.tokenizer import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+import toy  # noqa: E402  (the embedded corpus generator lives in data/, not in the package)
+
+runner = CliRunner()
+
+TINY_MODEL = [
+    "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
+    "--set", "model.encoder_layers=1", "--set", "train.batch_tokens=1000", "--set", "train.valid_every=30",
+    "--set", "data.max_ratio=10",
+    # An untrained decoder rarely stops before the length limit: keep the limit short.
+    "--set", "decode.max_len_a=0.5", "--set", "decode.max_len_b=4",
+]
+MAX_SOURCE_TOKENS = 250  # the config default, which the tests' warnings name
+
+# Each character that str.splitlines() (and so many readers) treats as a line break, besides "\n".
+LINE_SEPARATORS = ["\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+# (input line, whether its output must be empty), in the order the end-to-end tests feed them.
+HOSTILE_LINES: list[tuple[bytes, bool]] = [
+    (b"twenty-one", False),
+    (b"", True),
+    (b"  \t  ", True),
+    (b"\x00", False),
+    (b"\x1b[31mseven\x1b[0m", False),
+    (b"four\x0cfive", False),
+    ("six\x85seven".encode(), False),
+    ("eight\u2028nine".encode(), False),
+    ("\u2029 \x0b\x1c\x1d\x1e".encode(), True),
+    (b"ten\rtwelve", False),
+    (b"\xff\xfe broken \xc3", False),  # line 11: invalid UTF-8
+    (b"one " * 10_000, False),  # line 12: 10,000 words, far over max_source_tokens
+    ("\ufeff\u200b\ufffd".encode(), True),  # only characters SentencePiece drops: nothing to translate
+    (b"half past seven", False),
+]
+INVALID_UTF8_LINE, LONG_LINE = 11, 12
+
+
+def invoke(*args, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The model is tiny and the test machine's cores are shared: a second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A run directory with a 30-step model: valid, fast, and no good at translating."""
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for split, pairs in toy.generate(300, 20, 0, seed=11).items():
+        (corpus / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), encoding="utf-8")
+        (corpus / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
+    result = invoke("preprocess", root / "run", "--src-lang", "en", "--tgt-lang", "de", "--train", corpus / "train",
+                    "--valid", corpus / "valid", *TINY_MODEL)
+    assert result.exit_code == 0, result.output
+    result = invoke("train", root / "run", "--max-steps", "30")
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def translator(run):
+    """translate(data, beam, n_best) -> output text, through translate_stream with the run's model."""
+    tokenizer = Tokenizer.load(RunDir(run).tokenizer_dir)
+    model, config, _ = checkpoint.load_model(checkpoint.resolve(RunDir(run), "best"), tokenizer)
+    assert config.model.max_source_tokens == MAX_SOURCE_TOKENS
+
+    def stream(data: bytes, beam: int = 1, n_best: int = 1, chunk_lines: int = 5000) -> str:
+        options = translate.SearchOptions.from_config(config.decode, beam, n_best)
+        target = io.StringIO()
+        translate.translate_stream(model, tokenizer, io.BytesIO(data), target, options, torch.device("cpu"),
+                                   MAX_SOURCE_TOKENS, chunk_lines=chunk_lines)
+        return target.getvalue()
+
+    return stream
+
+
+def output_lines(text: str, expected: int) -> list[str]:
+    """The lines of translate's output, checking they number `expected` by every line-splitting rule."""
+    assert text.count("\n") == expected and (text == "" or text.endswith("\n"))
+    assert len(text.splitlines()) == expected, "an output line holds a line separator"
+    return text.split("\n")[:-1]
+
+
+def hostile_input() -> bytes:
+    return b"".join(line + b"\n" for line, _ in HOSTILE_LINES)
+
+
+def check_hostile_output(text: str, stream) -> None:
+    """One line per input line, blank where required, and each line's translation where it belongs:
+    the output of a line is the same when it is translated alone."""
+    for (line, blank), output in zip(HOSTILE_LINES, output_lines(text, len(HOSTILE_LINES))):
+        if blank:
+            assert output == "", line
+        else:
+            assert output == output_lines(stream(line + b"\n"), 1)[0], line
+
+
+def test_hostile_file_keeps_line_count_and_order_and_warns(run, translator, tmp_path):
+    source, target = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_bytes(hostile_input())
+    result = invoke("translate", run, "-i", source, "-o", target, "--beam", "1")
+    assert result.exit_code == 0, result.output
+    check_hostile_output(target.read_bytes().decode("utf-8"), translator)
+    assert f"line {INVALID_UTF8_LINE}: invalid UTF-8 replaced by U+FFFD" in result.stderr
+    assert f"line {LONG_LINE}: " in result.stderr and f"truncated to {MAX_SOURCE_TOKENS}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_stdin_to_stdout_keeps_the_invariant(run, translator):
+    result = invoke("translate", run, "--beam", "2", input=hostile_input())
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stdout  # warnings go to stderr, never into the translations
+    beam2 = functools.partial(translator, beam=2)
+    check_hostile_output(result.stdout_bytes.decode("utf-8"), beam2)
+
+
+def test_crlf_input_counts_lines_like_lf(translator):
+    assert output_lines(translator(b"a\r\nb\r\n"), 2) == output_lines(translator(b"a\nb\n"), 2)
+    assert output_lines(translator(b"\r\n\r\n \r\n"), 3) == ["", "", ""]
+    assert output_lines(translator(b"no final newline"), 1)
+
+
+def test_lines_with_nothing_to_translate_keep_their_row_in_n_best(translator):
+    rows = [row.split(" ||| ") for row in output_lines(translator(b"one\n\n\xef\xbb\xbf\ntwo\n", beam=2, n_best=2), 6)]
+    assert [row[0] for row in rows] == ["0", "0", "1", "2", "3", "3"]
+    assert rows[2] == ["1", "", "0.0000"] and rows[3] == ["2", "", "0.0000"]
+
+
+class SeparatorTokenizer:
+    """Decodes everything to text full of line separators, as a tokenizer trained on
+    untidied text might: translate must still write one line per hypothesis."""
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return ["a" + "".join(LINE_SEPARATORS) + "\nb"] * len(ids)
+
+
+@pytest.mark.parametrize("n_best", [1, 2])
+def test_decoded_line_separators_never_split_an_output_line(n_best):
+    hyps = [Hypothesis([5, 6], -1.0, -2.0), Hypothesis([7], -1.5, -1.5)][:n_best]
+    lines = translate.format_output(hyps, SeparatorTokenizer(), n_best, line_index=0)
+    assert len(lines) == n_best
+    assert all(len(line.splitlines()) == 1 and "\n" not in line for line in lines)
+
+
+# Lines of every kind: arbitrary text (control characters and separators included), arbitrary
+# bytes (mostly invalid UTF-8), blank lines, and lines over max_source_tokens.
+any_text = st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=30).map(str.encode)
+any_bytes = st.binary(max_size=30).map(lambda data: data.replace(b"\n", b""))
+blank = st.lists(st.sampled_from([" ", "\t", *LINE_SEPARATORS]), max_size=4).map(lambda chars: "".join(chars).encode())
+long_line = st.integers(MAX_SOURCE_TOKENS, 2 * MAX_SOURCE_TOKENS).map(lambda words: b"seven " * words)
+any_line = st.one_of(any_text, any_bytes, blank, long_line, st.sampled_from(toy.generate(30, 0, 0)["train"]).map(lambda p: p[0].encode()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(lines=st.lists(any_line, max_size=8), ending=st.sampled_from([b"\n", b"\r\n"]), chunk_lines=st.integers(1, 4))
+def test_any_input_gives_one_output_line_per_input_line(translator, lines, ending, chunk_lines):
+    text = translator(b"".join(line + ending for line in lines), chunk_lines=chunk_lines)
+    for line, output in zip(lines, output_lines(text, len(lines))):
+        if not line.decode("utf-8", errors="replace").strip():
+            assert output == ""
+
+
+@pytest.mark.parametrize("existing", [None, "old translations\n"])
+def test_output_file_appears_only_when_complete(run, tmp_path, monkeypatch, existing):
+    """A failure after the first chunk was written leaves the old file (or none), and no temporary file."""
+    target = tmp_path / "out.txt"
+    if existing is not None:
+        target.write_text(existing, encoding="utf-8")
+    (tmp_path / "in.txt").write_text("one\ntwo\nthree\nfour\n", encoding="utf-8")
+    monkeypatch.setattr(translate, "translate_stream", functools.partial(translate.translate_stream, chunk_lines=2))
+    search, calls = translate.decode_corpus, []
+
+    def fail_on_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            partial = [p for p in tmp_path.iterdir() if p.name.startswith(".out.txt.")]
+            assert len(partial) == 1 and partial[0].read_text(encoding="utf-8").count("\n") == 2
+            raise RuntimeError("search failed midway")
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(translate, "decode_corpus", fail_on_second_chunk)
+    result = invoke("translate", run, "-i", tmp_path / "in.txt", "-o", target, "--beam", "1")
+    assert isinstance(result.exception, RuntimeError) and len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.txt"] + ["out.txt"] * (existing is not None))
+    if existing is not None:
+        assert target.read_text(encoding="utf-8") == existing
+
+
+def test_evaluate_refuses_files_of_different_length(tmp_path):
+    (tmp_path / "hyp.txt").write_text("a b\nc d\ne f\n", encoding="utf-8")
+    (tmp_path / "ref.txt").write_text("a b\nc d\n", encoding="utf-8")
+    result = invoke("evaluate", tmp_path / "run", "--hyp", tmp_path / "hyp.txt", "--ref", tmp_path / "ref.txt")
+    assert result.exit_code == 1
+    assert "hypotheses have 3 lines but references have 2" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "run/scores").exists()
+
+
+@pytest.mark.parametrize("broken, message", [("missing", "file not found: {path}"), ("directory", "cannot read {path}")])
+@pytest.mark.parametrize("side", ["hyp", "ref"])
+def test_evaluate_names_an_unreadable_file(tmp_path, side, broken, message):
+    files = {"hyp": tmp_path / "hyp.txt", "ref": tmp_path / "ref.txt"}
+    for path in files.values():
+        path.write_text("a b\n", encoding="utf-8")
+    files[side].unlink()
+    if broken == "directory":
+        files[side].mkdir()
+    result = invoke("evaluate", tmp_path / "run", "--hyp", files["hyp"], "--ref", files["ref"])
+    assert result.exit_code == 1
+    assert message.format(path=files[side]) in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_splits_lines_like_translate(tmp_path):
+    """Separators inside a line and CRLF endings must not change the line count, or every
+    later line would be scored against the wrong reference."""
+    hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
+    hyp.write_bytes("the\u2028cat sat\r\non the\x0cmat\r\n\r\n".encode())
+    ref.write_bytes("the\x85cat sat\non the\u2029mat\n\n".encode())
+    result = invoke("evaluate", tmp_path / "run", "--hyp", hyp, "--ref", ref, "--json")
+    assert result.exit_code == 0, result.output
+    assert '"lines": 3' in result.stdout
