@@ -31,7 +31,6 @@ app = typer.Typer(
 )
 stdout, stderr = Console(), Console(stderr=True)
 
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 RunArg = typer.Argument(..., help="The run directory shared by all steps.", show_default=False)
 ConfigOpt = typer.Option(None, "--config", help="YAML file with config sections (data, tokenizer, model, train, decode) laid over the run's config.")
 SetOpt = typer.Option(None, "--set", help="Override one config key, e.g. --set model.hidden_size=256 (repeatable).")
@@ -119,7 +118,7 @@ def train(
     restart: bool = typer.Option(False, "--restart", help="Delete this run's checkpoints and train from scratch instead of resuming."),
 ) -> None:
     """Train the model, resuming from the newest checkpoint when there is one."""
-    from lstmmt.train import train as run_train
+    from lstmmt.train import FAILED_STOPS, train as run_train
 
     run = RunDir(run_dir)
     run.require_preprocessed()
@@ -128,8 +127,8 @@ def train(
     sets += [f"train.max_time={max_time}"] * (max_time is not None)
     sets += [f"train.device={device}"] * (device is not None)
     state = run_train(run, build_config(Config.load(run.config), config_file, sets), restart=restart)
-    if state.stopped in SIGNAL_EXIT_CODES:  # non-zero, so make does not take the model as finished
-        raise typer.Exit(SIGNAL_EXIT_CODES[state.stopped])
+    if state.stopped in FAILED_STOPS:  # non-zero, so make does not take the model as finished
+        raise typer.Exit(FAILED_STOPS[state.stopped])
 
 
 @app.command()

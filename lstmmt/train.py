@@ -37,6 +37,8 @@ from lstmmt.tokenizer import PAD, Tokenizer
 from lstmmt.translate import SearchOptions, decode_corpus
 
 console = Console(stderr=True, soft_wrap=True)
+FAILED_STOPS = {"SIGINT": 130, "SIGTERM": 143, "non-finite loss": 1}
+"""Ways training can end unfinished, with the exit status the CLI gives each."""
 MAX_NONFINITE = 10
 """Consecutive skipped batches after which training stops: the model or the data is broken."""
 
@@ -220,6 +222,8 @@ class Trainer:
         if reason := self._stop_reason():
             console.print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
                           f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
+            self.state.stopped = reason
+            self._write_summary()
             return self.state
         console.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}; "
                       f"{len(self.train_src):,} training pairs")
@@ -251,9 +255,13 @@ class Trainer:
                 self.validate_and_save(progress)
                 self.save(best=False)
         self._report_end(stop.received)
-        if not stop.received:
+        if self.finished():
             self._write_summary()
         return self.state
+
+    def finished(self) -> bool:
+        """Training ended by one of its limits, not by a signal or a failure."""
+        return self.state.stopped not in FAILED_STOPS
 
     def _write_summary(self) -> None:
         """RUN/train.json marks finished training (a file target for recipes); absent after an interruption."""

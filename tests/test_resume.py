@@ -184,7 +184,8 @@ def test_repeated_non_finite_losses_stop_training_with_good_weights(preprocessed
     original = train_module.F.cross_entropy
     monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: original(*a, **k) * float("nan"))
     result = invoke("train", run, "--max-steps", "100")
-    assert result.exit_code == 0
+    assert result.exit_code == 1
+    assert not (run / "train.json").exists()
     assert "non-finite" in result.output and "batch skipped" in result.output
     saved = checkpoint.load(run / "checkpoints/last.pt")
     assert saved["step"] == 15
