@@ -209,6 +209,18 @@ def average(
 
 @app.command()
 @friendly
+def plot(
+    run_dir: Path = RunArg,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write the PNG (default RUN/logs/learning_curve.png)."),
+) -> None:
+    """Plot validation BLEU and loss against step and training time as a PNG (needs matplotlib)."""
+    from lstmmt.plot import plot_learning_curve
+
+    stderr.print(f"Wrote {plot_learning_curve(RunDir(run_dir), output)}")
+
+
+@app.command()
+@friendly
 def info(run_dir: Path = RunArg) -> None:
     """Show what a run directory holds: config, data, tokenizer, checkpoints, scores."""
     from lstmmt.info import describe

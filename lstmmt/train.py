@@ -167,8 +167,16 @@ class Trainer:
             if payload["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
             console.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
+            self._forget_metrics_after(self.state.step)
             return True
         return False
+
+    def _forget_metrics_after(self, step: int) -> None:
+        """Drop metrics.jsonl records of steps the resumed run will redo, so each step appears once."""
+        if self.metrics.exists():
+            kept = [line for line in self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= step]
+            atomic_write_text(self.metrics, "".join(kept))
 
     def _check_compatible(self, payload: dict[str, Any], path: Any) -> None:
         saved_model = payload["config"]["model"]
@@ -374,8 +382,8 @@ def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
     trainer = Trainer(run, config, resolve_device(config.train.device))
     run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
     if restart:
-        for old in run.checkpoints.glob("*.pt"):
-            old.unlink()
+        for old in [*run.checkpoints.glob("*.pt"), run.logs / "metrics.jsonl", run.logs / "train.log"]:
+            old.unlink(missing_ok=True)
     elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
         raise UserError(f"no checkpoint in {run.checkpoints} could be read; pass --restart to train from scratch")
     config.save(run.config)

@@ -94,6 +94,9 @@ def test_average_and_info(trained_run):
     assert result.exit_code == 0
     result = invoke("info", trained_run)
     assert result.exit_code == 0 and "best BLEU" in result.stdout
+    result = invoke("plot", trained_run)
+    assert result.exit_code == 0, result.output
+    assert (trained_run / "logs/learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

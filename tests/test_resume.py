@@ -205,3 +205,18 @@ def test_train_json_marks_finished_training_only(preprocessed, tmp_path):
 
     summary = json.loads((run / "train.json").read_text())
     assert summary["stopped"] == "max_steps" and summary["step"] == 20
+
+
+def test_resumed_metrics_list_each_step_once(preprocessed, tmp_path):
+    import json
+
+    run = fresh_copy(preprocessed, tmp_path, "metrics")
+    process = start_training(run)
+    wait_for(run / "checkpoints/step-30.pt", process)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert invoke("train", run, "--max-steps", "60").exit_code == 0
+    steps = [(r["event"], r["step"]) for r in map(json.loads, (run / "logs/metrics.jsonl").read_text().splitlines())]
+    assert len(steps) == len(set(steps))
+    assert ("valid", 60) in steps and ("train", 35) in steps

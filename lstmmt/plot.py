@@ -1,0 +1,55 @@
+"""`lstmmt plot`: the learning curve of a run as a PNG, so a user can look instead of read.
+
+Validation BLEU and loss against step and against training time, from logs/metrics.jsonl.
+matplotlib is an optional extra (`pip install 'lstmmt[plot]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from lstmmt.errors import UserError
+from lstmmt.rundir import RunDir, atomic_write
+
+
+def read_events(run: RunDir, event: str) -> list[dict]:
+    metrics = run.logs / "metrics.jsonl"
+    if not metrics.exists():
+        raise UserError(f"{run.root} has no training log: run `lstmmt train {run.root}` first")
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if r["event"] == event]
+
+
+def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
+    """Write RUN/logs/learning_curve.png (or `output`) and return its path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install 'lstmmt[plot]'") from None
+    valid, train = read_events(run, "valid"), read_events(run, "train")
+    if not valid:
+        raise UserError(f"{run.root} has no validation results yet: train past the first validation first")
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharey="row")
+    for column, (x_key, x_label, scale) in enumerate([("step", "step", 1.0), ("elapsed", "training time (minutes)", 60.0)]):
+        bleu_axis, loss_axis = axes[0][column], axes[1][column]
+        bleu_axis.plot([r[x_key] / scale for r in valid], [r["bleu"] for r in valid], marker="o", label="validation BLEU")
+        loss_axis.plot([r[x_key] / scale for r in train], [r["loss"] for r in train], alpha=0.6, label="training loss")
+        loss_axis.plot([r[x_key] / scale for r in valid], [r["loss"] for r in valid], marker="o", label="validation loss")
+        loss_axis.set_xlabel(x_label)
+        for axis in (bleu_axis, loss_axis):
+            axis.grid(alpha=0.3)
+            axis.legend()
+    axes[0][0].set_ylabel("BLEU (greedy)")
+    axes[1][0].set_ylabel("loss per token")
+    best = max(valid, key=lambda r: r["bleu"])
+    figure.suptitle(f"{run.root.name}: best validation BLEU {best['bleu']:.2f} at step {best['step']}")
+    figure.tight_layout()
+    target = Path(output) if output else run.logs / "learning_curve.png"
+    atomic_write(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return target
