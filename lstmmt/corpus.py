@@ -126,8 +126,8 @@ def _read_jsonl(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
         pair = _jsonl_pair(text, src_lang, tgt_lang, f"{path}:{number}")
         # JSON escapes can smuggle in lone surrogates, which no UTF-8 writer accepts.
         clean = tuple(_SURROGATES.sub("\ufffd", value) for value in pair)
-        src.append(_tidy(clean[0]))
-        tgt.append(_tidy(clean[1]))
+        src.append(one_line(clean[0]))
+        tgt.append(one_line(clean[1]))
         invalid += bad_bytes or clean != pair
     return src, tgt, {"read": len(src), "invalid_utf8": invalid}
 
@@ -238,7 +238,7 @@ def _check_languages(row: dict[str, Any], src_lang: str, tgt_lang: str, name: st
 
 def _text(value: Any) -> str:
     """A dataset cell as one clean line; a missing value (None) becomes empty and is dropped later."""
-    return "" if value is None else _tidy(str(value))
+    return "" if value is None else one_line(str(value))
 
 
 def _read_lines(path: Path) -> list[bytes]:
@@ -265,8 +265,8 @@ def _decode_pairs(raw_pairs: Iterable[tuple[bytes, bytes]]) -> Pairs:
     src, tgt, invalid = [], [], 0
     for raw_src, raw_tgt in raw_pairs:
         (src_text, src_bad), (tgt_text, tgt_bad) = _decode(raw_src), _decode(raw_tgt)
-        src.append(_tidy(src_text))
-        tgt.append(_tidy(tgt_text))
+        src.append(one_line(src_text))
+        tgt.append(one_line(tgt_text))
         invalid += src_bad or tgt_bad
     return src, tgt, {"read": len(src), "invalid_utf8": invalid}
 
@@ -279,5 +279,10 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8", errors="replace"), True
 
 
-def _tidy(text: str) -> str:
+def one_line(text: str) -> str:
+    """Text stripped, with every character str.splitlines() splits on turned into a space.
+
+    Any reader that splits on one of them would see one line as several, so neither
+    corpus text nor translate's input and output may hold them.
+    """
     return _LINE_BREAKS.sub(" ", text).strip()

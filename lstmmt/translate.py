@@ -13,7 +13,6 @@ truncated to the model's maximum source length with a warning naming the line.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from lstmmt import checkpoint
 from lstmmt.batching import collate, token_batches
 from lstmmt.config import DecodeConfig
+from lstmmt.corpus import one_line
 from lstmmt.device import resolve_device
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
@@ -35,11 +35,6 @@ from lstmmt.rundir import RunDir, atomic_write
 from lstmmt.tokenizer import Tokenizer
 
 stderr = Console(stderr=True)
-
-LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
-"""Everything str.splitlines() splits on. A reader that splits on any of them would see one
-input or output line as several, so they become spaces (the same set preprocess removes)."""
-
 
 @dataclass
 class SearchOptions:
@@ -115,7 +110,7 @@ def read_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[tuple[int, list[
         except UnicodeDecodeError:
             line = raw.decode("utf-8", errors="replace")
             stderr.print(f"[yellow]warning:[/] line {number}: invalid UTF-8 replaced by U+FFFD")
-        chunk.append(LINE_BREAKS.sub(" ", line).strip())
+        chunk.append(one_line(line))
         if len(chunk) == chunk_lines:
             yield first, chunk
             first, chunk = number + 1, []
@@ -134,7 +129,7 @@ def format_output(hyps: list[Hypothesis], tokenizer: Tokenizer, n_best: int, lin
     """
     if not hyps:
         return [""] if n_best == 1 else [f"{line_index} |||  ||| 0.0000"]
-    texts = [LINE_BREAKS.sub(" ", text) for text in tokenizer.decode_tgt([h.tokens for h in hyps])]
+    texts = [one_line(text) for text in tokenizer.decode_tgt([h.tokens for h in hyps])]
     if n_best == 1:
         return [texts[0]]
     return [f"{line_index} ||| {text} ||| {hyp.score:.4f}" for text, hyp in zip(texts, hyps)]
