@@ -1,0 +1,536 @@
+"""lstmmt side by side with OpenNMT-py 3.5.1 and JoeyNMT 2.3.0 on the same data, model size and threads.
+
+What is the same for every system:
+  * data: Multi30k en-de train (the 28,997 pairs lstmmt keeps), segmented by one joint 8k
+    unigram SentencePiece model (lstmmt's, from the preprocessed run): the peers get the
+    pieces as space-separated tokens and a vocabulary file of the same pieces, so all three
+    see identical token sequences and an 8,000-entry vocabulary;
+  * model: embeddings 256 shared by source and target, BiLSTM encoder 2 layers x 256 per
+    direction, one 512 decoder layer, Luong (general) attention, bridge, untied 512x8000
+    output layer, dropout 0.3; input feeding for the peers (their default); lstmmt both
+    without (`lstmmt`) and with input feeding (`lstmmt-if`);
+  * training: Adam, constant lr 1e-3 (no warm-up), label smoothing 0.1, clip norm 1.0,
+    4096-token batches, loss normalised by target tokens, one step logged per step;
+  * threads: OMP_NUM_THREADS=MKL_NUM_THREADS=--threads (2), CPU;
+  * translation: test_2016_flickr (1,000 lines), beam 5, a 1,600-source-token batch budget
+    (lstmmt's default decode.batch_tokens 8000 / beam 5), outputs capped at about 100 tokens.
+
+Each system trains once for --train-steps steps (default 60). Training throughput is
+read from the system's own per-step log over the window of steps W+1..W+N (--warmup,
+--steps), timed by the log timestamps, so start-up and data loading are excluded.
+Translation uses the checkpoint at the end of that run (a barely trained model, but one
+whose output lengths are plausible; mean output length and BLEU are reported so this can
+be checked) and is timed as wall time of the translate command minus the wall time of
+the same command on a one-line input (start-up and model loading), plus each system's
+own report where it has one (OpenNMT-py -report_time, JoeyNMT "Generation took").
+
+Everything is cached under --work (default benchmarks/.cache/peers): the virtualenvs (a
+marker file records the recipe that built each), the exported data, each system's trained
+model and measurements. A rerun reuses them and reprints the JSON; --remeasure trains and
+translates again (the venvs and data stay), --systems picks a subset.
+
+    python benchmarks/peers.py > peers.json
+    python benchmarks/peers.py --systems lstmmt,opennmt --remeasure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
+                    read_test_source, run_measured, thread_env)
+
+SYSTEMS = ("lstmmt", "lstmmt-if", "opennmt", "joeynmt")
+TORCH_SPEC = "torch==2.13.0"
+RECIPES = {
+    # OpenNMT-py 3.5.1 pins torch<2.3: install it without dependencies next to torch 2.13,
+    # plus what it imports (spacy and fasttext are imported eagerly).
+    "opennmt": [["OpenNMT-py==3.5.1", "--no-deps"],
+                ["configargparse", "pyyaml", "sacrebleu", "sentencepiece", "six", "pyonmttok", "pyahocorasick",
+                 "rapidfuzz", "fasttext-wheel", "spacy"]],
+    # JoeyNMT 2.3.0 misses importlib_metadata in its requirements; sentencepiece 0.2.0 has wheels for 3.11.
+    "joeynmt": [["joeynmt==2.3.0", "importlib_metadata", "sentencepiece==0.2.0"]],
+}
+PEER_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # OpenNMT-py 3.5.1 checkpoints hold pickled options
+MAX_OUTPUT = 100
+TEST_BATCH_TOKENS = 1600
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--work", type=Path, default=CACHE / "peers", help="cache folder: venvs, data, models, results")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    ap.add_argument("--train-steps", type=int, default=60, help="length of each training run (the translation model)")
+    ap.add_argument("--warmup", type=int, default=5, help="steps before the timed window")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--test-lines", type=int, default=0, help="translate only the first N test lines (0: all 1,000; for smoke tests)")
+    ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
+    args = ap.parse_args()
+    if args.train_steps < args.warmup + args.steps:
+        ap.error("--train-steps must be at least --warmup + --steps")
+    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        ap.error(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
+    return args
+
+
+# -- load sampling ------------------------------------------------------------------------------
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every few seconds while a command runs."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        import os
+
+        self.every, self.samples, self._stop = every, [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import os
+
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        return {"mean": round(statistics.fmean(self.samples), 2), "max": round(max(self.samples), 2)}
+
+
+# -- set-up: virtualenvs and data ----------------------------------------------------------------
+
+
+def ensure_venv(name: str, work: Path) -> Path:
+    """A virtualenv with torch 2.13.0 and the peer, built once; returns its python."""
+    venv = work / f"venv-{name}"
+    python = venv / "bin" / "python"
+    marker = venv / ".lstmmt-recipe.json"
+    recipe = {"torch": TORCH_SPEC, "steps": RECIPES[name]}
+    if marker.exists() and json.loads(marker.read_text()) == recipe:
+        return python
+    if venv.exists():
+        shutil.rmtree(venv)
+    log(f"creating {venv} ({TORCH_SPEC}, then {RECIPES[name]}); pip output in {venv}.log")
+    install_log = work / f"venv-{name}.log"
+    install_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(install_log, "w") as out:
+        def pip(*packages: str) -> None:
+            cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *packages]
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                tail = [line for line in install_log.read_text().splitlines() if "Location 'file:" not in line][-15:]
+                raise RuntimeError(f"pip install {' '.join(packages)} failed (exit {done.returncode}):\n" + "\n".join(tail))
+
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=subprocess.STDOUT)
+        pip(TORCH_SPEC)
+        for step in RECIPES[name]:
+            pip(*step)
+    marker.write_text(json.dumps(recipe))
+    return python
+
+
+def export_data(run: Path, data_dir: Path, out: Path, test_lines: int = 0) -> dict[str, Any]:
+    """The run's encoded splits as space-separated SentencePiece pieces, the piece vocabulary,
+    and the raw test source/reference (what lstmmt translates and what BLEU compares to)."""
+    import sentencepiece as spm
+
+    from lstmmt.encoded import EncodedSide
+    from lstmmt.rundir import RunDir
+
+    done = out / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    rundir = RunDir(run)
+    sp = spm.SentencePieceProcessor(model_file=str(rundir.tokenizer_dir / "spm.model"))
+    counts = {}
+    for split in ("train", "valid", "test"):
+        for side, lang in (("src", "en"), ("tgt", "de")):
+            encoded = EncodedSide.open(rundir, split, side)
+            count = min(len(encoded), test_lines) if split == "test" and test_lines else len(encoded)
+            with open(out / f"{split}.sp.{lang}", "w", encoding="utf-8") as handle:
+                for i in range(count):
+                    handle.write(" ".join(sp.id_to_piece(int(t)) for t in encoded[i]) + "\n")
+            counts[f"{split}.{lang}"] = count
+    # Pieces 0-3 are lstmmt's <pad> <unk> <s> </s>; each peer adds its own four specials.
+    (out / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(4, sp.get_piece_size())), encoding="utf-8")
+    test_src = read_test_source(data_dir)[: counts["test.en"]]
+    test_ref = rundir.text("test", "tgt").read_text(encoding="utf-8").splitlines()[: counts["test.en"]]
+    (out / "test.raw.en").write_text("\n".join(test_src) + "\n", encoding="utf-8")
+    (out / "test.ref.de").write_text("\n".join(test_ref) + "\n", encoding="utf-8")
+    (out / "one.sp.en").write_text(" ".join(sp.encode("A man is riding a bicycle.", out_type=str)) + "\n", encoding="utf-8")
+    (out / "one.raw.en").write_text("A man is riding a bicycle.\n", encoding="utf-8")
+    meta = {"pieces": sp.get_piece_size(), "lines": counts}
+    done.write_text(json.dumps(meta))
+    return meta
+
+
+def detok(line: str) -> str:
+    return "".join(line.split()).replace("\u2581", " ").strip()
+
+
+# -- log parsing: (step, seconds, target tokens of that step) -------------------------------------
+
+
+def _stamp(text: str, fmt: str = "%Y-%m-%d %H:%M:%S,%f") -> float:
+    return datetime.strptime(text, fmt).timestamp()
+
+
+def steps_opennmt(log_text: str) -> list[tuple[int, float, float]]:
+    rows = []
+    pattern = re.compile(r"\[(\S+ \S+) INFO\] Step\s+(\d+)/\s*\d+;.*?bsz:\s*([\d.]+)/\s*([\d.]+)/")
+    for match in pattern.finditer(log_text):
+        rows.append((int(match.group(2)), _stamp(match.group(1)), float(match.group(4))))  # report_every 1: bsz = the batch
+    return rows
+
+
+def steps_joeynmt(log_text: str) -> list[tuple[int, float, float]]:
+    rows, previous = [], None
+    pattern = re.compile(r"^(\S+ \S+) - INFO - joeynmt.training - Epoch\s+\d+, Step:\s+(\d+),.*Tokens per Sec:\s+([\d.]+)", re.M)
+    for match in pattern.finditer(log_text):
+        stamp = _stamp(match.group(1))
+        tokens = float(match.group(3)) * (stamp - previous) if previous is not None else 0.0
+        rows.append((int(match.group(2)), stamp, tokens))
+        previous = stamp
+    return rows
+
+
+def steps_lstmmt(metrics_text: str) -> list[tuple[int, float, float]]:
+    rows, previous = [], None
+    for line in metrics_text.splitlines():
+        record = json.loads(line)
+        if record.get("event") != "train":
+            continue
+        tokens = record["tgt_tokens_per_s"] * (record["elapsed"] - previous) if previous is not None else 0.0
+        rows.append((record["step"], record["elapsed"], tokens))
+        previous = record["elapsed"]
+    return rows
+
+
+def window(rows: list[tuple[int, float, float]], warmup: int, steps: int) -> dict[str, Any]:
+    """Target tokens/s and steps/s over steps warmup+1 .. warmup+steps."""
+    by_step = {step: (t, tokens) for step, t, tokens in rows}
+    first, last = warmup, warmup + steps
+    if first not in by_step or last not in by_step:
+        raise RuntimeError(f"log lacks step {first} or {last} (has {min(by_step, default=None)}..{max(by_step, default=None)})")
+    seconds = by_step[last][0] - by_step[first][0]
+    tokens = sum(by_step[s][1] for s in range(first + 1, last + 1) if s in by_step)
+    return {"window_steps": [first + 1, last], "seconds": round(seconds, 2), "steps_per_s": round(steps / seconds, 4),
+            "tgt_tokens_per_s": round(tokens / seconds, 1), "tgt_tokens_per_step": round(tokens / steps, 1)}
+
+
+# -- the systems -----------------------------------------------------------------------------------
+
+
+class System:
+    """One toolkit: how to train it, where its log is, how to translate with it."""
+
+    name: str
+
+    def __init__(self, args: argparse.Namespace, data: Path, base_run: Path) -> None:
+        self.args, self.data, self.base_run = args, data, base_run
+        self.dir = args.work / "runs" / self.name
+        self.env = thread_env(args.threads) | PEER_ENV
+
+    def prepare(self) -> None: ...
+
+    def train_cmd(self) -> list[str]: ...
+
+    def steps(self) -> list[tuple[int, float, float]]: ...
+
+    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+        """The command, the file to feed its stdin (or None) and the file its stdout goes to (or None)."""
+        ...
+
+    def reported_translate_s(self, log_text: str) -> Optional[float]:
+        return None
+
+    def source_for(self, kind: str) -> Path:
+        return self.data / ("test.sp.en" if kind == "test" else "one.sp.en")
+
+    def hypotheses(self, output: Path) -> list[str]:
+        return [detok(line) for line in output.read_text(encoding="utf-8").splitlines()]
+
+    def parameters(self, train_log: str) -> Optional[int]:
+        return None
+
+
+class Lstmmt(System):
+    name = "lstmmt"
+    input_feeding = False
+
+    def prepare(self) -> None:
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        shutil.copy2(self.base_run / "config.yaml", self.dir / "config.yaml")
+        for folder in ("tokenizer", "data"):
+            shutil.copytree(self.base_run / folder, self.dir / folder)
+
+    def train_cmd(self) -> list[str]:
+        steps = self.args.train_steps
+        sets = [
+            "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
+            "model.attention=luong", f"model.input_feeding={str(self.input_feeding).lower()}", "model.dropout=0.3",
+            "model.tie_embeddings=false",  # an untied 512x8000 output layer, as the peers have
+            "train.batch_tokens=4096", "train.lr=0.001", "train.lr_schedule=constant", "train.warmup_steps=0",
+            "train.label_smoothing=0.1", "train.clip_norm=1.0", "train.log_every=1", f"train.valid_every={steps}",
+            f"train.threads={self.args.threads}", "train.device=cpu", "train.seed=1",
+        ]
+        return lstmmt_cmd("train", str(self.dir), "--max-steps", str(steps), "--restart", *[x for s in sets for x in ("--set", s)])
+
+    def steps(self) -> list[tuple[int, float, float]]:
+        return steps_lstmmt((self.dir / "logs" / "metrics.jsonl").read_text())
+
+    def source_for(self, kind: str) -> Path:
+        return self.data / ("test.raw.en" if kind == "test" else "one.raw.en")
+
+    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+        return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output), "--beam", str(self.args.beam),
+                          "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", "cpu"), None, None
+
+    def hypotheses(self, output: Path) -> list[str]:
+        return output.read_text(encoding="utf-8").splitlines()
+
+    def parameters(self, train_log: str) -> Optional[int]:
+        match = re.search(r"Model: ([\d,]+) parameters", train_log)
+        return int(match.group(1).replace(",", "")) if match else None
+
+
+class LstmmtIF(Lstmmt):
+    name = "lstmmt-if"
+    input_feeding = True
+
+
+class OpenNMT(System):
+    name = "opennmt"
+
+    def prepare(self) -> None:
+        self.python = ensure_venv("opennmt", self.args.work)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        config = {
+            "save_data": str(self.dir), "src_vocab": str(self.data / "vocab.txt"), "tgt_vocab": str(self.data / "vocab.txt"),
+            "share_vocab": True, "src_words_min_frequency": 0, "tgt_words_min_frequency": 0,
+            "data": {"corpus_1": {"path_src": str(self.data / "train.sp.en"), "path_tgt": str(self.data / "train.sp.de")}},
+            "save_model": str(self.dir / "model"), "save_checkpoint_steps": self.args.train_steps,
+            "train_steps": self.args.train_steps, "valid_steps": 10**9, "report_every": 1, "seed": 1,
+            "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "LSTM", "enc_layers": 2, "dec_layers": 1,
+            "hidden_size": 512, "word_vec_size": 256, "share_embeddings": True, "global_attention": "general",
+            "input_feed": 1, "bridge": True, "dropout": 0.3, "label_smoothing": 0.1,
+            "optim": "adam", "learning_rate": 0.001, "max_grad_norm": 1.0,
+            "batch_type": "tokens", "batch_size": 4096, "normalization": "tokens",
+            "num_workers": 0,  # two cores: a loader process would compete with the two compute threads
+            "bucket_size": 32768,  # the whole corpus in one bucket (the default fills 262,144 by re-reading it 9 times)
+        }
+        import yaml
+
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def train_cmd(self) -> list[str]:
+        return [str(self.python.parent / "onmt_train"), "-config", str(self.dir / "config.yaml")]
+
+    def steps(self) -> list[tuple[int, float, float]]:
+        return steps_opennmt((self.dir / "train.log").read_text(errors="replace"))
+
+    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+        model = self.dir / f"model_step_{self.args.train_steps}.pt"
+        return [str(self.python.parent / "onmt_translate"), "-model", str(model), "-src", str(source), "-output", str(output),
+                "-beam_size", str(self.args.beam), "-batch_type", "tokens", "-batch_size", str(TEST_BATCH_TOKENS),
+                "-max_length", str(MAX_OUTPUT), "-length_penalty", "avg", "-report_time", "-gpu", "-1"], None, None
+
+    def reported_translate_s(self, log_text: str) -> Optional[float]:
+        match = re.search(r"Total translation time \(s\): ([\d.]+)", log_text)
+        return float(match.group(1)) if match else None
+
+    def parameters(self, train_log: str) -> Optional[int]:
+        match = re.search(r"\* number of parameters: (\d+)", train_log)
+        return int(match.group(1)) if match else None
+
+
+class JoeyNMT(System):
+    name = "joeynmt"
+
+    def prepare(self) -> None:
+        self.python = ensure_venv("joeynmt", self.args.work)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": str(self.data / "vocab.txt")}  # noqa: E731
+        config = {
+            "name": "m30k_bench", "model_dir": str(self.dir / "model"), "use_cuda": False,
+            "data": {"train": str(self.data / "train.sp"), "dev": str(self.data / "valid.sp"), "test": str(self.data / "test.sp"),
+                     "dataset_type": "plain", "src": side("en"), "trg": side("de")},
+            "testing": {"beam_size": self.args.beam, "beam_alpha": 1.0, "batch_size": TEST_BATCH_TOKENS, "batch_type": "token",
+                        "max_output_length": MAX_OUTPUT, "eval_metrics": ["bleu"],
+                        "load_model": str(self.dir / "model" / "latest.ckpt")},
+            "training": {
+                "random_seed": 1, "optimizer": "adam", "learning_rate": 0.001,
+                "scheduling": "exponential", "decrease_factor": 1.0,  # constant lr (the default scheduler fails on torch 2.13)
+                "batch_size": 4096, "batch_type": "token", "normalization": "tokens", "label_smoothing": 0.1,
+                "clip_grad_norm": 1.0, "epochs": 1000, "updates": self.args.train_steps, "logging_freq": 1,
+                "validation_freq": 10**9, "early_stopping_metric": "ppl", "keep_best_ckpts": 1, "overwrite": True,
+                "shuffle": True, "num_workers": 0,
+            },
+            "model": {
+                "initializer": "xavier_uniform", "tied_embeddings": True,
+                "encoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256}, "hidden_size": 256,
+                            "bidirectional": True, "num_layers": 2, "dropout": 0.3},
+                "decoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256}, "hidden_size": 512,
+                            "attention": "luong", "input_feeding": True, "init_hidden": "bridge", "num_layers": 1, "dropout": 0.3},
+            },
+        }
+        import yaml
+
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def train_cmd(self) -> list[str]:
+        return [str(self.python), "-m", "joeynmt", "train", str(self.dir / "config.yaml"), "--skip-test"]
+
+    def steps(self) -> list[tuple[int, float, float]]:
+        return steps_joeynmt((self.dir / "train.log").read_text(errors="replace"))
+
+    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+        # stdin to stdout: JoeyNMT 2.3.0's `translate -o FILE` fails after decoding
+        # (AttributeError: 'BaseConfig' object has no attribute 'n_best', prediction.py).
+        return [str(self.python), "-m", "joeynmt", "translate", str(self.dir / "config.yaml")], source, output
+
+    def reported_translate_s(self, log_text: str) -> Optional[float]:
+        match = re.search(r"Generation took ([\d.]+)\[sec\]", log_text)
+        return float(match.group(1)) if match else None
+
+    def parameters(self, train_log: str) -> Optional[int]:
+        match = re.search(r"Total params: (\d+)", train_log)
+        return int(match.group(1)) if match else None
+
+
+CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-if": LstmmtIF, "opennmt": OpenNMT, "joeynmt": JoeyNMT}
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+def measure(system: System, args: argparse.Namespace, references: list[str]) -> dict[str, Any]:
+    import sacrebleu
+
+    result: dict[str, Any] = {"system": system.name}
+    system.prepare()
+    train_log = system.dir / "train.log"
+    log(f"{system.name}: training {args.train_steps} steps (timed window: steps {args.warmup + 1}-{args.warmup + args.steps})")
+    with LoadSampler() as load:
+        proc = run_measured(system.train_cmd(), train_log, env=system.env)
+    rows = system.steps()
+    result["train"] = {**window(rows, args.warmup, args.steps), "run": proc, "loadavg_1min": load.summary(),
+                       "parameters": system.parameters(train_log.read_text(errors="replace"))}
+    log(f"{system.name}: {result['train']['tgt_tokens_per_s']:,.0f} target tokens/s over the window "
+        f"(load {result['train']['loadavg_1min']['mean']})")
+
+    timings = {}
+    with LoadSampler() as load:
+        for kind in ("one", "test"):
+            output = system.dir / f"translate.{kind}.out"
+            cmd, stdin, stdout = system.translate_cmd(system.source_for(kind), output)
+            timings[kind] = run_measured(cmd, system.dir / f"translate.{kind}.log", env=system.env, stdin_path=stdin, stdout_path=stdout)
+    test_log = (system.dir / "translate.test.log").read_text(errors="replace")
+    hyps = system.hypotheses(system.dir / "translate.test.out")
+    if len(hyps) != len(references):
+        raise RuntimeError(f"{system.name}: {len(hyps)} translations for {len(references)} test lines")
+    marginal = timings["test"]["wall_s"] - timings["one"]["wall_s"]
+    reported = system.reported_translate_s(test_log)
+    result["translate"] = {
+        "lines": len(hyps), "beam": args.beam,
+        "wall_s": timings["test"]["wall_s"], "startup_s": timings["one"]["wall_s"],
+        "sentences_per_s": round(len(hyps) / marginal, 2) if marginal > 0 else None,
+        "sentences_per_s_wall": round(len(hyps) / timings["test"]["wall_s"], 2),
+        "reported_translate_s": reported,
+        "sentences_per_s_reported": round(len(hyps) / reported, 2) if reported else None,
+        "peak_rss_mb": timings["test"]["peak_rss_mb"], "cpu_s": timings["test"]["cpu_s"],
+        "mean_output_words": round(statistics.fmean(len(h.split()) for h in hyps), 2),
+        "bleu": round(sacrebleu.corpus_bleu(hyps, [references]).score, 2),
+        "loadavg_1min": load.summary(),
+    }
+    log(f"{system.name}: {result['translate']['sentences_per_s']} sentences/s (beam {args.beam}), "
+        f"BLEU {result['translate']['bleu']}, {result['translate']['mean_output_words']} words/line")
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return result
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    figures = {"train_tgt_tokens_per_s": ("train", "tgt_tokens_per_s"), "translate_sentences_per_s": ("translate", "sentences_per_s")}
+    for mine in ("lstmmt", "lstmmt-if"):
+        for peer in ("opennmt", "joeynmt"):
+            if "train" not in results.get(mine, {}) or "train" not in results.get(peer, {}):
+                continue
+            for label, (part, key) in figures.items():
+                a, b = results[mine][part].get(key), results[peer][part].get(key)
+                if a and b:
+                    out[f"{mine}/{peer}:{label}"] = round(a / b, 3)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    exit_on_sigterm()
+    args.work = args.work.resolve()
+    base_run = ensure_preprocessed(CACHE / "m30k-8k", args.data_dir)
+    data = args.work / ("data" if not args.test_lines else f"data-test{args.test_lines}")
+    meta = export_data(base_run, args.data_dir, data, args.test_lines)
+    references = (data / "test.ref.de").read_text(encoding="utf-8").splitlines()
+    settings = {"train_steps": args.train_steps, "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "beam": args.beam,
+                "test_lines": args.test_lines or 1000}
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.systems.split(","):
+        cached = args.work / "results" / f"{name}.json"
+        if cached.exists() and not args.remeasure:
+            previous = json.loads(cached.read_text())
+            if previous.get("settings") == settings:
+                log(f"{name}: reusing measurements of {previous.get('measured_at')} ({cached}; --remeasure to redo)")
+                results[name] = previous
+                continue
+        system = CLASSES[name](args, data, base_run)
+        try:
+            results[name] = measure(system, args, references) | {"settings": settings}
+        except Exception as exc:  # a peer that cannot be installed or run is reported, not fatal
+            log(f"{name}: FAILED: {exc}")
+            results[name] = {"system": name, "error": str(exc), "settings": settings}
+            continue
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(results[name], indent=2))
+    emit({
+        "benchmark": "peers",
+        "machine": machine("cpu"),
+        "settings": settings,
+        "data": {"corpus": "Multi30k en-de", "train_pairs": meta["lines"]["train.en"], "test": "test_2016_flickr",
+                 "vocab": meta["pieces"]},
+        "results": results,
+        "ratios": ratios(results),
+    })
+
+
+if __name__ == "__main__":
+    main()

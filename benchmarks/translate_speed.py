@@ -1,0 +1,279 @@
+"""Translation throughput of lstmmt: sentences/s, target tokens/s, peak memory, time to first line.
+
+Input: test_2016_flickr.en repeated to --lines lines (10,000 by default; the issue's 100k
+amortises start-up further). For each beam size the timed command is the real one,
+
+    python -m lstmmt translate RUN -i INPUT -o - --beam K --device D
+
+run as a subprocess whose stdout is read as it streams: the time to the first output line
+and to the last are taken from the moment the process is started, so they include Python
+start-up and model loading (measured on its own with a one-line input and reported as
+`startup_s`). Peak memory is the child's peak RSS (wait4). Target tokens are counted by
+re-encoding the output lines with the run's SentencePiece model (+1 for EOS each), which
+equals the generated length unless the model emitted a non-canonical segmentation.
+
+With --mode inprocess the same translate_stream runs inside this process instead (and on
+a GPU reports torch.cuda.max_memory_allocated); first-line time then excludes start-up.
+
+Without --run, a model of the comparison size (issue 4) is trained for --train-steps
+steps into benchmarks/.cache (once; reused after): quality does not matter for speed,
+but output lengths do, so a slightly trained model is better than a random one.
+
+    python benchmarks/translate_speed.py                          # trains a quick model once
+    python benchmarks/translate_speed.py --run runs/en-de --lines 100000 --beams 5
+    python benchmarks/translate_speed.py --profile 1              # + torch profiler of one beam-5 batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
+                    peak_rss_mb, read_test_source, reset_peak_rss, run_measured, thread_env)
+
+QUICK_MODEL = [
+    "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
+    "model.attention=luong", "train.batch_tokens=4096", "train.lr_schedule=constant", "train.warmup_steps=50",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=None, help="trained run directory (default: train a quick one in benchmarks/.cache)")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--lines", type=int, default=10_000, help="input lines (test_2016_flickr.en repeated)")
+    ap.add_argument("--beams", default="1,5", help="comma-separated beam sizes")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="OMP/MKL threads for the translate process (0: torch's default)")
+    ap.add_argument("--checkpoint", default="last", help="best, last, averaged or a path")
+    ap.add_argument("--batch-tokens", type=int, default=0, help="translate --batch-tokens (0: the run's decode.batch_tokens)")
+    ap.add_argument("--mode", choices=["cli", "inprocess"], default="cli")
+    ap.add_argument("--train-steps", type=int, default=200, help="steps for the quick model when --run is not given")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override for the quick model")
+    ap.add_argument("--profile", type=int, default=0, metavar="K", help="profile K batches of beam-5 search in-process and report the top ops")
+    return ap.parse_args()
+
+
+def quick_model(args: argparse.Namespace) -> Path:
+    """A run trained for a few hundred steps on Multi30k, made once under benchmarks/.cache."""
+    base = ensure_preprocessed(CACHE / "m30k-8k", args.data_dir)
+    tag = "-".join(s.replace("model.", "").replace("=", "") for s in args.sets) or "default"
+    run = CACHE / f"quick-{tag}-{args.train_steps}"
+    if (run / "train.json").exists():  # lstmmt writes it only when training reached its limit
+        log(f"reusing trained {run}")
+        return run
+    if run.exists():
+        shutil.rmtree(run)  # an interrupted quick training: start it again
+    copy_preprocessed(base, run)
+    log(f"training a quick model into {run} ({args.train_steps} steps; once)")
+    sets = QUICK_MODEL + [f"train.valid_every={args.train_steps}", "train.log_every=10"] + args.sets
+    cmd = lstmmt_cmd("train", str(run), "--max-steps", str(args.train_steps), "--restart")
+    for s in sets:
+        cmd += ["--set", s]
+    run_measured(cmd, CACHE / "logs" / f"{run.name}.train.log", env=thread_env(args.threads))
+    return run
+
+
+def copy_preprocessed(base: Path, run: Path) -> None:
+    """A new run directory sharing base's preprocessed data (config, tokenizer, data; no checkpoints)."""
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(base / "config.yaml", run / "config.yaml")
+    for folder in ("tokenizer", "data"):
+        if not (run / folder).exists():
+            shutil.copytree(base / folder, run / folder)
+
+
+def make_input(data_dir: Path, lines: int) -> Path:
+    source = read_test_source(data_dir)
+    path = CACHE / "inputs" / f"test_2016_flickr.x{lines}.en"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repeated = [source[i % len(source)] for i in range(lines)]
+        path.write_text("\n".join(repeated) + "\n", encoding="utf-8")
+    return path
+
+
+def count_tokens(run: Path, lines: list[str]) -> int:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer" / ("spm.model" if (run / "tokenizer" / "spm.model").exists() else "tgt.model")))
+    return sum(len(ids) + 1 for ids in sp.encode(lines))
+
+
+def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    cmd = lstmmt_cmd("translate", str(run), "-i", str(input_path), "-o", "-", "--beam", str(beam),
+                     "--device", args.device, "--checkpoint", args.checkpoint)
+    if args.batch_tokens:
+        cmd += ["--batch-tokens", str(args.batch_tokens)]
+    err_path = CACHE / "logs" / f"translate-beam{beam}.err"
+    err_path.parent.mkdir(parents=True, exist_ok=True)
+    out: list[str] = []
+    first: Optional[float] = None
+    start = time.perf_counter()
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=thread_env(args.threads))
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if first is None:
+                first = time.perf_counter() - start
+            out.append(raw.decode("utf-8").rstrip("\n"))
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed; see {err_path}:\n{err_path.read_text()[-2000:]}")
+    return {"wall_s": round(wall, 3), "first_line_s": round(first or wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}, out
+
+
+class _Sink(io.StringIO):
+    """Output that remembers when its first line was written."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__()
+        self.start, self.first = start, None
+
+    def write(self, text: str) -> int:
+        if self.first is None and text:
+            self.first = time.perf_counter() - self.start
+        return super().write(text)
+
+
+def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    import torch
+
+    from lstmmt import checkpoint
+    from lstmmt.device import resolve_device
+    from lstmmt.rundir import RunDir
+    from lstmmt.tokenizer import Tokenizer
+    from lstmmt.translate import SearchOptions, translate_stream
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = RunDir(run_path)
+    device = resolve_device(args.device)
+    tokenizer = Tokenizer.load(run.tokenizer_dir)
+    model, config, _ = checkpoint.load_model(checkpoint.resolve(run, args.checkpoint), tokenizer)
+    model.to(device)
+    options = SearchOptions.from_config(config.decode, beam)
+    if args.batch_tokens:
+        options.batch_tokens = args.batch_tokens
+    reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    sink = _Sink(start)
+    with open(input_path, "rb") as source:
+        translate_stream(model, tokenizer, source, sink, options, device, config.model.max_source_tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    figures: dict[str, Any] = {"wall_s": round(wall, 3), "first_line_s": round(sink.first or wall, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    if device.type == "cuda":
+        figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return figures, sink.getvalue().splitlines()
+
+
+def startup_seconds(run: Path, args: argparse.Namespace) -> float:
+    """Wall time of the translate command on a one-line input: interpreter, imports, model load."""
+    one = CACHE / "inputs" / "one_line.en"
+    one.parent.mkdir(parents=True, exist_ok=True)
+    one.write_text("A man is riding a bicycle.\n", encoding="utf-8")
+    cmd = lstmmt_cmd("translate", str(run), "-i", str(one), "-o", "-", "--beam", "1", "--device", args.device, "--checkpoint", args.checkpoint)
+    return run_measured(cmd, CACHE / "logs" / "startup.err", env=thread_env(args.threads))["wall_s"]
+
+
+def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Top ops by self CPU time over `batches` batches of beam search (in-process)."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lstmmt import checkpoint
+    from lstmmt.batching import collate, token_batches
+    from lstmmt.device import resolve_device
+    from lstmmt.rundir import RunDir
+    from lstmmt.tokenizer import Tokenizer
+    from lstmmt.translate import SearchOptions, _search
+
+    from train_speed import top_ops
+
+    run = RunDir(run_path)
+    device = resolve_device(args.device)
+    tokenizer = Tokenizer.load(run.tokenizer_dir)
+    model, config, _ = checkpoint.load_model(checkpoint.resolve(run, args.checkpoint), tokenizer)
+    model.to(device).eval()
+    options = SearchOptions.from_config(config.decode, beam)
+    lines = input_path.read_text(encoding="utf-8").splitlines()[:1000]
+    sentences = [np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_src(lines)]
+    lengths = np.array([len(s) + 1 for s in sentences])
+    chosen = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, options.batch_tokens // beam))
+    chosen = chosen[len(chosen) // 2 : len(chosen) // 2 + batches]  # middle-length batches
+    _search(model, *(lambda b: (b.src, b.src_lengths))(collate(chosen[0], sentences).to(device)), options)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for indices in chosen:
+            batch = collate(indices, sentences).to(device)
+            _search(model, batch.src, batch.src_lengths, options)
+    log(f"profiled {len(chosen)} batch(es) of {len(chosen[0])} sentences, beam {beam}, in {time.perf_counter() - start:.2f}s")
+    return top_ops(prof, len(chosen), device, 15)
+
+
+def main() -> None:
+    args = parse_args()
+    exit_on_sigterm()
+    run = args.run if args.run is not None else quick_model(args)
+    input_path = make_input(args.data_dir, args.lines)
+    beams = [int(b) for b in args.beams.split(",")]
+    source_lines = input_path.read_text(encoding="utf-8").splitlines()
+    src_tokens = count_tokens(run, source_lines)
+    result: dict[str, Any] = {
+        "benchmark": "translate_speed",
+        "mode": args.mode,
+        "run": str(run),
+        "checkpoint": args.checkpoint,
+        "input": str(input_path),
+        "lines": len(source_lines),
+        "src_tokens": src_tokens,
+        "machine": machine(args.device),
+        "beams": {},
+    }
+    if args.mode == "cli":
+        result["startup_s"] = startup_seconds(run, args)
+        log(f"start-up (one-line translate): {result['startup_s']:.2f}s")
+    for beam in beams:
+        log(f"beam {beam}: translating {len(source_lines):,} lines ({args.mode})")
+        load = machine()["loadavg_1_5_15"]
+        figures, output = (translate_cli if args.mode == "cli" else translate_inprocess)(run, input_path, beam, args)
+        if len(output) != len(source_lines):
+            raise SystemExit(f"beam {beam}: {len(output)} output lines for {len(source_lines)} input lines")
+        tgt_tokens = count_tokens(run, output)
+        wall = figures["wall_s"]
+        entry = {
+            **figures,
+            "loadavg_before": load,
+            "sentences_per_s": round(len(output) / wall, 2),
+            "tgt_tokens_per_s": round(tgt_tokens / wall, 1),
+            "tgt_tokens": tgt_tokens,
+            "mean_output_tokens": round(tgt_tokens / len(output), 2),
+        }
+        if "startup_s" in result and wall > result["startup_s"]:
+            entry["sentences_per_s_after_startup"] = round(len(output) / (wall - result["startup_s"]), 2)
+        result["beams"][str(beam)] = entry
+        log(f"beam {beam}: {entry['sentences_per_s']:.1f} sentences/s, {entry['tgt_tokens_per_s']:.0f} tokens/s, "
+            f"first line after {entry['first_line_s']:.2f}s, peak RSS {entry['peak_rss_mb']:.0f} MiB")
+    if args.profile:
+        result["profile_beam5_top_ops"] = profile_beam(run, input_path, 5, args.profile, args)
+    result["loadavg_after"] = machine()["loadavg_1_5_15"]
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
