@@ -53,7 +53,6 @@ def sync(device: Any) -> None:
 
 def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int = 15) -> list[dict[str, Any]]:
     """Top ops by self time over `steps` training steps (self CPU time; CUDA time too on a GPU)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

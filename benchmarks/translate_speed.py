@@ -192,7 +192,6 @@ def startup_seconds(run: Path, args: argparse.Namespace) -> float:
 def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Top ops by self CPU time over `batches` batches of beam search (in-process)."""
     import numpy as np
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from lstmmt import checkpoint

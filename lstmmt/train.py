@@ -31,7 +31,7 @@ from lstmmt.config import Config, TrainConfig, parse_duration
 from lstmmt.device import autocast, resolve_device
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
-from lstmmt.model import Seq2Seq, count_parameters
+from lstmmt.model import count_parameters
 from lstmmt.rundir import RunDir, atomic_write_text
 from lstmmt.tokenizer import PAD, Tokenizer
 from lstmmt.translate import SearchOptions, decode_corpus

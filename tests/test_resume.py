@@ -131,14 +131,10 @@ def test_checkpoint_of_another_run_is_rejected(preprocessed, tmp_path):
     write_corpus(tmp_path / "corpus", 600, 20, 5)
     assert invoke("preprocess", other, "--src-lang", "en", "--tgt-lang", "de", "--train", tmp_path / "corpus/train",
                   *TINY, "--set", "tokenizer.vocab_size=120").exit_code == 0
-    result = runner_translate(other, run / "checkpoints/last.pt")
+    (other / "checkpoints").mkdir(exist_ok=True)
+    shutil.copy(run / "checkpoints/last.pt", other / "checkpoints/last.pt")
+    result = invoke("translate", other, "--checkpoint", "last")
     assert result.exit_code == 1 and "belongs to another run" in result.output
-
-
-def runner_translate(run: Path, ckpt: Path):
-    (run / "checkpoints").mkdir(exist_ok=True)
-    shutil.copy(ckpt, run / "checkpoints/last.pt")
-    return invoke("translate", run, "--checkpoint", "last")
 
 
 class Payload:
