@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -77,6 +78,8 @@ def preprocess(
     train_split: str = typer.Option("train", help="With --dataset: the training split."),
     valid_split: str = typer.Option("validation", help="With --dataset: the validation split (skipped if absent)."),
     test_split: str = typer.Option("test", help="With --dataset: the test split (skipped if absent)."),
+    streaming: bool = typer.Option(False, "--streaming", help="With --dataset: stream the dataset instead of downloading and converting it "
+                                   "whole first (for corpora too large for the disk or memory; hub names and data files)."),
     vocab_size: Optional[int] = typer.Option(None, help="SentencePiece vocabulary size (tokenizer.vocab_size, default 8000)."),
     model_type: Optional[str] = typer.Option(None, help="SentencePiece model: unigram or bpe (tokenizer.model_type)."),
     config_file: Optional[Path] = ConfigOpt,
@@ -95,10 +98,12 @@ def preprocess(
         if train or valid or test:
             raise UserError("use either --dataset or --train/--valid/--test files, not both")
         sources = {
-            "train": dataset_source(dataset, dataset_config, train_split),
-            "valid": dataset_source(dataset, dataset_config, valid_split, required=False),
-            "test": dataset_source(dataset, dataset_config, test_split, required=False),
+            "train": dataset_source(dataset, dataset_config, train_split, streaming=streaming),
+            "valid": dataset_source(dataset, dataset_config, valid_split, required=False, streaming=streaming),
+            "test": dataset_source(dataset, dataset_config, test_split, required=False, streaming=streaming),
         }
+    elif streaming:
+        raise UserError("--streaming applies to --dataset sources; files given with --train are always read as a stream")
     elif train is not None:
         sources = {name: file_source(path) for name, path in (("train", train), ("valid", valid), ("test", test)) if path}
     else:
@@ -116,12 +121,19 @@ def train(
     max_time: Optional[str] = typer.Option(None, help="Stop after this much training time, e.g. 90s, 30m, 2h (train.max_time)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (train.device)."),
     restart: bool = typer.Option(False, "--restart", help="Delete this run's checkpoints and train from scratch instead of resuming."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: relaunches the command under "
+                              "`torchrun --standalone --nproc_per_node N` (one process per GPU, or CPU processes with gloo)."),
 ) -> None:
-    """Train the model, resuming from the newest checkpoint when there is one."""
+    """Train the model, resuming from the newest checkpoint when there is one.
+
+    For several GPUs or machines, launch it with torchrun: `torchrun --nproc_per_node N -m lstmmt train RUN`.
+    """
     from lstmmt.train import FAILED_STOPS, train as run_train
 
     run = RunDir(run_dir)
     run.require_preprocessed()
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        relaunch_under_torchrun(nproc)
     sets = list(overrides or [])
     sets += [f"train.max_steps={max_steps}"] * (max_steps is not None)
     sets += [f"train.max_time={max_time}"] * (max_time is not None)
@@ -129,6 +141,22 @@ def train(
     state = run_train(run, build_config(Config.load(run.config), config_file, sets), restart=restart)
     if state.stopped in FAILED_STOPS:  # non-zero, so make does not take the model as finished
         raise typer.Exit(FAILED_STOPS[state.stopped])
+
+
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process with torchrun running the same command line, less --nproc, on nproc ranks."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        if not skip:
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lstmmt", *args]
+    stderr.print(" ".join(command[1:]))
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """Reading parallel text: line-aligned file pairs (plain or gzip), TSV, JSONL and `datasets` sources.
 
-Every reader returns the same thing (source lines, target lines, counts), so cleaning and
-filtering in preprocess.py never care where the text came from. Files are read as bytes and
+Every reader yields the same thing, one (source, target, had invalid bytes) triple per pair,
+so cleaning and filtering in preprocess.py never care where the text came from, and a
+corpus larger than memory streams through: nothing here holds more than one pair (or one
+`datasets` batch) at a time. Files are read as bytes and
 decoded with errors="replace": one bad byte must not abort a large corpus, but the pairs it
 damaged are counted so preprocess can drop them from training. Each returned line is stripped
 and free of line breaks, so one sentence stays one line in every file written from it.
@@ -11,16 +13,19 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import itertools
 import json
 import re
 import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 from lstmmt.errors import UserError
 
+Pair = tuple[str, str, bool]
+"""Source line, target line, and whether invalid UTF-8 was replaced in either."""
 Pairs = tuple[list[str], list[str], dict[str, int]]
 
 # Everything str.splitlines() splits on: kept out of sentences so any reader sees one line per pair.
@@ -43,7 +48,9 @@ class Source:
     split: str | None = None
     """The datasets split name (kind == "dataset"); None means "train"."""
     required: bool = True
-    """False: a dataset split that may be absent (read_pairs still raises MissingSplit; preprocess skips it)."""
+    """False: a dataset split that may be absent (reading still raises MissingSplit; preprocess skips it)."""
+    streaming: bool = False
+    """Stream a hub dataset or data file with `datasets` instead of downloading and converting it whole."""
 
 
 class MissingSplit(UserError):
@@ -59,15 +66,26 @@ def file_source(path: str) -> Source:
     return Source("prefix", path)
 
 
-def dataset_source(name: str, config: str | None, split: str, required: bool = True) -> Source:
+def dataset_source(name: str, config: str | None, split: str, required: bool = True, streaming: bool = False) -> Source:
     """A Hugging Face `datasets` source: hub name, save_to_disk folder or data file."""
-    return Source("dataset", name, config, split, required)
+    return Source("dataset", name, config, split, required, streaming)
+
+
+def iter_pairs(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
+    """The pairs of a source, one at a time, each side one stripped line."""
+    readers = {"prefix": _iter_prefix, "tsv": _iter_tsv, "jsonl": _iter_jsonl, "dataset": _iter_dataset}
+    return readers[source.kind](source, src_lang, tgt_lang)
 
 
 def read_pairs(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
-    """Source lines, target lines and counts {"read": pairs, "invalid_utf8": pairs with bad bytes}."""
-    readers = {"prefix": _read_prefix, "tsv": _read_tsv, "jsonl": _read_jsonl, "dataset": _read_dataset}
-    return readers[source.kind](source, src_lang, tgt_lang)
+    """All of a (small) source at once: source lines, target lines and counts
+    {"read": pairs, "invalid_utf8": pairs with bad bytes}."""
+    src, tgt, invalid = [], [], 0
+    for s, t, bad in iter_pairs(source, src_lang, tgt_lang):
+        src.append(s)
+        tgt.append(t)
+        invalid += bad
+    return src, tgt, {"read": len(src), "invalid_utf8": invalid}
 
 
 def local_files(source: Source, src_lang: str, tgt_lang: str) -> list[Path]:
@@ -80,15 +98,20 @@ def local_files(source: Source, src_lang: str, tgt_lang: str) -> list[Path]:
     return [path] if path.is_file() else []
 
 
-def _read_prefix(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
+def _iter_prefix(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
     src_path, tgt_path = (_side_file(source.path, lang) for lang in (src_lang, tgt_lang))
-    src_raw, tgt_raw = _read_lines(src_path), _read_lines(tgt_path)
-    if len(src_raw) != len(tgt_raw):
-        raise UserError(
-            f"{src_path} has {len(src_raw)} lines but {tgt_path} has {len(tgt_raw)}: "
-            "the two sides must be line-aligned (one sentence per line, in the same order)"
-        )
-    return _decode_pairs(zip(src_raw, tgt_raw))
+    src_lines, tgt_lines = _lines(src_path), _lines(tgt_path)
+    count = 0
+    for raw_src, raw_tgt in itertools.zip_longest(src_lines, tgt_lines):
+        if raw_src is None or raw_tgt is None:  # one side ended first: count the rest of the other
+            src_total = count + (raw_src is not None) + sum(1 for _ in src_lines)
+            tgt_total = count + (raw_tgt is not None) + sum(1 for _ in tgt_lines)
+            raise UserError(
+                f"{src_path} has {src_total} lines but {tgt_path} has {tgt_total}: "
+                "the two sides must be line-aligned (one sentence per line, in the same order)"
+            )
+        count += 1
+        yield _decoded_pair(raw_src, raw_tgt)
 
 
 def _side_file(prefix: str, lang: str) -> Path:
@@ -103,33 +126,27 @@ def _side_file(prefix: str, lang: str) -> Path:
     raise UserError(f"no {lang} side for corpus prefix {prefix}: tried {tried[0]} and {tried[1]}{hint}")
 
 
-def _read_tsv(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
+def _iter_tsv(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
     path = Path(source.path)
-    raw_pairs = []
-    for number, line in enumerate(_read_lines(path), 1):
+    for number, line in enumerate(_lines(path), 1):
         columns = line.split(b"\t")
         if len(columns) != 2:
             raise UserError(
                 f"{path}:{number}: expected 2 tab-separated columns ({src_lang}<TAB>{tgt_lang}), found {len(columns)}"
             )
-        raw_pairs.append((columns[0], columns[1]))
-    return _decode_pairs(raw_pairs)
+        yield _decoded_pair(columns[0], columns[1])
 
 
-def _read_jsonl(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
+def _iter_jsonl(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
     path = Path(source.path)
-    src, tgt, invalid = [], [], 0
-    for number, raw in enumerate(_read_lines(path), 1):
+    for number, raw in enumerate(_lines(path), 1):
         text, bad_bytes = _decode(raw)
         if not text.strip():
             continue  # a blank line in JSONL is formatting, not a pair
         pair = _jsonl_pair(text, src_lang, tgt_lang, f"{path}:{number}")
         # JSON escapes can smuggle in lone surrogates, which no UTF-8 writer accepts.
         clean = tuple(_SURROGATES.sub("\ufffd", value) for value in pair)
-        src.append(one_line(clean[0]))
-        tgt.append(one_line(clean[1]))
-        invalid += bad_bytes or clean != pair
-    return src, tgt, {"read": len(src), "invalid_utf8": invalid}
+        yield one_line(clean[0]), one_line(clean[1]), bad_bytes or clean != pair
 
 
 def _jsonl_pair(text: str, src_lang: str, tgt_lang: str, where: str) -> tuple[str, str]:
@@ -155,27 +172,27 @@ def _jsonl_pair(text: str, src_lang: str, tgt_lang: str, where: str) -> tuple[st
     return pair
 
 
-def _read_dataset(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
-    table = _load_split(source)
-    columns = table.column_names
-    if "translation" in columns:
-        rows = table["translation"]
-        _check_languages(rows[0] if len(rows) else {}, src_lang, tgt_lang, source.path)
-        src = [_text(row[src_lang]) for row in rows]
-        tgt = [_text(row[tgt_lang]) for row in rows]
-    elif src_lang in columns and tgt_lang in columns:
-        src = [_text(value) for value in table[src_lang]]
-        tgt = [_text(value) for value in table[tgt_lang]]
-    else:
-        raise UserError(
-            f"dataset {source.path} has columns {', '.join(columns)}: expected a 'translation' column or "
-            f"columns {src_lang!r} and {tgt_lang!r}; set data.src_lang/data.tgt_lang to match"
-        )
-    return src, tgt, {"read": len(src), "invalid_utf8": 0}
+def _iter_dataset(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
+    """Rows of a `datasets` split, read a batch at a time (a streamed split has no length or columns up front)."""
+    for batch in _load_split(source).iter(batch_size=1000):
+        if "translation" in batch:
+            rows = batch["translation"]
+            _check_languages(rows[0] if rows else {}, src_lang, tgt_lang, source.path)
+            pairs: Iterable[tuple[Any, Any]] = ((row[src_lang], row[tgt_lang]) for row in rows)
+        elif src_lang in batch and tgt_lang in batch:
+            pairs = zip(batch[src_lang], batch[tgt_lang])
+        else:
+            raise UserError(
+                f"dataset {source.path} has columns {', '.join(batch)}: expected a 'translation' column or "
+                f"columns {src_lang!r} and {tgt_lang!r}; set data.src_lang/data.tgt_lang to match"
+            )
+        for src, tgt in pairs:
+            yield _text(src), _text(tgt), False
 
 
 def _load_split(source: Source) -> Any:
-    """One split of a dataset as a `datasets.Dataset`; MissingSplit names the splits there are."""
+    """One split of a dataset (`datasets.Dataset`, or IterableDataset when streaming); MissingSplit
+    names the splits there are."""
     splits = _load_splits(source)
     wanted = source.split or "train"
     if wanted not in splits:
@@ -184,7 +201,7 @@ def _load_split(source: Source) -> Any:
 
 
 def _load_splits(source: Source) -> Any:
-    """All splits of a dataset source, as a mapping from split name to `datasets.Dataset`.
+    """All splits of a dataset source, as a mapping from split name to a `datasets` split.
 
     A single saved Dataset or data file has no split names of its own; it serves as "train"
     (or the split it was saved from), so it is never read again as valid or test data.
@@ -199,9 +216,11 @@ def _load_splits(source: Source) -> Any:
         load, how = partial(datasets.load_from_disk, str(path)), "datasets.load_from_disk"
     elif path.is_file():
         builder = _data_file_builder(path)
-        load, how = partial(datasets.load_dataset, builder, data_files=str(path)), f"the {builder} loader"
+        load = partial(datasets.load_dataset, builder, data_files=str(path), streaming=source.streaming)
+        how = f"the {builder} loader"
     else:
-        load, how = partial(datasets.load_dataset, source.path, source.dataset_config), "the Hugging Face hub"
+        load = partial(datasets.load_dataset, source.path, source.dataset_config, streaming=source.streaming)
+        how = "the Hugging Face hub"
         advice = (
             "; check the name and config, the network (HF_DATASETS_OFFLINE=1 reads the local cache), "
             "or give a local folder written by save_to_disk"
@@ -211,7 +230,7 @@ def _load_splits(source: Source) -> Any:
     except Exception as exc:  # `datasets` raises many types (network, missing config, damaged files)
         config = f" (config {source.dataset_config})" if source.dataset_config else ""
         raise UserError(f"could not load dataset {source.path!r}{config} via {how}: {exc}{advice}") from None
-    if isinstance(loaded, datasets.Dataset):
+    if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
         return {str(loaded.split or "train"): loaded}
     return loaded
 
@@ -241,34 +260,29 @@ def _text(value: Any) -> str:
     return "" if value is None else one_line(str(value))
 
 
-def _read_lines(path: Path) -> list[bytes]:
-    """The lines of a plain or gzip file, without terminators or a UTF-8 byte-order mark.
+def _lines(path: Path) -> Iterator[bytes]:
+    """The lines of a plain or gzip file, one at a time, without terminators or a UTF-8 byte-order mark.
 
     Split on b"\\n" only, so both sides of a pair agree on where lines end.
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            lines = [line.rstrip(b"\r\n") for line in handle]
+            for number, line in enumerate(handle):
+                if number == 0 and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8) :]
+                yield line.rstrip(b"\r\n")
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise UserError(f"{path} is a folder; expected a corpus file") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise UserError(f"{path} is not a readable gzip file ({exc}); re-create or decompress it") from None
-    if lines and lines[0].startswith(codecs.BOM_UTF8):
-        lines[0] = lines[0][len(codecs.BOM_UTF8) :]
-    return lines
 
 
-def _decode_pairs(raw_pairs: Iterable[tuple[bytes, bytes]]) -> Pairs:
-    src, tgt, invalid = [], [], 0
-    for raw_src, raw_tgt in raw_pairs:
-        (src_text, src_bad), (tgt_text, tgt_bad) = _decode(raw_src), _decode(raw_tgt)
-        src.append(one_line(src_text))
-        tgt.append(one_line(tgt_text))
-        invalid += src_bad or tgt_bad
-    return src, tgt, {"read": len(src), "invalid_utf8": invalid}
+def _decoded_pair(raw_src: bytes, raw_tgt: bytes) -> Pair:
+    (src_text, src_bad), (tgt_text, tgt_bad) = _decode(raw_src), _decode(raw_tgt)
+    return one_line(src_text), one_line(tgt_text), src_bad or tgt_bad
 
 
 def _decode(raw: bytes) -> tuple[str, bool]:

@@ -8,6 +8,8 @@ Sentence i is ids[offsets[i]:offsets[i + 1]]; offsets has n + 1 entries and star
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,19 +26,51 @@ def pack(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
+class SideWriter:
+    """Writes one split and side chunk by chunk, so a corpus never has to fit in memory.
+
+    Ids go to a temporary file as they come; `close` writes the .npy (header, then the ids
+    copied over) and the offsets, each atomically. Only the lengths (8 bytes a sentence)
+    stay in memory.
+    """
+
+    def __init__(self, run: RunDir, split: str, side: str) -> None:
+        self.ids_path, self.offsets_path = run.ids(split, side), run.offsets(split, side)
+        self.ids_path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw = tempfile.TemporaryFile(dir=self.ids_path.parent)
+        self._tokens = 0
+        self._lengths: list[np.ndarray] = []
+
+    def add(self, sentences: Sequence[Sequence[int]]) -> None:
+        ids, lengths = pack(sentences)
+        self._raw.write(ids.tobytes())
+        self._tokens += len(ids)
+        self._lengths.append(lengths)
+
+    def close(self) -> int:
+        """Write the arrays (offsets last: RunDir.has_split looks for them); returns the sentence count."""
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False, "shape": (self._tokens,)}
+
+        def write_ids(tmp: Path) -> None:
+            self._raw.seek(0)
+            with open(tmp, "wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, header)
+                shutil.copyfileobj(self._raw, handle, 1 << 20)
+
+        atomic_write(self.ids_path, write_ids)
+        self._raw.close()
+        _save(self.offsets_path, offsets)
+        return len(lengths)
+
+
 def write_side(run: RunDir, split: str, side: str, sentences: list[list[int]]) -> None:
-    """Write one split and side; each file atomically (a temporary file renamed into place)."""
-    write_packed(run, split, side, *pack(sentences))
-
-
-def write_packed(run: RunDir, split: str, side: str, ids: np.ndarray, lengths: np.ndarray) -> None:
-    """write_side for sentences already packed, so big corpora never exist as Python lists of ints."""
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] != len(ids):
-        raise ValueError(f"lengths add up to {offsets[-1]} tokens but there are {len(ids)} ids")
-    _save(run.ids(split, side), ids.astype(np.int32, copy=False))
-    _save(run.offsets(split, side), offsets)  # last: RunDir.has_split looks for the offsets
+    """Write one split and side at once (small data, tests)."""
+    writer = SideWriter(run, split, side)
+    writer.add(sentences)
+    writer.close()
 
 
 def _save(path: Path, array: np.ndarray) -> None:

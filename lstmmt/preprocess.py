@@ -6,29 +6,37 @@ encoding, because they count subword tokens. Only training pairs are filtered by
 encoding damage: valid and test are references and keep every pair with two non-empty sides.
 data/meta.json is written last and marks the step complete.
 
+The training split streams, so a corpus larger than memory works: pairs are read one at a
+time and the clean ones written to temporary files in RUN/data; SentencePiece samples
+tokenizer.input_sentence_size sentences from them; they are encoded ENCODE_CHUNK pairs at a
+time (SentencePiece spreads each chunk over all cores) and appended to the memory-mapped
+arrays. Valid and test are small and held in memory.
+
 meta.json holds: src_lang, tgt_lang; splits.SPLIT.{read, invalid_utf8, dropped.REASON, kept};
-filters; sources.SPLIT.{kind, path, [dataset_config, split,] files[{path, sha256}]};
+filters; sources.SPLIT.{kind, path, [dataset_config, split, streaming,] files[{path, sha256}]};
 tokenizer.{joint, model_type, src_vocab_size, tgt_vocab_size}; created; lstmmt_version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import tempfile
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
 from lstmmt import __version__
 from lstmmt.config import Config, DataConfig
-from lstmmt.corpus import MissingSplit, Pairs, Source, local_files, read_pairs
-from lstmmt.encoded import pack, write_packed
+from lstmmt.corpus import MissingSplit, Pair, Source, iter_pairs, local_files
+from lstmmt.encoded import SideWriter, write_side
 from lstmmt.errors import UserError
 from lstmmt.rundir import SIDES, RunDir, atomic_write_text
 from lstmmt.tokenizer import Tokenizer, model_files, train_tokenizer
@@ -37,7 +45,7 @@ SPLITS = ("train", "valid", "test")
 REFERENCE_SPLITS = ("valid", "test")
 DROP_REASONS = {"train": ("empty", "invalid_utf8", "too_long", "bad_ratio"), "valid": ("empty",), "test": ("empty",)}
 ENCODE_CHUNK = 50_000
-"""Pairs encoded at a time: bounds the memory of Python id lists on large corpora."""
+"""Training pairs encoded at a time: bounds the memory of Python id lists on large corpora."""
 
 console = Console(stderr=True, soft_wrap=True)  # stdout stays clean for pipes; long paths stay on one line
 
@@ -50,28 +58,30 @@ def preprocess(run: RunDir, config: Config, sources: dict[str, Source], force: b
     """Build RUN/config.yaml, RUN/tokenizer/ and RUN/data/ from the given splits; return the meta dict."""
     _check_split_names(sources)
     _clear_previous(run, force)
-    texts, stats = _read_and_clean(sources, config.data)
-    console.print(f"training the tokenizer on {len(texts['train'][0])} pairs")
-    train_tokenizer(*texts["train"], config.tokenizer, run.tokenizer_dir)
-    tokenizer = Tokenizer.load(run.tokenizer_dir)
-    console.print(f"encoding {', '.join(texts)}")
-    length_problem = partial(_length_problem, data=config.data)
-    encoded = {
-        split: _encode(tokenizer, src, tgt, length_problem if split == "train" else None, stats[split]["dropped"])
-        for split, (src, tgt) in texts.items()
-    }
-    if len(encoded["train"]["src"][1]) == 0:
+    run.data_dir.mkdir(parents=True, exist_ok=True)
+    stats: dict[str, dict] = {}
+    # The references first: they are small, so a mistake in them shows before the long train pass.
+    references = {split: pairs for split in REFERENCE_SPLITS if split in sources
+                  and (pairs := _read_reference(split, sources[split], config.data, stats)) is not None}
+    with tempfile.TemporaryDirectory(dir=run.data_dir, prefix=".train-text.") as tmp:
+        text_files = {side: Path(tmp) / f"train.{side}.txt" for side in SIDES}
+        _clean_train(sources["train"], config.data, text_files, stats)
+        console.print(f"training the tokenizer on {stats['train']['read'] - sum(stats['train']['dropped'].values()):,} pairs")
+        train_tokenizer(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]), config.tokenizer, run.tokenizer_dir)
+        tokenizer = Tokenizer.load(run.tokenizer_dir)
+        stats["train"]["kept"] = _encode_train(run, tokenizer, text_files, config.data, stats["train"]["dropped"])
+    if stats["train"]["kept"] == 0:
         raise UserError(
             f"the length filters dropped every training pair (data.max_tokens={config.data.max_tokens}, "
             f"data.max_ratio={config.data.max_ratio}): raise them, e.g. --set data.max_tokens=N"
         )
+    for split, (src, tgt) in references.items():
+        write_side(run, split, "src", tokenizer.encode_src(src))
+        write_side(run, split, "tgt", tokenizer.encode_tgt(tgt))
+        stats[split]["kept"] = len(src)
+        _write_text(run, split, src, tgt)
     config.save(run.config)
-    for split, sides in encoded.items():
-        for side, (ids, lengths) in sides.items():
-            write_packed(run, split, side, ids, lengths)
-        stats[split]["kept"] = len(sides["src"][1])
-        if split in REFERENCE_SPLITS:
-            _write_text(run, split, *texts[split])
+    stats = {split: stats[split] for split in SPLITS if split in stats}
     meta = _meta(config, sources, stats, tokenizer)
     atomic_write_text(run.meta, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     _show_summary(run, stats)
@@ -106,41 +116,93 @@ def _clear_previous(run: RunDir, force: bool) -> None:
         path.unlink(missing_ok=True)
 
 
-def _read_and_clean(
-    sources: dict[str, Source], data: DataConfig
-) -> tuple[dict[str, tuple[list[str], list[str]]], dict[str, dict]]:
-    """The cleaned text pairs of each split that exists, and its counts so far."""
-    texts, stats = {}, {}
-    for split in (s for s in SPLITS if s in sources):
-        read = _read_split(split, sources[split], data)
-        if read is None:
-            continue
-        src, tgt, counts = read
-        dropped = dict.fromkeys(DROP_REASONS[split], 0)
-        texts[split] = _drop_pairs(src, tgt, _train_text_problem if split == "train" else _empty_side, dropped)
-        stats[split] = {**counts, "dropped": dropped}
-        if not texts[split][0]:
-            raise UserError(
-                f"{sources[split].path} has no usable {split} pairs ({counts['read']} read, "
-                f"dropped {_listed(dropped)}): check the format and data.src_lang/data.tgt_lang"
-            )
-    return texts, stats
+def _read_reference(split: str, source: Source, data: DataConfig, stats: dict[str, dict]) -> tuple[list[str], list[str]] | None:
+    """A valid/test split's pairs with two non-empty sides, or None (with a warning) when an
+    optional dataset split does not exist."""
+    console.print(f"reading {split} from {escape(source.path)}")
+    counts, dropped = {"read": 0, "invalid_utf8": 0}, dict.fromkeys(DROP_REASONS[split], 0)
+    try:
+        pairs = list(_clean(iter_pairs(source, data.src_lang, data.tgt_lang), _empty_side, counts, dropped))
+    except MissingSplit as missing:
+        if source.required:
+            raise
+        console.print(f"[yellow]warning:[/] {escape(str(missing))}; continuing without a {split} split")
+        return None
+    stats[split] = {**counts, "dropped": dropped}
+    _require_pairs(split, source, bool(pairs), stats[split])
+    return [src for src, _ in pairs], [tgt for _, tgt in pairs]
+
+
+def _clean_train(source: Source, data: DataConfig, text_files: dict[str, Path], stats: dict[str, dict]) -> None:
+    """Stream the training pairs through the text filters into one plain text file per side."""
+    console.print(f"reading train from {escape(source.path)}")
+    counts, dropped = {"read": 0, "invalid_utf8": 0}, dict.fromkeys(DROP_REASONS["train"], 0)
+    kept = 0
+    with open(text_files["src"], "w", encoding="utf-8", newline="\n") as src_out, \
+            open(text_files["tgt"], "w", encoding="utf-8", newline="\n") as tgt_out, \
+            _progress() as progress:
+        task = progress.add_task("reading train", total=None)
+        for src, tgt in _clean(iter_pairs(source, data.src_lang, data.tgt_lang), _train_text_problem, counts, dropped):
+            src_out.write(src + "\n")
+            tgt_out.write(tgt + "\n")
+            kept += 1
+            if kept % 10_000 == 0:
+                progress.update(task, completed=kept)
+    stats["train"] = {**counts, "dropped": dropped}
+    _require_pairs("train", source, kept > 0, stats["train"])
+
+
+def _clean(pairs: Iterable[Pair], problem: Problem, counts: dict[str, int], dropped: dict[str, int]) -> Iterator[tuple[str, str]]:
+    """The (source, target) texts in which `problem` finds nothing, counting what was read and dropped."""
+    for src, tgt, bad_bytes in pairs:
+        counts["read"] += 1
+        counts["invalid_utf8"] += bad_bytes
+        reason = problem(src, tgt)
+        if reason:
+            dropped[reason] += 1
+        else:
+            yield src, tgt
+
+
+def _require_pairs(split: str, source: Source, any_kept: bool, stats: dict) -> None:
+    if not any_kept:
+        raise UserError(
+            f"{source.path} has no usable {split} pairs ({stats['read']} read, "
+            f"dropped {_listed(stats['dropped'])}): check the format and data.src_lang/data.tgt_lang"
+        )
 
 
 def _listed(counts: dict[str, int]) -> str:
     return ", ".join(f"{count} {name}" for name, count in counts.items())
 
 
-def _read_split(split: str, source: Source, data: DataConfig) -> Pairs | None:
-    """The split's pairs, or None (with a warning) when an optional dataset split does not exist."""
-    console.print(f"reading {split} from {escape(source.path)}")
-    try:
-        return read_pairs(source, data.src_lang, data.tgt_lang)
-    except MissingSplit as missing:
-        if source.required or split == "train":
-            raise
-        console.print(f"[yellow]warning:[/] {escape(str(missing))}; continuing without a {split} split")
-        return None
+def _text_lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", newline="\n") as handle:
+        for line in handle:
+            yield line[:-1]
+
+
+def _encode_train(run: RunDir, tokenizer: Tokenizer, text_files: dict[str, Path], data: DataConfig, dropped: dict[str, int]) -> int:
+    """Encode the cleaned training text chunk by chunk into RUN/data, without the pairs the length
+    filters drop; returns the number of pairs kept."""
+    writers = {side: SideWriter(run, "train", side) for side in SIDES}
+    length_problem = partial(_length_problem, data=data)
+    lines = zip(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]))
+    with _progress() as progress:
+        task = progress.add_task("encoding train", total=None)
+        while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
+            src_text, tgt_text = zip(*chunk)
+            src_ids, tgt_ids = _drop_pairs(tokenizer.encode_src(list(src_text)), tokenizer.encode_tgt(list(tgt_text)),
+                                           length_problem, dropped)
+            writers["src"].add(src_ids)
+            writers["tgt"].add(tgt_ids)
+            progress.advance(task, len(chunk))
+    return [writer.close() for writer in writers.values()][0]
+
+
+def _progress() -> Progress:
+    """A counter for long passes over the training data; it disappears when done."""
+    return Progress(*Progress.get_default_columns()[:1], "{task.completed:,} pairs", console=console, transient=True)
 
 
 def _drop_pairs(src: list[T], tgt: list[T], problem: Problem, dropped: dict[str, int]) -> tuple[list[T], list[T]]:
@@ -175,22 +237,6 @@ def _length_problem(src: Sequence[int], tgt: Sequence[int], data: DataConfig) ->
     return None
 
 
-def _encode(
-    tokenizer: Tokenizer, src: list[str], tgt: list[str], problem: Problem | None, dropped: dict[str, int]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each side's packed (ids, lengths), encoded chunk by chunk, without the pairs `problem` objects to."""
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {side: [] for side in SIDES}
-    for start in range(0, len(src), ENCODE_CHUNK):
-        src_ids = tokenizer.encode_src(src[start : start + ENCODE_CHUNK])
-        tgt_ids = tokenizer.encode_tgt(tgt[start : start + ENCODE_CHUNK])
-        if problem is not None:
-            src_ids, tgt_ids = _drop_pairs(src_ids, tgt_ids, problem, dropped)
-        parts["src"].append(pack(src_ids))
-        parts["tgt"].append(pack(tgt_ids))
-    # zip(*chunks) regroups [(ids, lengths), ...] into (all ids arrays, all lengths arrays).
-    return {side: tuple(np.concatenate(arrays) for arrays in zip(*chunks)) for side, chunks in parts.items()}
-
-
 def _write_text(run: RunDir, split: str, src: list[str], tgt: list[str]) -> None:
     """The cleaned text of a reference split: BLEU references and the input of `evaluate --split`."""
     for side, lines in zip(SIDES, (src, tgt)):
@@ -220,7 +266,7 @@ def _describe(source: Source, data: DataConfig) -> dict:
     """Where a split came from, with a hash of each local file so a changed input is noticed."""
     entry: dict = {"kind": source.kind, "path": source.path}
     if source.kind == "dataset":
-        entry.update(dataset_config=source.dataset_config, split=source.split)
+        entry.update(dataset_config=source.dataset_config, split=source.split, streaming=source.streaming)
     files = local_files(source, data.src_lang, data.tgt_lang)
     entry["files"] = [{"path": str(path), "sha256": _sha256(path)} for path in files]
     return entry

@@ -25,7 +25,7 @@ _MODEL_NAMES = {"spm": "joint", "src": "source", "tgt": "target"}
 """File stem of each model train_tokenizer may write, and the text it learns from."""
 
 
-def train_tokenizer(src_lines: list[str], tgt_lines: list[str], config: TokenizerConfig, out_dir: Path) -> None:
+def train_tokenizer(src_lines: Iterable[str], tgt_lines: Iterable[str], config: TokenizerConfig, out_dir: Path) -> None:
     """Train out_dir/spm.model on both sides (joint), or out_dir/src.model and tgt.model (each with a .vocab)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@
     max time, patience or a signal (which saves first).
 
 The order of batches is a pure function of (seed, epoch) and every RNG state is in the
-checkpoint, so a resumed run continues exactly where the interrupted one was.
+checkpoint, so a resumed run continues exactly where the interrupted one was. Under
+torchrun the same loop runs on every rank, each on its shard of every batch (see
+lstmmt/distributed.py); rank 0 validates, logs and saves.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lstmmt import checkpoint
+from torch.nn.parallel import DistributedDataParallel
+
+from lstmmt import checkpoint, distributed
 from lstmmt.batching import Batch, collate, epoch_batches, token_batches
 from lstmmt.config import Config, TrainConfig, parse_duration
-from lstmmt.device import autocast, resolve_device
+from lstmmt.device import autocast
+from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
 from lstmmt.model import count_parameters
@@ -92,25 +97,27 @@ class StopSignal:
 class LogWindow:
     """Loss and target tokens since the last log line; the loss stays on the device until read."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, ranks: Ranks):
         self.loss = torch.zeros((), device=device)
         self.tokens, self.start = 0, time.perf_counter()
+        self.device, self.ranks = device, ranks
 
     def add(self, loss: torch.Tensor, tokens: int) -> None:
         self.loss += loss
         self.tokens += tokens
 
-    def read_and_reset(self) -> tuple[float, float]:
-        """(loss per target token, target tokens per second) over the window."""
-        result = self.loss.item() / self.tokens, self.tokens / (time.perf_counter() - self.start)
+    def read_and_reset(self) -> Optional[tuple[float, float]]:
+        """(loss per target token, target tokens per second) over the window and all ranks; None if empty."""
+        loss, tokens = sum_over_ranks([self.loss.item(), self.tokens], self.ranks, self.device)
+        seconds = time.perf_counter() - self.start
         self.loss.zero_()
         self.tokens, self.start = 0, time.perf_counter()
-        return result
+        return (loss / tokens, tokens / seconds) if tokens else None
 
 
 class Trainer:
-    def __init__(self, run: RunDir, config: Config, device: torch.device):
-        self.run, self.config, self.device = run, config, device
+    def __init__(self, run: RunDir, config: Config, device: torch.device, ranks: Ranks = Ranks()):
+        self.run, self.config, self.device, self.ranks = run, config, device, ranks
         self.tokenizer = Tokenizer.load(run.tokenizer_dir)
         self.train_src = EncodedSide.open(run, "train", "src")
         self.train_tgt = EncodedSide.open(run, "train", "tgt")
@@ -119,13 +126,23 @@ class Trainer:
             self.valid_src = EncodedSide.open(run, "valid", "src")
             self.valid_tgt = EncodedSide.open(run, "valid", "tgt")
             self.valid_refs = run.text("valid", "tgt").read_text(encoding="utf-8").splitlines()
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(config.train.seed)  # the same initial weights on every rank
         self.model = checkpoint.build_model(config, self.tokenizer).to(device)
+        self._seed_rank(0)
+        # What the training step runs: the model itself, or a DDP wrapper that all-reduces its gradients.
+        self.replica: torch.nn.Module = self.model
+        if ranks.distributed:
+            self.replica = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr)
         self.state = TrainState()
         self.last_valid: dict[str, float] = {}
         self.metrics = run.logs / "metrics.jsonl"
         self.time_budget = parse_duration(config.train.max_time) if config.train.max_time else math.inf
+
+    def _seed_rank(self, step: int) -> None:
+        """Ranks other than 0 draw their own dropout masks, from a seed of (seed, rank, step)."""
+        if self.ranks.rank:
+            torch.manual_seed(int(np.random.SeedSequence([self.config.train.seed, self.ranks.rank, step]).generate_state(1)[0]))
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -142,6 +159,8 @@ class Trainer:
         }
 
     def save(self, best: bool) -> None:
+        if not self.ranks.is_main:
+            return
         payload = self.payload()
         checkpoint.save(checkpoint.step_path(self.run, self.state.step), payload)
         checkpoint.save(self.run.checkpoints / "last.pt", payload)
@@ -166,8 +185,10 @@ class Trainer:
             torch.set_rng_state(payload["rng"]["torch"])
             if payload["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-            console.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
-            self._forget_metrics_after(self.state.step)
+            self._seed_rank(self.state.step)  # checkpoints hold rank 0's RNG state only
+            if self.ranks.is_main:
+                console.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
+                self._forget_metrics_after(self.state.step)
             return True
         return False
 
@@ -189,35 +210,45 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def batches(self) -> Iterator[Batch]:
-        """Training batches from the current position on, epoch after epoch."""
+    def batches(self) -> Iterator[tuple[Batch, float]]:
+        """This rank's part of each training batch from the current position on, epoch after epoch,
+        with the weight that turns its summed loss into its share of the whole batch's mean loss."""
         cfg = self.config.train
         while self.state.epoch < cfg.max_epochs:
             order = epoch_batches(self.train_src.lengths, self.train_tgt.lengths, cfg.batch_tokens, cfg.seed, self.state.epoch)
             for indices in order[self.state.batch_in_epoch :]:
                 self.state.batch_in_epoch += 1
-                yield collate(indices, self.train_src, self.train_tgt)
+                batch_tokens = int(self.train_tgt.lengths[indices].sum()) + len(indices)  # + EOS each
+                # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
+                mine, weight = shard(indices, self.ranks), self.ranks.world / batch_tokens
+                if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
+                    mine, weight = indices[:1], 0.0
+                yield collate(mine, self.train_src, self.train_tgt), weight
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
-    def train_step(self, batch: Batch) -> torch.Tensor:
-        """One optimizer step; returns the summed loss as a device tensor (no host sync)."""
+    def train_step(self, batch: Batch, weight: Optional[float] = None) -> torch.Tensor:
+        """One optimizer step on loss x weight (default 1 / target tokens); returns the summed
+        loss as a device tensor (no host sync)."""
         cfg = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale)
         batch = batch.to(self.device)
         with autocast(self.device, cfg.precision):
-            logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+            logits = self.replica(batch.src, batch.src_lengths, batch.tgt_in)
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1),
             ignore_index=PAD, label_smoothing=cfg.label_smoothing, reduction="sum",
         )
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / batch.tgt_tokens).backward()
+        (loss * (1 / batch.tgt_tokens if weight is None else weight)).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-        if not torch.isfinite(grad_norm):  # one host sync per step: the price of never corrupting weights
+        # One host sync per step: the price of never corrupting weights. Gradients are all-reduced
+        # by now, so every rank sees the same norm and skips the same batches.
+        if not torch.isfinite(grad_norm):
             self.state.nonfinite_in_a_row += 1
-            console.print(f"[yellow]warning:[/] non-finite loss or gradient at step {self.state.step + 1}; batch skipped")
+            if self.ranks.is_main:
+                console.print(f"[yellow]warning:[/] non-finite loss or gradient at step {self.state.step + 1}; batch skipped")
             return torch.zeros((), device=self.device)
         self.state.nonfinite_in_a_row = 0
         self.optimizer.step()
@@ -228,32 +259,37 @@ class Trainer:
         cfg = self.config.train
         self.state.nonfinite_in_a_row = 0  # a resumed run gets a fresh chance (e.g. with a lower lr)
         if reason := self._stop_reason():
-            console.print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
-                          f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
+            self._print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
+                        f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
             self.state.stopped = reason
             self._write_summary()
             return self.state
-        console.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}; "
-                      f"{len(self.train_src):,} training pairs")
+        ranks = f" x {self.ranks.world} ranks" if self.ranks.distributed else ""
+        self._print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}; "
+                    f"{len(self.train_src):,} training pairs")
         self.model.train()
-        window = LogWindow(self.device)
+        window = LogWindow(self.device, self.ranks)
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed
+        signal_name: Optional[str] = None
         with StopSignal() as stop, self._progress() as progress:
             task = progress.add_task("train", total=None, step=self.state.step, loss=float("nan"), tps=0.0, lr=0.0)
-            for batch in self.batches():
-                window.add(self.train_step(batch), batch.tgt_tokens)
+            for batch, weight in self.batches():
+                loss = self.train_step(batch, weight)
+                if weight:
+                    window.add(loss, batch.tgt_tokens)
                 self.state.elapsed = elapsed_before + time.perf_counter() - session_start
-                reason = stop.received or self._stop_reason()
+                signal_name, reason = self._agreed_stop(stop)
+                reason = signal_name or reason
                 if self.state.step % cfg.log_every == 0 or reason:
                     self._log_window(window, progress, task)
                 progress.update(task, step=self.state.step, **self._progress_position())
-                if stop.received:  # save at once, without validating: the user is waiting
-                    self.state.stopped = stop.received
+                if signal_name:  # save at once, without validating: the user is waiting
+                    self.state.stopped = signal_name
                     self.save(best=False)
                     break
                 if self.state.step % cfg.valid_every == 0 or reason:
                     self.validate_and_save(progress)
-                    reason = reason or self._stop_reason()
+                    reason = reason or self._stop_reason()  # patience: the same on all ranks after validation
                 if reason:
                     self.state.stopped = reason
                     self.save(best=False)
@@ -262,7 +298,7 @@ class Trainer:
                 self.state.stopped = "max_epochs"
                 self.validate_and_save(progress)
                 self.save(best=False)
-        self._report_end(stop.received)
+        self._report_end(signal_name if self.state.stopped in FAILED_STOPS else None)
         if self.finished():
             self._write_summary()
         return self.state
@@ -271,17 +307,36 @@ class Trainer:
         """Training ended by one of its limits, not by a signal or a failure."""
         return self.state.stopped not in FAILED_STOPS
 
+    def _agreed_stop(self, stop: StopSignal) -> tuple[Optional[str], str]:
+        """(signal received, limit reached) as every rank sees them, so all ranks leave the loop together.
+
+        Each rank measures its own time, and a signal may reach one rank a step before another.
+        """
+        signal_name, reason = stop.received, self._stop_reason()
+        if self.ranks.distributed:
+            signalled, out_of_time = (any_rank(flag, self.ranks, self.device) for flag in (signal_name is not None, reason == "max_time"))
+            signal_name = (signal_name or "SIGTERM") if signalled else None
+            reason = reason or ("max_time" if out_of_time else "")
+        return signal_name, reason
+
+    def _print(self, message: str) -> None:
+        if self.ranks.is_main:
+            console.print(message)
+
     def _write_summary(self) -> None:
         """RUN/train.json marks finished training (a file target for recipes); absent after an interruption."""
+        if not self.ranks.is_main:
+            return
         summary = {"stopped": self.state.stopped, "step": self.state.step, "epoch": self.state.epoch + 1,
                    "best_valid_bleu": self.state.best_bleu if self.has_valid else None,
                    "training_seconds": round(self.state.elapsed, 1), "device": str(self.device)}
         atomic_write_text(self.run.train_summary, json.dumps(summary, indent=2) + "\n")
 
     def _log_window(self, window: "LogWindow", progress: Progress, task: Any) -> None:
-        if not window.tokens:
+        result = window.read_and_reset()
+        if result is None:
             return
-        loss, tokens_per_s = window.read_and_reset()
+        loss, tokens_per_s = result
         lr = self.optimizer.param_groups[0]["lr"]
         self.log("train", loss=loss, lr=lr, tgt_tokens_per_s=tokens_per_s, epoch=self.state.epoch + 1)
         progress.update(task, loss=loss, tps=tokens_per_s, lr=lr)
@@ -305,6 +360,8 @@ class Trainer:
         return ""
 
     def _report_end(self, signal_name: Optional[str]) -> None:
+        if not self.ranks.is_main:
+            return
         if signal_name:
             console.print(f"Stopped by {signal_name} at step {self.state.step}; checkpoint saved. "
                           f"Run `lstmmt train {self.run.root}` to resume.")
@@ -317,9 +374,16 @@ class Trainer:
             console.print(f"Training finished ({self.state.stopped}) at step {self.state.step}; {best}.")
 
     def validate_and_save(self, progress: Progress) -> None:
+        """Rank 0 validates, updates best/patience/plateau state and saves; the other ranks wait and
+        take its state, so they decay the learning rate and stop exactly when it does."""
         if not self.has_valid:
             self.save(best=True)
             return
+        if self.ranks.is_main:
+            self._validate_on_main(progress)
+        self.state, self.last_valid = from_main((self.state, self.last_valid), self.ranks)
+
+    def _validate_on_main(self, progress: Progress) -> None:
         result = self.last_valid = self.validate()
         improved = result["bleu"] > self.state.best_bleu
         if improved:
@@ -358,6 +422,8 @@ class Trainer:
     # -- output --------------------------------------------------------------------------
 
     def log(self, event: str, **values: Any) -> None:
+        if not self.ranks.is_main:
+            return
         record = {"event": event, "step": self.state.step, "elapsed": round(self.state.elapsed, 2), **values}
         self.run.logs.mkdir(parents=True, exist_ok=True)
         with open(self.metrics, "a", encoding="utf-8") as handle:
@@ -370,21 +436,28 @@ class Trainer:
         return Progress(
             TextColumn("step {task.fields[step]}"), BarColumn(),
             TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s  lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=not self.ranks.is_main,
         )
 
 
 def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
-    """Train (or resume training) the model of a preprocessed run directory."""
+    """Train (or resume training) the model of a preprocessed run directory; under torchrun, one rank of it."""
     run.require_preprocessed()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    trainer = Trainer(run, config, resolve_device(config.train.device))
-    run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
-    if restart:
-        for old in [*run.checkpoints.glob("*.pt"), run.logs / "metrics.jsonl", run.logs / "train.log"]:
-            old.unlink(missing_ok=True)
-    elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
-        raise UserError(f"no checkpoint in {run.checkpoints} could be read; pass --restart to train from scratch")
-    config.save(run.config)
-    return trainer.fit()
+    ranks, device = distributed.setup(config.train.device)
+    try:
+        trainer = Trainer(run, config, device, ranks)
+        if ranks.is_main:
+            run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
+        if restart:
+            if ranks.is_main:
+                for old in [*run.checkpoints.glob("*.pt"), run.logs / "metrics.jsonl", run.logs / "train.log"]:
+                    old.unlink(missing_ok=True)
+        elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
+            raise UserError(f"no checkpoint in {run.checkpoints} could be read; pass --restart to train from scratch")
+        if ranks.is_main:
+            config.save(run.config)
+        return trainer.fit()
+    finally:
+        distributed.teardown()

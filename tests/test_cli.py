@@ -36,14 +36,19 @@ def write_corpus(folder: Path, n_train: int, n_valid: int, n_test: int) -> None:
         (folder / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
 
 
+def preprocess_toy(root: Path, n_train: int, settings: list[str], test: bool = False) -> Path:
+    """ROOT/run preprocessed from a toy corpus of n_train training pairs (plus valid and, if asked, test)."""
+    write_corpus(root / "corpus", n_train, 150 if test else 20, 150 if test else 5)
+    run = root / "run"
+    splits = ["--valid", root / "corpus/valid"] + (["--test", root / "corpus/test"] if test else [])
+    result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", root / "corpus/train", *splits, *settings)
+    assert result.exit_code == 0, result.output
+    return run
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    write_corpus(root / "corpus", 8000, 150, 150)
-    run = root / "run"
-    result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", root / "corpus/train",
-                    "--valid", root / "corpus/valid", "--test", root / "corpus/test", *SMALL_MODEL)
-    assert result.exit_code == 0, result.output
+    run = preprocess_toy(tmp_path_factory.mktemp("pipeline"), 8000, SMALL_MODEL, test=True)
     result = invoke("train", run, "--max-steps", "900", "--set", "train.seed=3")  # ~60 s on 2 idle cores
     assert result.exit_code == 0, result.output
     return run

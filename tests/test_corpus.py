@@ -205,6 +205,15 @@ def test_dataset_data_file_is_loaded_as_train(tmp_path: Path, monkeypatch: pytes
     assert (src, tgt) == (SRC, TGT)
 
 
+def test_streamed_dataset_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, datasets) -> None:
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    rows = [{"translation": {"en": s, "de": t}} for s, t in zip(SRC, TGT)] * 700  # several batches of 1000
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    src, tgt, counts = read_pairs(dataset_source(str(tmp_path / "c.jsonl"), None, "train", streaming=True), "en", "de")
+    assert (src, tgt, counts["read"]) == (SRC * 700, TGT * 700, 2100)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.arrow"))  # nothing converted
+
+
 def test_dataset_load_failure_says_what_was_tried(monkeypatch: pytest.MonkeyPatch, datasets) -> None:
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach the hub")

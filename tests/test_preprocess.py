@@ -12,7 +12,7 @@ import pytest
 
 from lstmmt.config import Config, DataConfig
 from lstmmt.corpus import MissingSplit, dataset_source, file_source
-from lstmmt.encoded import EncodedSide, write_side
+from lstmmt.encoded import EncodedSide, SideWriter, write_side
 from lstmmt.errors import UserError
 from lstmmt.preprocess import _length_problem, preprocess
 from lstmmt.rundir import RunDir
@@ -59,6 +59,20 @@ def test_encoded_side_round_trip(tmp_path: Path) -> None:
     assert isinstance(side[0], np.memmap)  # read from disk on demand, not loaded
     with pytest.raises(IndexError):
         side[3]
+
+
+def test_side_writer_chunks_equal_one_write(tmp_path: Path) -> None:
+    sentences = [[5, 6, 7], [], [8], [9, 10], [11] * 50]
+    whole, chunked = RunDir(tmp_path / "whole"), RunDir(tmp_path / "chunked")
+    write_side(whole, "train", "src", sentences)
+    writer = SideWriter(chunked, "train", "src")
+    for start in range(0, len(sentences), 2):
+        writer.add(sentences[start : start + 2])
+    assert writer.close() == len(sentences)
+    for path in ("ids", "offsets"):
+        a, b = (np.load(getattr(run, path)("train", "src")) for run in (whole, chunked))
+        assert a.dtype == b.dtype and a.tolist() == b.tolist()
+    assert sorted(p.name for p in chunked.data_dir.iterdir()) == ["train.src.ids.npy", "train.src.offsets.npy"]
 
 
 def test_encoded_side_missing_names_preprocess(tmp_path: Path) -> None:
@@ -212,3 +226,20 @@ def test_optional_dataset_split_is_skipped_with_a_warning(tmp_path: Path, capsys
     required = {"train": train, "valid": dataset_source(folder, None, "validation")}
     with pytest.raises(MissingSplit):
         preprocess(RunDir(tmp_path / "run2"), config(), required)
+
+
+def test_encoding_in_chunks_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training split streams through ENCODE_CHUNK pairs at a time; chunk borders must not show."""
+    src, tgt = corpus(300, seed=4)
+    tgt[5] = " ".join(["X"] * 400)  # a bad length ratio, dropped
+    prefix = write_prefix(tmp_path / "c", encoded(src), encoded(tgt))
+    arrays = {}
+    for chunk in (50_000, 7):
+        monkeypatch.setattr("lstmmt.preprocess.ENCODE_CHUNK", chunk)
+        run = RunDir(tmp_path / f"run{chunk}")
+        meta = preprocess(run, config(), {"train": file_source(prefix)})
+        assert meta["splits"]["train"]["kept"] == 299 and meta["splits"]["train"]["dropped"]["bad_ratio"] == 1
+        arrays[chunk] = [np.load(path("train", side)).tolist() for path in (run.ids, run.offsets) for side in ("src", "tgt")]
+        assert not [p for p in run.data_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert arrays[7] == arrays[50_000]
+

@@ -14,7 +14,7 @@ import torch
 from lstmmt import checkpoint
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir
-from tests.test_cli import invoke, write_corpus
+from tests.test_cli import invoke, preprocess_toy, write_corpus
 
 TINY = [
     "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
@@ -28,13 +28,7 @@ STEPS = 150
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    write_corpus(root / "corpus", 600, 20, 5)
-    run = root / "run"
-    result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", root / "corpus/train",
-                    "--valid", root / "corpus/valid", *TINY)
-    assert result.exit_code == 0, result.output
-    return run
+    return preprocess_toy(tmp_path_factory.mktemp("resume"), 600, TINY)
 
 
 def fresh_copy(preprocessed: Path, tmp_path: Path, name: str) -> Path:

@@ -1,0 +1,92 @@
+"""Preprocessing a corpus of millions of pairs in bounded memory, and training on it.
+
+Writes a generated corpus of `--pairs` (5,000,000) toy pairs (data/toy.py, drawn without
+the distinctness check, so sentences repeat), runs `lstmmt preprocess` on it and on a
+small corpus of `--small` pairs, then `lstmmt train --max-steps` on both, each as its own
+process, and reports wall time and peak resident memory (the child's ru_maxrss from
+wait4). Memory goals: preprocess stays under 2 GB, and training on the large corpus
+starts with about the memory of training on the small one (the data is memory-mapped).
+
+    python benchmarks/preprocess_scale.py > scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from common import CACHE, emit, exit_on_sigterm, loadavg, log, machine  # noqa: E402
+
+import toy  # noqa: E402
+
+SETTINGS = ["--set", "tokenizer.vocab_size=500", "--set", "data.max_ratio=10"]
+TRAIN = ["--max-steps", "30", "--set", "train.valid_every=1000000", "--set", "train.log_every=10",
+         "--set", "model.embed_size=64", "--set", "model.hidden_size=128", "--set", "model.encoder_layers=1",
+         "--device", "cpu", "--restart"]
+
+
+def write_corpus(folder: Path, pairs: int, seed: int) -> None:
+    """FOLDER/train.{en,de} with `pairs` pairs and FOLDER/valid.{en,de} with 200, streamed to disk."""
+    if (folder / "done").exists() and (folder / "done").read_text() == str(pairs):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for split, count in (("train", pairs), ("valid", 200)):
+        with open(folder / f"{split}.en", "w", encoding="utf-8") as en, open(folder / f"{split}.de", "w", encoding="utf-8") as de:
+            for i in range(count):
+                source, target = toy.sample_pair(rng)
+                en.write(source + "\n")
+                de.write(target + "\n")
+                if i and i % 1_000_000 == 0:
+                    log(f"{folder.name}: {i:,} pairs written")
+    (folder / "done").write_text(str(pairs))
+
+
+def measured(command: list[str]) -> dict[str, float]:
+    """Run a command; its wall time and peak resident memory (ru_maxrss of this child alone)."""
+    log(" ".join(command))
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{process.stderr.read().decode(errors='replace')[-3000:]}")
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def main() -> None:
+    exit_on_sigterm()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5_000_000, help="pairs in the large corpus")
+    parser.add_argument("--small", type=int, default=50_000, help="pairs in the small corpus")
+    args = parser.parse_args()
+    result: dict = {"benchmark": "preprocess_scale", "machine": machine(), "loadavg_before": loadavg()}
+    lstmmt = [sys.executable, "-m", "lstmmt"]
+    for name, pairs in (("small", args.small), ("large", args.pairs)):
+        corpus, run = CACHE / f"scale-corpus-{pairs}", CACHE / f"scale-run-{pairs}"
+        start = time.perf_counter()
+        write_corpus(corpus, pairs, seed=pairs)
+        entry: dict = {"pairs": pairs, "corpus_mb": round(sum(f.stat().st_size for f in corpus.glob("train.*")) / 2**20, 1),
+                       "generate_seconds": round(time.perf_counter() - start, 1)}
+        entry["preprocess"] = measured([*lstmmt, "preprocess", str(run), "--src-lang", "en", "--tgt-lang", "de",
+                                        "--train", str(corpus / "train"), "--valid", str(corpus / "valid"), "--force", *SETTINGS])
+        entry["preprocess"]["pairs_per_s"] = round(pairs / entry["preprocess"]["seconds"])
+        entry["train_30_steps"] = measured([*lstmmt, "train", str(run), *TRAIN])
+        result[name] = entry
+        log(f"{name}: {entry}")
+    result["train_rss_ratio_large_to_small"] = round(
+        result["large"]["train_30_steps"]["peak_rss_mb"] / result["small"]["train_30_steps"]["peak_rss_mb"], 3)
+    result["preprocess_under_2gb"] = result["large"]["preprocess"]["peak_rss_mb"] < 2048
+    result["loadavg_after"] = loadavg()
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
