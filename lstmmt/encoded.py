@@ -87,8 +87,8 @@ class EncodedSide:
     def __init__(self, ids: np.ndarray, offsets: np.ndarray) -> None:
         self._ids = ids
         self._offsets = offsets
-        self.lengths: np.ndarray = np.diff(offsets)
-        """Token count of each sentence (int64)."""
+        self.lengths: np.ndarray = np.diff(offsets).astype(np.int32)
+        """Token count of each sentence (int32: 4 bytes a sentence is what training keeps in memory)."""
 
     @classmethod
     def open(cls, run: RunDir, split: str, side: str) -> "EncodedSide":

@@ -158,7 +158,7 @@ def open_input(path: str) -> BinaryIO:
 
 def translate_file(
     run: RunDir, input_path: str, output_path: str, checkpoint_name: str = "best", beam_size: Optional[int] = None,
-    n_best: int = 1, batch_tokens: Optional[int] = None, device_name: str = "auto",
+    n_best: int = 1, batch_tokens: Optional[int] = None, device_name: str = "auto", length_penalty: Optional[float] = None,
 ) -> int:
     """The translate step over files or stdin/stdout ('-'); a file output appears only when complete."""
     run.require_checkpoint()
@@ -171,6 +171,8 @@ def translate_file(
     options = SearchOptions.from_config(config.decode, beam_size, n_best)
     if batch_tokens:
         options.batch_tokens = batch_tokens
+    if length_penalty is not None:
+        options.length_penalty = length_penalty
     if not 1 <= n_best <= options.beam_size:
         raise UserError(f"--n-best must be between 1 and the beam size ({options.beam_size})")
 
