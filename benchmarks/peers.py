@@ -8,7 +8,8 @@ What is the same for every system:
   * model: embeddings 256 shared by source and target, BiLSTM encoder 2 layers x 256 per
     direction, one 512 decoder layer, Luong (general) attention, bridge, untied 512x8000
     output layer, dropout 0.3; input feeding for the peers (their default); lstmmt both
-    without (`lstmmt`) and with input feeding (`lstmmt-if`);
+    without (`lstmmt`) and with input feeding (`lstmmt-if`), and without it under bf16
+    autocast (`lstmmt-bf16`, training and search; the peers and the other two use fp32);
   * training: Adam, constant lr 1e-3 (no warm-up), label smoothing 0.1, clip norm 1.0,
     4096-token batches, loss normalised by target tokens, one step logged per step;
   * threads: OMP_NUM_THREADS=MKL_NUM_THREADS=--threads (2), CPU;
@@ -51,7 +52,7 @@ from typing import Any, Callable, Optional
 from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
                     read_test_source, run_measured, thread_env)
 
-SYSTEMS = ("lstmmt", "lstmmt-if", "opennmt", "joeynmt")
+SYSTEMS = ("lstmmt", "lstmmt-bf16", "lstmmt-if", "opennmt", "joeynmt")
 TORCH_SPEC = "torch==2.13.0"
 RECIPES = {
     # OpenNMT-py 3.5.1 pins torch<2.3: install it without dependencies next to torch 2.13,
@@ -281,6 +282,7 @@ class System:
 class Lstmmt(System):
     name = "lstmmt"
     input_feeding = False
+    precision = "fp32"
 
     def prepare(self) -> None:
         if self.dir.exists():
@@ -298,7 +300,7 @@ class Lstmmt(System):
             "model.tie_embeddings=false",  # an untied 512x8000 output layer, as the peers have
             "train.batch_tokens=4096", "train.lr=0.001", "train.lr_schedule=constant", "train.warmup_steps=0",
             "train.label_smoothing=0.1", "train.clip_norm=1.0", "train.log_every=1", f"train.valid_every={steps}",
-            f"train.threads={self.args.threads}", "train.device=cpu", "train.seed=1",
+            f"train.threads={self.args.threads}", "train.device=cpu", "train.seed=1", f"train.precision={self.precision}",
         ]
         return lstmmt_cmd("train", str(self.dir), "--max-steps", str(steps), "--restart", *[x for s in sets for x in ("--set", s)])
 
@@ -310,7 +312,8 @@ class Lstmmt(System):
 
     def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
         return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output), "--beam", str(self.args.beam),
-                          "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", "cpu"), None, None
+                          "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", "cpu",
+                          "--precision", self.precision), None, None
 
     def hypotheses(self, output: Path) -> list[str]:
         return output.read_text(encoding="utf-8").splitlines()
@@ -323,6 +326,13 @@ class Lstmmt(System):
 class LstmmtIF(Lstmmt):
     name = "lstmmt-if"
     input_feeding = True
+
+
+class LstmmtBF16(Lstmmt):
+    """The fused decoder under bf16 autocast (the CPU's AVX512-BF16 units), in training and in search."""
+
+    name = "lstmmt-bf16"
+    precision = "bf16"
 
 
 class OpenNMT(System):
@@ -428,7 +438,7 @@ class JoeyNMT(System):
         return int(match.group(1)) if match else None
 
 
-CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-if": LstmmtIF, "opennmt": OpenNMT, "joeynmt": JoeyNMT}
+CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-bf16": LstmmtBF16, "lstmmt-if": LstmmtIF, "opennmt": OpenNMT, "joeynmt": JoeyNMT}
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -482,7 +492,7 @@ def measure(system: System, args: argparse.Namespace, references: list[str]) -> 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     figures = {"train_tgt_tokens_per_s": ("train", "tgt_tokens_per_s"), "translate_sentences_per_s": ("translate", "sentences_per_s")}
-    for mine in ("lstmmt", "lstmmt-if"):
+    for mine in ("lstmmt", "lstmmt-bf16", "lstmmt-if"):
         for peer in ("opennmt", "joeynmt"):
             if "train" not in results.get(mine, {}) or "train" not in results.get(peer, {}):
                 continue

@@ -168,6 +168,7 @@ def translate(
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size; 1 is greedy search (default: decode.beam_size, 5)."),
     n_best: int = typer.Option(1, "--n-best", help="Write the K best translations per line as `line ||| text ||| score`."),
     length_penalty: Optional[float] = typer.Option(None, help="Rank hypotheses by log-probability / length ** this (decode.length_penalty); 0 ranks by log-probability alone."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16: search under bf16 autocast (decode.precision)."),
     batch_tokens: Optional[int] = typer.Option(None, help="Source tokens x beam per batch (decode.batch_tokens)."),
     checkpoint: str = typer.Option("best", help="best, last, averaged, or a checkpoint path."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -175,7 +176,7 @@ def translate(
     """Translate text with beam search: one output line per input line, in order."""
     from lstmmt.translate import translate_file
 
-    lines = translate_file(RunDir(run_dir), input, output, checkpoint, beam, n_best, batch_tokens, device, length_penalty)
+    lines = translate_file(RunDir(run_dir), input, output, checkpoint, beam, n_best, batch_tokens, device, length_penalty, precision)
     if output != "-":
         stderr.print(f"Translated {lines:,} lines into {output}")
 

@@ -1,13 +1,15 @@
 """The encoded corpus on disk: per split and side, all token ids concatenated plus sentence offsets.
 
 Two flat .npy arrays instead of one object per sentence (nanoGPT's prepare.py idea): they
-open memory-mapped in milliseconds, so training memory does not grow with corpus size.
+open in milliseconds, and sentences are read from disk as batches need them, so training
+memory does not grow with corpus size (beyond 12 bytes a sentence of offsets and lengths).
 Sentence i is ids[offsets[i]:offsets[i + 1]]; offsets has n + 1 entries and starts at 0.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,18 +83,28 @@ def _save(path: Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-class EncodedSide:
-    """One split and side of the encoded corpus, memory-mapped."""
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray) -> None:
-        self._ids = ids
+
+class EncodedSide:
+    """One split and side of the encoded corpus, read from disk a sentence at a time.
+
+    The offsets (8 bytes a sentence) are loaded; the ids stay in the file and each sentence
+    is read with one pread(2). Unlike a memory map, reading never makes the file part of the
+    process's memory, so training memory does not grow with the corpus (the kernel's page
+    cache still keeps hot data fast).
+    """
+
+    def __init__(self, ids_path: Path, ids_start: int, offsets: np.ndarray) -> None:
+        self._file = open(ids_path, "rb")  # closed with the object
+        self._ids_start = ids_start  # byte offset of the first id, after the .npy header
         self._offsets = offsets
         self.lengths: np.ndarray = np.diff(offsets).astype(np.int32)
-        """Token count of each sentence (int32: 4 bytes a sentence is what training keeps in memory)."""
+        """Token count of each sentence (int32)."""
 
     @classmethod
     def open(cls, run: RunDir, split: str, side: str) -> "EncodedSide":
-        """Map the two arrays read-only; UserError if preprocess did not write them or they disagree."""
+        """Open one split and side; UserError if preprocess did not write it or its two files disagree."""
         paths = run.ids(split, side), run.offsets(split, side)
         for path in paths:
             if not path.is_file():
@@ -100,21 +112,36 @@ class EncodedSide:
                     f"{run.root} has no encoded {split} data ({path} is missing): "
                     f"run `lstmmt preprocess {run.root} ...` with a {split} source first"
                 )
-        ids, offsets = (np.load(path, mmap_mode="r") for path in paths)
-        if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(ids):
-            raise UserError(
-                f"{paths[0]} and {paths[1]} do not match (damaged or from different runs): "
-                f"redo `lstmmt preprocess {run.root} ... --force`"
-            )
-        return cls(ids, offsets)
+        damaged = UserError(
+            f"{paths[0]} and {paths[1]} do not match (damaged or from different runs): "
+            f"redo `lstmmt preprocess {run.root} ... --force`"
+        )
+        try:
+            offsets = np.load(paths[1])
+            with open(paths[0], "rb") as handle:
+                read_header = _HEADER_READERS.get(np.lib.format.read_magic(handle))
+                if read_header is None:
+                    raise ValueError("unknown .npy format version")
+                shape, _, dtype = read_header(handle)
+                ids_start = handle.tell()
+        except ValueError:
+            raise damaged from None
+        file_ids = (paths[0].stat().st_size - ids_start) // 4
+        if dtype != np.int32 or len(shape) != 1 or shape[0] != file_ids:
+            raise damaged
+        if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != shape[0]:
+            raise damaged
+        return cls(paths[0], ids_start, offsets)
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """The ids of sentence i (an int32 view into the mapped file)."""
+        """The ids of sentence i (int32)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"sentence {i} out of range for {n} sentences")
         i %= n
-        return self._ids[self._offsets[i] : self._offsets[i + 1]]
+        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        data = os.pread(self._file.fileno(), 4 * (end - start), self._ids_start + 4 * start)
+        return np.frombuffer(data, dtype=np.int32)

@@ -314,9 +314,10 @@ class Trainer:
         """
         signal_name, reason = stop.received, self._stop_reason()
         if self.ranks.distributed:
-            signalled, out_of_time = (any_rank(flag, self.ranks, self.device) for flag in (signal_name is not None, reason == "max_time"))
-            signal_name = (signal_name or "SIGTERM") if signalled else None
-            reason = reason or ("max_time" if out_of_time else "")
+            if any_rank(signal_name is not None, self.ranks, self.device):
+                signal_name = signal_name or "SIGTERM"
+            if any_rank(reason == "max_time", self.ranks, self.device):
+                reason = reason or "max_time"
         return signal_name, reason
 
     def _print(self, message: str) -> None:

@@ -1,7 +1,8 @@
 """The translate step: text in, text out, exactly one output line per input line, in order.
 
-Input is read in chunks (bounded memory on big files and pipes), each chunk sorted by
-length into token-budget batches for search, and written back in input order.
+Input is read in chunks (bounded memory on big files and pipes; small at first, so output
+starts soon), each chunk sorted by length into token-budget batches for search, and
+written back in input order.
 
 Lines end at "\n" only (CRLF works). The other characters str.splitlines() breaks on
 (\r \v \f \x1c-\x1e \x85 \u2028 \u2029) become spaces inside an input line, as preprocess
@@ -27,7 +28,7 @@ from lstmmt import checkpoint
 from lstmmt.batching import collate, token_batches
 from lstmmt.config import DecodeConfig
 from lstmmt.corpus import one_line
-from lstmmt.device import resolve_device
+from lstmmt.device import autocast, resolve_device
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
 from lstmmt.search import Hypothesis, beam_search, greedy_search
@@ -44,10 +45,12 @@ class SearchOptions:
     max_len_a: float
     max_len_b: int
     batch_tokens: int
+    precision: str = "fp32"
 
     @classmethod
     def from_config(cls, config: DecodeConfig, beam_size: Optional[int] = None, n_best: int = 1) -> "SearchOptions":
-        return cls(beam_size or config.beam_size, n_best, config.length_penalty, config.max_len_a, config.max_len_b, config.batch_tokens)
+        return cls(beam_size or config.beam_size, n_best, config.length_penalty, config.max_len_a, config.max_len_b,
+                   config.batch_tokens, config.precision)
 
 
 def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray], options: SearchOptions, device: torch.device) -> list[list[Hypothesis]]:
@@ -63,7 +66,9 @@ def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray], options: Sear
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     for indices in token_batches(order, lengths, budget):
         batch = collate(indices, sentences).to(device)
-        for index, hyps in zip(indices, _search(model, batch.src, batch.src_lengths, options)):
+        with autocast(device, options.precision):
+            hyps_of_batch = _search(model, batch.src, batch.src_lengths, options)
+        for index, hyps in zip(indices, hyps_of_batch):
             results[index] = hyps
     return results
 
@@ -96,14 +101,16 @@ def translate_lines(
     return results
 
 
-def read_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[tuple[int, list[str]]]:
+def read_chunks(stream: BinaryIO, chunk_lines: int, first_chunk: int = 64) -> Iterator[tuple[int, list[str]]]:
     """(first line number, stripped lines) in chunks; invalid UTF-8 becomes U+FFFD with a warning.
 
+    Chunks start at `first_chunk` lines and double up to `chunk_lines`: the first output
+    comes quickly, and later chunks are large enough to sort into well-filled batches.
     Iterating a binary stream splits on b"\n" only, so "\r\n" files count their lines right
     and a stray form feed or U+2028 inside a line cannot split it (it becomes a space).
     """
     chunk: list[str] = []
-    first = 1
+    first, size = 1, min(first_chunk, chunk_lines)
     for number, raw in enumerate(stream, start=1):
         try:
             line = raw.decode("utf-8")
@@ -111,9 +118,9 @@ def read_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[tuple[int, list[
             line = raw.decode("utf-8", errors="replace")
             stderr.print(f"[yellow]warning:[/] line {number}: invalid UTF-8 replaced by U+FFFD")
         chunk.append(one_line(line))
-        if len(chunk) == chunk_lines:
+        if len(chunk) == size:
             yield first, chunk
-            first, chunk = number + 1, []
+            first, chunk, size = number + 1, [], min(2 * size, chunk_lines)
     if chunk:
         yield first, chunk
 
@@ -159,6 +166,7 @@ def open_input(path: str) -> BinaryIO:
 def translate_file(
     run: RunDir, input_path: str, output_path: str, checkpoint_name: str = "best", beam_size: Optional[int] = None,
     n_best: int = 1, batch_tokens: Optional[int] = None, device_name: str = "auto", length_penalty: Optional[float] = None,
+    precision: Optional[str] = None,
 ) -> int:
     """The translate step over files or stdin/stdout ('-'); a file output appears only when complete."""
     run.require_checkpoint()
@@ -173,6 +181,10 @@ def translate_file(
         options.batch_tokens = batch_tokens
     if length_penalty is not None:
         options.length_penalty = length_penalty
+    if precision is not None:
+        if precision not in ("fp32", "bf16"):
+            raise UserError(f"--precision must be fp32 or bf16, not {precision!r}")
+        options.precision = precision
     if not 1 <= n_best <= options.beam_size:
         raise UserError(f"--n-best must be between 1 and the beam size ({options.beam_size})")
 

@@ -56,7 +56,7 @@ def test_encoded_side_round_trip(tmp_path: Path) -> None:
     assert side.lengths.dtype == np.int32 and side.lengths.tolist() == [3, 0, 1]
     assert side[0].dtype == np.int32 and side[0].tolist() == [5, 6, 7]
     assert side[1].tolist() == [] and side[-1].tolist() == [8]
-    assert isinstance(side[0], np.memmap)  # read from disk on demand, not loaded
+    assert not isinstance(side[0], np.memmap)  # read from disk on demand, never mapped
     with pytest.raises(IndexError):
         side[3]
 

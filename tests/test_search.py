@@ -3,11 +3,13 @@
 import math
 from typing import NamedTuple
 
+import pytest
 import torch
 
 from lstmmt.config import ModelConfig
 from lstmmt.model import Seq2Seq
 from lstmmt.search import beam_search, greedy_search
+from lstmmt.translate import SearchOptions, decode_corpus
 from lstmmt.batching import pad
 from lstmmt.tokenizer import BOS, EOS
 
@@ -103,3 +105,20 @@ def test_beam_search_result_does_not_depend_on_the_batch():
         alone = beam_search(model, alone_src, lengths[i : i + 1], beam_size=4)
         assert alone[0][0].tokens == together[i][0].tokens
         assert math.isclose(alone[0][0].score, together[i][0].score, rel_tol=1e-5, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_translations_do_not_depend_on_the_batch_size(precision):
+    """decode_corpus with one sentence per batch and with all in one batch: the same outputs."""
+    model = random_model(seed=3)
+    src, lengths = random_batch(40, seed=5)
+    sentences = [row[: int(n) - 1].numpy() for row, n in zip(src, lengths)]
+
+    def translate(batch_tokens: int) -> list[list[int]]:
+        options = SearchOptions(beam_size=5, n_best=1, length_penalty=1.0, max_len_a=1.5, max_len_b=10,
+                                batch_tokens=batch_tokens, precision=precision)
+        return [hyps[0].tokens for hyps in decode_corpus(model, sentences, options, torch.device("cpu"))]
+
+    one_by_one, all_at_once = translate(1), translate(100_000)
+    assert one_by_one == all_at_once
+    assert sum(map(len, all_at_once)) > 40
