@@ -77,6 +77,22 @@ class Attention(nn.Module):
         return torch.bmm(weights, memory.values)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout whose mask comes from uniform noise: the same as nn.Dropout in
+    expectation, but torch.rand is about twice as fast as the bernoulli_ that nn.Dropout
+    uses on CPU, where dropout was a tenth of a training step."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
 class BiLSTMEncoder(nn.Module):
     """A stacked bidirectional LSTM over right-padded batches, without packing.
 
@@ -89,7 +105,7 @@ class BiLSTMEncoder(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, layers: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         sizes = [input_size] + [2 * hidden_size] * (layers - 1)
         self.forward_lstms = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
         self.backward_lstms = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
@@ -125,7 +141,7 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.config = config
         E, H = config.embed_size, config.hidden_size
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, E, padding_idx=PAD)
         share_src = config.tie_embeddings and joint_vocab
         self.src_embed = self.tgt_embed if share_src else nn.Embedding(src_vocab_size, E, padding_idx=PAD)
