@@ -1,6 +1,6 @@
 # Set-up and everyday commands. `make demo` and `make test` each work on a fresh machine.
 PYTHON ?= python3
-# Installed only when torch is missing; override for another build, e.g. TORCH_SPEC='torch>=2.2'.
+# Installed only when torch is missing; override for another build, e.g. TORCH_SPEC='torch>=2.4'.
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
