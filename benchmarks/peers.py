@@ -258,6 +258,11 @@ class System:
 
     def prepare(self) -> None: ...
 
+    def fresh_dir(self) -> None:
+        """An empty working folder for this system (a remeasure starts from nothing)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+
     def train_cmd(self) -> list[str]: ...
 
     def steps(self) -> list[tuple[int, float, float]]: ...
@@ -285,9 +290,7 @@ class Lstmmt(System):
     precision = "fp32"
 
     def prepare(self) -> None:
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        self.fresh_dir()
         shutil.copy2(self.base_run / "config.yaml", self.dir / "config.yaml")
         for folder in ("tokenizer", "data"):
             shutil.copytree(self.base_run / folder, self.dir / folder)
@@ -340,9 +343,7 @@ class OpenNMT(System):
 
     def prepare(self) -> None:
         self.python = ensure_venv("opennmt", self.args.work)
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        self.fresh_dir()
         config = {
             "save_data": str(self.dir), "src_vocab": str(self.data / "vocab.txt"), "tgt_vocab": str(self.data / "vocab.txt"),
             "share_vocab": True, "src_words_min_frequency": 0, "tgt_words_min_frequency": 0,
@@ -387,9 +388,7 @@ class JoeyNMT(System):
 
     def prepare(self) -> None:
         self.python = ensure_venv("joeynmt", self.args.work)
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        self.fresh_dir()
         side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": str(self.data / "vocab.txt")}  # noqa: E731
         config = {
             "name": "m30k_bench", "model_dir": str(self.dir / "model"), "use_cuda": False,

@@ -68,13 +68,13 @@ def shard(indices: np.ndarray, ranks: Ranks) -> np.ndarray:
     return indices[ranks.rank :: ranks.world]
 
 
-def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
-    """True on every rank if `flag` is True on any (e.g. one of them got a signal)."""
+def any_rank(flags: list[bool], ranks: Ranks, device: torch.device) -> list[bool]:
+    """For each flag, True on every rank if it is True on any (e.g. one of them got a signal); one all-reduce."""
     if not ranks.distributed:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return flags
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
 
 
 def from_main(value: object, ranks: Ranks) -> object:

@@ -9,8 +9,8 @@ data/meta.json is written last and marks the step complete.
 The training split streams, so a corpus larger than memory works: pairs are read one at a
 time and the clean ones written to temporary files in RUN/data; SentencePiece samples
 tokenizer.input_sentence_size sentences from them; they are encoded ENCODE_CHUNK pairs at a
-time (SentencePiece spreads each chunk over all cores) and appended to the memory-mapped
-arrays. Valid and test are small and held in memory.
+time (SentencePiece spreads each chunk over all cores) and appended to the .npy arrays
+(encoded.SideWriter). Valid and test are small and held in memory.
 
 meta.json holds: src_lang, tgt_lang; splits.SPLIT.{read, invalid_utf8, dropped.REASON, kept};
 filters; sources.SPLIT.{kind, path, [dataset_config, split, streaming,] files[{path, sha256}]};
@@ -65,8 +65,8 @@ def preprocess(run: RunDir, config: Config, sources: dict[str, Source], force: b
                   and (pairs := _read_reference(split, sources[split], config.data, stats)) is not None}
     with tempfile.TemporaryDirectory(dir=run.data_dir, prefix=".train-text.") as tmp:
         text_files = {side: Path(tmp) / f"train.{side}.txt" for side in SIDES}
-        _clean_train(sources["train"], config.data, text_files, stats)
-        console.print(f"training the tokenizer on {stats['train']['read'] - sum(stats['train']['dropped'].values()):,} pairs")
+        clean_pairs = _clean_train(sources["train"], config.data, text_files, stats)
+        console.print(f"training the tokenizer on {clean_pairs:,} pairs")
         train_tokenizer(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]), config.tokenizer, run.tokenizer_dir)
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         stats["train"]["kept"] = _encode_train(run, tokenizer, text_files, config.data, stats["train"]["dropped"])
@@ -133,8 +133,9 @@ def _read_reference(split: str, source: Source, data: DataConfig, stats: dict[st
     return [src for src, _ in pairs], [tgt for _, tgt in pairs]
 
 
-def _clean_train(source: Source, data: DataConfig, text_files: dict[str, Path], stats: dict[str, dict]) -> None:
-    """Stream the training pairs through the text filters into one plain text file per side."""
+def _clean_train(source: Source, data: DataConfig, text_files: dict[str, Path], stats: dict[str, dict]) -> int:
+    """Stream the training pairs through the text filters into one plain text file per side;
+    returns the number of pairs written."""
     console.print(f"reading train from {escape(source.path)}")
     counts, dropped = {"read": 0, "invalid_utf8": 0}, dict.fromkeys(DROP_REASONS["train"], 0)
     kept = 0
@@ -150,6 +151,7 @@ def _clean_train(source: Source, data: DataConfig, text_files: dict[str, Path], 
                 progress.update(task, completed=kept)
     stats["train"] = {**counts, "dropped": dropped}
     _require_pairs("train", source, kept > 0, stats["train"])
+    return kept
 
 
 def _clean(pairs: Iterable[Pair], problem: Problem, counts: dict[str, int], dropped: dict[str, int]) -> Iterator[tuple[str, str]]:

@@ -228,9 +228,9 @@ class Trainer:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
-    def train_step(self, batch: Batch, weight: Optional[float] = None) -> torch.Tensor:
-        """One optimizer step on loss x weight (default 1 / target tokens); returns the summed
-        loss as a device tensor (no host sync)."""
+    def train_step(self, batch: Batch, weight: float) -> torch.Tensor:
+        """One optimizer step on loss x weight (see `batches`); returns the summed loss as a
+        device tensor (no host sync)."""
         cfg = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale)
@@ -242,7 +242,7 @@ class Trainer:
             ignore_index=PAD, label_smoothing=cfg.label_smoothing, reduction="sum",
         )
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * (1 / batch.tgt_tokens if weight is None else weight)).backward()
+        (loss * weight).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
         # One host sync per step: the price of never corrupting weights. Gradients are all-reduced
         # by now, so every rank sees the same norm and skips the same batches.
@@ -315,9 +315,10 @@ class Trainer:
         """
         signal_name, reason = stop.received, self._stop_reason()
         if self.ranks.distributed:
-            if any_rank(signal_name is not None, self.ranks, self.device):
+            signalled, out_of_time = any_rank([signal_name is not None, reason == "max_time"], self.ranks, self.device)
+            if signalled:
                 signal_name = signal_name or "SIGTERM"
-            if any_rank(reason == "max_time", self.ranks, self.device):
+            if out_of_time:
                 reason = reason or "max_time"
         return signal_name, reason
 

@@ -176,15 +176,10 @@ def translate_file(
     device = resolve_device(device_name)
     model, config, _ = checkpoint.load_model(checkpoint.resolve(run, checkpoint_name), tokenizer)
     model.to(device)
+    # Command-line choices override the checkpoint's decode settings, checked like --set.
+    overrides = {"batch_tokens": batch_tokens or None, "length_penalty": length_penalty, "precision": precision}
+    config = config.with_overrides([f"decode.{key}={value}" for key, value in overrides.items() if value is not None])
     options = SearchOptions.from_config(config.decode, beam_size, n_best)
-    if batch_tokens:
-        options.batch_tokens = batch_tokens
-    if length_penalty is not None:
-        options.length_penalty = length_penalty
-    if precision is not None:
-        if precision not in ("fp32", "bf16"):
-            raise UserError(f"--precision must be fp32 or bf16, not {precision!r}")
-        options.precision = precision
     if not 1 <= n_best <= options.beam_size:
         raise UserError(f"--n-best must be between 1 and the beam size ({options.beam_size})")
 

@@ -16,15 +16,12 @@ from lstmmt.config import Config
 from lstmmt.rundir import RunDir
 from lstmmt.train import Trainer
 from tests.test_cli import preprocess_toy
+from tests.test_resume import TINY
 
-# No dropout, so ranks and the single process draw no random numbers that could differ.
-SETTINGS = [
-    "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
-    "--set", "model.encoder_layers=2", "--set", "model.dropout=0.0", "--set", "train.batch_tokens=300",
-    "--set", "train.valid_every=10", "--set", "train.log_every=5", "--set", "train.threads=1",
-    "--set", "train.lr_schedule=constant", "--set", "train.warmup_steps=5", "--set", "data.max_ratio=10",
-    "--set", "train.max_steps=30", "--set", "train.device=cpu",
-]
+# TINY without dropout, so ranks and the single process draw no random numbers that could differ.
+SETTINGS = [*TINY, *(x for setting in ("model.encoder_layers=2", "model.dropout=0.0", "train.valid_every=10",
+                                        "train.lr_schedule=constant", "train.warmup_steps=5", "train.max_steps=30",
+                                        "train.device=cpu") for x in ("--set", setting))]
 
 
 @pytest.fixture(scope="module")
