@@ -24,7 +24,12 @@ from lstmmt.tokenizer import PAD
 
 
 class Memory(NamedTuple):
-    """What the decoder attends to; rows are sentences (or sentence x beam)."""
+    """What the decoder attends to; one row per sentence.
+
+    Beam search keeps one row per sentence while the decoder has one row per hypothesis:
+    attention groups the k hypotheses of a sentence (consecutive rows) as k queries of one
+    row, so the encoder outputs are never copied per beam.
+    """
 
     values: Tensor  # (B, S, H) encoder outputs
     keys: Tensor  # (B, S, K) attention keys, precomputed once per batch
@@ -66,7 +71,10 @@ class Attention(nn.Module):
         return values if self.kind == "dot" else self.key_proj(values)
 
     def forward(self, query: Tensor, memory: Memory) -> Tensor:
-        """query (B, T, H) -> context (B, T, H); padded source positions get zero weight."""
+        """query (k*B, T, H) -> context (k*B, T, H) for memory of B rows, each shared by k
+        consecutive query rows (k = 1 in training); padded source positions get zero weight."""
+        rows, steps, size = query.shape
+        query = query.reshape(memory.mask.size(0), -1, size)  # (B, k*T, H)
         if self.kind == "bahdanau":
             hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + memory.keys.unsqueeze(1))  # (B, T, S, H)
             scores = self.energy(hidden).squeeze(-1)  # (B, T, S)
@@ -74,7 +82,7 @@ class Attention(nn.Module):
             scores = torch.bmm(query, memory.keys.transpose(1, 2))  # (B, T, S)
         scores = scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights, memory.values)
+        return torch.bmm(weights, memory.values).view(rows, steps, size)
 
 
 class Dropout(nn.Module):

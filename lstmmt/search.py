@@ -5,7 +5,10 @@ The model needs two methods (see lstmmt/model.py), so search never knows it is a
     encode(src, src_lengths) -> (memory, state)
     decode_step(prev_tokens, memory, state) -> (log_probs (N, V), state)
 
-where memory and state have `select(index)` to pick and reorder rows. Beam search keeps
+where memory and state have `select(index)` to pick and reorder rows. Memory has one row
+per sentence; during beam search the state and prev_tokens have one row per hypothesis,
+the `beam` hypotheses of a sentence in consecutive rows, and decode_step must pair row i
+with memory row i // beam (so encoder outputs are never copied per beam). Beam search keeps
 all live sentences x beams as one tensor program: each step is one top-k over
 beam x vocabulary per sentence; hypotheses that end are set aside, and a sentence with
 `beam` finished hypotheses leaves the active batch.
@@ -77,8 +80,7 @@ def beam_search(
         raise ValueError("n_best must be between 1 and beam_size")
     memory, state = model.encode(src, src_lengths)
     search = _BeamState(src.size(0), beam_size, max_lengths(src_lengths, max_len_a, max_len_b), src.device)
-    rows = torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size)
-    memory, state = memory.select(rows), state.select(rows)
+    state = state.select(torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size))
     while search.active.numel():
         log_probs, state = model.decode_step(search.tokens[:, -1], memory, state)
         reorder, keep = search.advance(log_probs, length_penalty)
@@ -104,7 +106,7 @@ class _BeamState:
 
     def advance(self, log_probs: Tensor, length_penalty: float) -> tuple[Tensor, Tensor | None]:
         """Take one step; returns the row order for the decoder state and, if sentences
-        finished, the rows of memory to keep (None when every sentence is still active)."""
+        finished, the rows of memory (sentences) to keep (None when all are still active)."""
         n, beam, vocab = self.active.numel(), self.beam, log_probs.size(-1)
         step = self.tokens.size(1)  # tokens generated after this step, EOS included
         log_probs = self._force_eos_at_limit(log_probs.view(n, beam, vocab), step)
@@ -126,10 +128,7 @@ class _BeamState:
         self.tokens = torch.cat([self.tokens.index_select(0, reorder), alive_tokens.index_select(0, keep_sentences).view(-1, 1)], dim=1)
         self.scores = alive_scores.index_select(0, keep_sentences)
         self.active = self.active.index_select(0, keep_sentences)
-        if bool(done.any()):
-            keep_rows = (keep_sentences.unsqueeze(1) * beam + torch.arange(beam, device=pick.device)).view(-1)
-            return reorder, keep_rows
-        return reorder, None
+        return reorder, keep_sentences if bool(done.any()) else None
 
     def _force_eos_at_limit(self, log_probs: Tensor, step: int) -> Tensor:
         """At a sentence's last allowed position, EOS is the only choice."""
