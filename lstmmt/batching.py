@@ -4,18 +4,27 @@ Sentences of similar length go together so little compute is spent on padding; a
 holds as many sentences as fit `batch_tokens` padded tokens. The training order of an
 epoch is a pure function of (seed, epoch), so a resumed run sees exactly the batches an
 uninterrupted one would.
+
+Training reads the corpus a window at a time (Marian's maxi-batches): the corpus is cut
+into blocks of BLOCK consecutive sentences, an epoch deals the shuffled blocks into windows
+of about `train.window_sentences` sentences, and each window is sorted by length, cut into
+batches and shuffled on its own. Memory then depends on the window, not the corpus; a
+corpus smaller than one window is sorted and shuffled whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lstmmt.tokenizer import BOS, EOS, PAD
+
+if TYPE_CHECKING:
+    from lstmmt.encoded import EncodedSide, Sentences
 
 
 @dataclass
@@ -24,7 +33,7 @@ class Batch:
     src_lengths: Tensor  # (B,) on CPU (packing needs them there)
     tgt_in: Optional[Tensor]  # (B, T) BOS + target ids, padded
     tgt_out: Optional[Tensor]  # (B, T) target ids + EOS, padded
-    indices: np.ndarray  # (B,) positions of these sentences in the corpus
+    indices: np.ndarray  # (B,) positions of these sentences in what collate read them from
     tgt_tokens: int  # real target tokens (incl. EOS), for loss normalisation and tokens/s
 
     def to(self, device: torch.device) -> "Batch":
@@ -75,16 +84,41 @@ def token_batches(order: np.ndarray, lengths: np.ndarray, batch_tokens: int) -> 
     return batches
 
 
-def epoch_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The training batches of one epoch, in order: a pure function of (seed, epoch).
+BLOCK = 1000
+"""Consecutive sentences that stay together when an epoch shuffles the corpus into windows."""
+
+
+def epoch_windows(sentences: int, window_sentences: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+    """The windows of one epoch in order, each a list of (start, stop) sentence ranges: a
+    pure function of (seed, epoch) that covers every sentence exactly once."""
+    rng = np.random.default_rng([seed, epoch])
+    blocks = [(start, min(start + BLOCK, sentences)) for start in range(0, sentences, BLOCK)]
+    shuffled = [blocks[i] for i in rng.permutation(len(blocks))]
+    per_window = max(1, window_sentences // BLOCK)
+    return [shuffled[i : i + per_window] for i in range(0, len(shuffled), per_window)]
+
+
+def window_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, window: int) -> list[np.ndarray]:
+    """The batches of one window (positions in it), in order: a pure function of (seed, epoch, window).
 
     Sentences are sorted by (target, source) length with random tie-breaking, cut into
     token-budget batches, and the batch order is shuffled.
     """
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch, window])
     noise = rng.random(len(src_lengths), dtype=np.float32)  # random tie-breaking; 4 bytes a sentence
     order = np.lexsort((noise, src_lengths, tgt_lengths))
     del noise
     cost = np.maximum(src_lengths, tgt_lengths) + 1
     batches = token_batches(order, cost, batch_tokens)
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def epoch_batches(
+    src: "EncodedSide", tgt: "EncodedSide", batch_tokens: int, window_sentences: int, seed: int, epoch: int,
+) -> Iterator[tuple["Sentences", "Sentences", np.ndarray]]:
+    """Every training batch of one epoch in order, as (source window, target window, positions
+    in them): a pure function of (seed, epoch). One window's lengths are in memory at a time."""
+    for number, ranges in enumerate(epoch_windows(len(src), window_sentences, seed, epoch)):
+        src_window, tgt_window = src.select(ranges), tgt.select(ranges)
+        for indices in window_batches(src_window.lengths, tgt_window.lengths, batch_tokens, seed, epoch, number):
+            yield src_window, tgt_window, indices

@@ -1,8 +1,8 @@
 """The encoded corpus on disk: per split and side, all token ids concatenated plus sentence offsets.
 
 Two flat .npy arrays instead of one object per sentence (nanoGPT's prepare.py idea): they
-open in milliseconds, and sentences are read from disk as batches need them, so training
-memory does not grow with corpus size (beyond 12 bytes a sentence of offsets and lengths).
+open in milliseconds, and sentences and offsets are read from disk as batches need them,
+so training memory does not grow with corpus size.
 Sentence i is ids[offsets[i]:offsets[i + 1]]; offsets has n + 1 entries and starts at 0.
 """
 
@@ -86,21 +86,57 @@ def _save(path: Path, array: np.ndarray) -> None:
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-class EncodedSide:
-    """One split and side of the encoded corpus, read from disk a sentence at a time.
+class _DiskArray:
+    """A one-dimensional .npy file read slice by slice with pread(2): nothing is loaded or
+    memory-mapped, so reading never makes the file part of the process's memory (the
+    kernel's page cache still keeps hot data fast)."""
 
-    The offsets (8 bytes a sentence) are loaded; the ids stay in the file and each sentence
-    is read with one pread(2). Unlike a memory map, reading never makes the file part of the
-    process's memory, so training memory does not grow with the corpus (the kernel's page
-    cache still keeps hot data fast).
+    def __init__(self, path: Path) -> None:
+        """ValueError if the file is not a one-dimensional .npy array as long as its header says."""
+        self._file = open(path, "rb")  # closed with the object
+        read_header = _HEADER_READERS.get(np.lib.format.read_magic(self._file))
+        if read_header is None:
+            raise ValueError("unknown .npy format version")
+        shape, _, self.dtype = read_header(self._file)
+        self._start = self._file.tell()
+        if len(shape) != 1 or (os.fstat(self._file.fileno()).st_size - self._start) // self.dtype.itemsize != shape[0]:
+            raise ValueError("not a complete one-dimensional array")
+        self.size: int = shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Elements start .. stop-1."""
+        itemsize = self.dtype.itemsize
+        data = os.pread(self._file.fileno(), itemsize * (stop - start), self._start + itemsize * start)
+        return np.frombuffer(data, dtype=self.dtype)
+
+
+class Sentences:
+    """Some sentences of one side, in a chosen order: their lengths in memory, their ids read
+    from disk when indexed. Collate and validation index these like a list of id arrays."""
+
+    def __init__(self, ids: _DiskArray, starts: np.ndarray, lengths: np.ndarray) -> None:
+        self._ids, self._starts = ids, starts
+        self.lengths = lengths
+        """Token count of each sentence (int32)."""
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = int(self._starts[i])
+        return self._ids.read(start, start + int(self.lengths[i]))
+
+
+class EncodedSide:
+    """One split and side of the encoded corpus, on disk.
+
+    Neither the ids nor the offsets are loaded: `select` reads the offsets of the sentences
+    a training window needs (see batching.epoch_windows), and each sentence is one
+    pread(2), so training memory does not grow with the corpus.
     """
 
-    def __init__(self, ids_path: Path, ids_start: int, offsets: np.ndarray) -> None:
-        self._file = open(ids_path, "rb")  # closed with the object
-        self._ids_start = ids_start  # byte offset of the first id, after the .npy header
-        self._offsets = offsets
-        self.lengths: np.ndarray = np.diff(offsets).astype(np.int32)
-        """Token count of each sentence (int32)."""
+    def __init__(self, ids: _DiskArray, offsets: _DiskArray) -> None:
+        self._ids, self._offsets = ids, offsets
 
     @classmethod
     def open(cls, run: RunDir, split: str, side: str) -> "EncodedSide":
@@ -117,31 +153,32 @@ class EncodedSide:
             f"redo `lstmmt preprocess {run.root} ... --force`"
         )
         try:
-            offsets = np.load(paths[1])
-            with open(paths[0], "rb") as handle:
-                read_header = _HEADER_READERS.get(np.lib.format.read_magic(handle))
-                if read_header is None:
-                    raise ValueError("unknown .npy format version")
-                shape, _, dtype = read_header(handle)
-                ids_start = handle.tell()
+            ids, offsets = _DiskArray(paths[0]), _DiskArray(paths[1])
         except ValueError:
             raise damaged from None
-        file_ids = (paths[0].stat().st_size - ids_start) // 4
-        if dtype != np.int32 or len(shape) != 1 or shape[0] != file_ids:
+        if ids.dtype != np.int32 or offsets.dtype != np.int64 or offsets.size == 0:
             raise damaged
-        if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != shape[0]:
+        if offsets.read(0, 1)[0] != 0 or offsets.read(offsets.size - 1, offsets.size)[0] != ids.size:
             raise damaged
-        return cls(paths[0], ids_start, offsets)
+        return cls(ids, offsets)
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return self._offsets.size - 1
+
+    def select(self, ranges: Sequence[tuple[int, int]]) -> Sentences:
+        """The sentences of the (start, stop) index ranges, in that order."""
+        offsets = [self._offsets.read(start, stop + 1) for start, stop in ranges]
+        starts = np.concatenate([o[:-1] for o in offsets]) if offsets else np.zeros(0, dtype=np.int64)
+        lengths = np.concatenate([np.diff(o).astype(np.int32) for o in offsets]) if offsets else np.zeros(0, dtype=np.int32)
+        return Sentences(self._ids, starts, lengths)
+
+    def all(self) -> Sentences:
+        """Every sentence (validation and test splits, which are small)."""
+        return self.select([(0, len(self))])
 
     def __getitem__(self, i: int) -> np.ndarray:
         """The ids of sentence i (int32)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"sentence {i} out of range for {n} sentences")
-        i %= n
-        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-        data = os.pread(self._file.fileno(), 4 * (end - start), self._ids_start + 4 * start)
-        return np.frombuffer(data, dtype=np.int32)
+        return self.select([(i % n, i % n + 1)])[0]

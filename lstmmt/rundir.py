@@ -4,7 +4,7 @@ Layout (documented in README.md):
 
     RUN/config.yaml                 resolved settings of every step
     RUN/tokenizer/spm.model|.vocab  joint SentencePiece model (or src.* and tgt.* when not joint)
-    RUN/data/SPLIT.SIDE.ids.npy     token ids of one split and side, concatenated (int32, memory-mappable)
+    RUN/data/SPLIT.SIDE.ids.npy     token ids of one split and side, concatenated (int32, a standard .npy)
     RUN/data/SPLIT.SIDE.offsets.npy start of each sentence in the ids array (int64, length n+1)
     RUN/data/SPLIT.SIDE.txt         cleaned text of valid/test (references for BLEU)
     RUN/data/meta.json              line counts, filters applied, input files and their hashes

@@ -13,6 +13,7 @@ lstmmt/distributed.py); rank 0 validates, logs and saves.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -123,8 +124,8 @@ class Trainer:
         self.train_tgt = EncodedSide.open(run, "train", "tgt")
         self.has_valid = run.has_split("valid")
         if self.has_valid:
-            self.valid_src = EncodedSide.open(run, "valid", "src")
-            self.valid_tgt = EncodedSide.open(run, "valid", "tgt")
+            self.valid_src = EncodedSide.open(run, "valid", "src").all()
+            self.valid_tgt = EncodedSide.open(run, "valid", "tgt").all()
             self.valid_refs = run.text("valid", "tgt").read_text(encoding="utf-8").splitlines()
         torch.manual_seed(config.train.seed)  # the same initial weights on every rank
         self.model = checkpoint.build_model(config, self.tokenizer).to(device)
@@ -216,15 +217,15 @@ class Trainer:
         with the weight that turns its summed loss into its share of the whole batch's mean loss."""
         cfg = self.config.train
         while self.state.epoch < cfg.max_epochs:
-            order = epoch_batches(self.train_src.lengths, self.train_tgt.lengths, cfg.batch_tokens, cfg.seed, self.state.epoch)
-            for indices in order[self.state.batch_in_epoch :]:
+            batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed, self.state.epoch)
+            for src, tgt, indices in itertools.islice(batches, self.state.batch_in_epoch, None):  # a resumed run skips ahead
                 self.state.batch_in_epoch += 1
-                batch_tokens = int(self.train_tgt.lengths[indices].sum()) + len(indices)  # + EOS each
+                batch_tokens = int(tgt.lengths[indices].sum()) + len(indices)  # + EOS each
                 # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
                 mine, weight = shard(indices, self.ranks), self.ranks.world / batch_tokens
                 if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
                     mine, weight = indices[:1], 0.0
-                yield collate(mine, self.train_src, self.train_tgt), weight
+                yield collate(mine, src, tgt), weight
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 

@@ -53,7 +53,11 @@ def test_encoded_side_round_trip(tmp_path: Path) -> None:
     assert not list(run.data_dir.glob("*.tmp"))
     side = EncodedSide.open(run, "train", "src")
     assert len(side) == 3
-    assert side.lengths.dtype == np.int32 and side.lengths.tolist() == [3, 0, 1]
+    everything = side.all()
+    assert everything.lengths.dtype == np.int32 and everything.lengths.tolist() == [3, 0, 1]
+    assert [everything[i].tolist() for i in range(3)] == [[5, 6, 7], [], [8]]
+    picked = side.select([(2, 3), (0, 2)])  # ranges in the order given
+    assert picked.lengths.tolist() == [1, 3, 0] and picked[0].tolist() == [8] and picked[1].tolist() == [5, 6, 7]
     assert side[0].dtype == np.int32 and side[0].tolist() == [5, 6, 7]
     assert side[1].tolist() == [] and side[-1].tolist() == [8]
     assert not isinstance(side[0], np.memmap)  # read from disk on demand, never mapped
@@ -84,6 +88,16 @@ def test_encoded_side_with_mismatched_files_is_refused(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     write_side(run, "train", "src", [[5, 6, 7], [8]])
     np.save(run.ids("train", "src"), np.array([5, 6], dtype=np.int32))
+    with pytest.raises(UserError, match="do not match"):
+        EncodedSide.open(run, "train", "src")
+
+
+@pytest.mark.parametrize("which", ["ids", "offsets"])
+def test_truncated_encoded_file_is_refused(tmp_path: Path, which: str) -> None:
+    run = RunDir(tmp_path)
+    write_side(run, "train", "src", [[5, 6, 7], [8]] * 50)
+    path = getattr(run, which)("train", "src")
+    path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(UserError, match="do not match"):
         EncodedSide.open(run, "train", "src")
 
