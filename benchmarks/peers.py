@@ -19,19 +19,23 @@ What is the same for every system:
 Each system trains once for --train-steps steps (default 60). Training throughput is
 read from the system's own per-step log over the window of steps W+1..W+N (--warmup,
 --steps), timed by the log timestamps, so start-up and data loading are excluded.
-Translation uses the checkpoint at the end of that run (a barely trained model, but one
-whose output lengths are plausible; mean output length and BLEU are reported so this can
-be checked) and is timed as wall time of the translate command minus the wall time of
-the same command on a one-line input (start-up and model loading), plus each system's
-own report where it has one (OpenNMT-py -report_time, JoeyNMT "Generation took").
+Translation uses the checkpoint at the end of that run. Compare translation speeds only
+between models trained long enough to give outputs of plausible length (--train-steps
+1000; a 60-step model emits a few words a line): mean output length and BLEU (on the
+first copy) are reported so this can be checked. The input is the test set repeated
+--repeat times (10,000 lines), timed as wall time of the translate command minus the wall
+time of the same command on a one-line input (start-up and model loading), plus each
+system's own report where it has one (OpenNMT-py -report_time, JoeyNMT "Generation took").
 
 Everything is cached under --work (default benchmarks/.cache/peers): the virtualenvs (a
 marker file records the recipe that built each), the exported data, each system's trained
 model and measurements. A rerun reuses them and reprints the JSON; --remeasure trains and
-translates again (the venvs and data stay), --systems picks a subset.
+translates again (the venvs and data stay), --translate-only keeps the trained models and
+translates again, --systems picks a subset.
 
     python benchmarks/peers.py > peers.json
-    python benchmarks/peers.py --systems lstmmt,opennmt --remeasure
+    python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --remeasure
+    python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --translate-only
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ RECIPES = {
     "joeynmt": [["joeynmt==2.3.0", "importlib_metadata", "sentencepiece==0.2.0"]],
 }
 PEER_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # OpenNMT-py 3.5.1 checkpoints hold pickled options
+TRAINING_SETTINGS = ("train_steps", "warmup", "steps", "threads")
+"""What --translate-only needs to match to reuse a trained model."""
 MAX_OUTPUT = 100
 TEST_BATCH_TOKENS = 1600
 
@@ -79,7 +85,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--test-lines", type=int, default=0, help="translate only the first N test lines (0: all 1,000; for smoke tests)")
+    ap.add_argument("--repeat", type=int, default=10, help="translate the test set repeated this many times (start-up amortised)")
     ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
+    ap.add_argument("--translate-only", action="store_true", help="keep the trained models and training figures; translate again")
     args = ap.parse_args()
     if args.train_steps < args.warmup + args.steps:
         ap.error("--train-steps must be at least --warmup + --steps")
@@ -257,6 +265,10 @@ class System:
         self.env = thread_env(args.threads) | PEER_ENV
 
     def prepare(self) -> None: ...
+
+    def reuse(self) -> None:
+        """Set up to translate with the model an earlier run of this script trained."""
+        self.python = ensure_venv(self.name, self.args.work) if self.name in RECIPES else None
 
     def fresh_dir(self) -> None:
         """An empty working folder for this system (a remeasure starts from nothing)."""
@@ -443,49 +455,78 @@ CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-bf16": Ls
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def measure(system: System, args: argparse.Namespace, references: list[str]) -> dict[str, Any]:
-    import sacrebleu
-
+def measure(system: System, args: argparse.Namespace, references: list[str], trained: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Train (unless `trained` holds an earlier training of this system) and translate."""
     result: dict[str, Any] = {"system": system.name}
-    system.prepare()
+    if trained is None:
+        system.prepare()
+        result["train"] = measure_training(system, args)
+    else:
+        system.reuse()
+        result["train"] = trained
+    result["translate"] = measure_translation(system, args, references)
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return result
+
+
+def measure_training(system: System, args: argparse.Namespace) -> dict[str, Any]:
     train_log = system.dir / "train.log"
     log(f"{system.name}: training {args.train_steps} steps (timed window: steps {args.warmup + 1}-{args.warmup + args.steps})")
     with LoadSampler() as load:
         proc = run_measured(system.train_cmd(), train_log, env=system.env)
-    rows = system.steps()
-    result["train"] = {**window(rows, args.warmup, args.steps), "run": proc, "loadavg_1min": load.summary(),
-                       "parameters": system.parameters(train_log.read_text(errors="replace"))}
-    log(f"{system.name}: {result['train']['tgt_tokens_per_s']:,.0f} target tokens/s over the window "
-        f"(load {result['train']['loadavg_1min']['mean']})")
+    figures = {**window(system.steps(), args.warmup, args.steps), "run": proc, "loadavg_1min": load.summary(),
+               "parameters": system.parameters(train_log.read_text(errors="replace"))}
+    log(f"{system.name}: {figures['tgt_tokens_per_s']:,.0f} target tokens/s over the window (load {figures['loadavg_1min']['mean']})")
+    return figures
+
+
+def measure_translation(system: System, args: argparse.Namespace, references: list[str]) -> dict[str, Any]:
+    """Beam search over the test set repeated --repeat times, less the same command on one line."""
+    import sacrebleu
 
     timings = {}
     with LoadSampler() as load:
         for kind in ("one", "test"):
             output = system.dir / f"translate.{kind}.out"
-            cmd, stdin, stdout = system.translate_cmd(system.source_for(kind), output)
+            source = system.source_for(kind)
+            if kind == "test":
+                source = repeated(source, args.repeat)
+            cmd, stdin, stdout = system.translate_cmd(source, output)
             timings[kind] = run_measured(cmd, system.dir / f"translate.{kind}.log", env=system.env, stdin_path=stdin, stdout_path=stdout)
     test_log = (system.dir / "translate.test.log").read_text(errors="replace")
-    hyps = system.hypotheses(system.dir / "translate.test.out")
-    if len(hyps) != len(references):
-        raise RuntimeError(f"{system.name}: {len(hyps)} translations for {len(references)} test lines")
+    outputs = system.hypotheses(system.dir / "translate.test.out")
+    lines = len(references) * args.repeat
+    if len(outputs) != lines:
+        raise RuntimeError(f"{system.name}: {len(outputs)} translations for {lines} input lines")
+    hyps = outputs[: len(references)]
     marginal = timings["test"]["wall_s"] - timings["one"]["wall_s"]
     reported = system.reported_translate_s(test_log)
-    result["translate"] = {
-        "lines": len(hyps), "beam": args.beam,
+    figures = {
+        "lines": lines, "beam": args.beam,
         "wall_s": timings["test"]["wall_s"], "startup_s": timings["one"]["wall_s"],
-        "sentences_per_s": round(len(hyps) / marginal, 2) if marginal > 0 else None,
-        "sentences_per_s_wall": round(len(hyps) / timings["test"]["wall_s"], 2),
+        "sentences_per_s": round(lines / marginal, 2) if marginal > 0 else None,
+        "sentences_per_s_wall": round(lines / timings["test"]["wall_s"], 2),
         "reported_translate_s": reported,
-        "sentences_per_s_reported": round(len(hyps) / reported, 2) if reported else None,
+        "sentences_per_s_reported": round(lines / reported, 2) if reported else None,
         "peak_rss_mb": timings["test"]["peak_rss_mb"], "cpu_s": timings["test"]["cpu_s"],
         "mean_output_words": round(statistics.fmean(len(h.split()) for h in hyps), 2),
         "bleu": round(sacrebleu.corpus_bleu(hyps, [references]).score, 2),
+        "copies_identical": all(outputs[i] == outputs[i % len(references)] for i in range(lines)),
         "loadavg_1min": load.summary(),
     }
-    log(f"{system.name}: {result['translate']['sentences_per_s']} sentences/s (beam {args.beam}), "
-        f"BLEU {result['translate']['bleu']}, {result['translate']['mean_output_words']} words/line")
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return result
+    log(f"{system.name}: {figures['sentences_per_s']} sentences/s (beam {args.beam}), "
+        f"BLEU {figures['bleu']}, {figures['mean_output_words']} words/line")
+    return figures
+
+
+def repeated(path: Path, copies: int) -> Path:
+    """`path` with its lines repeated `copies` times (written once, next to it)."""
+    if copies == 1:
+        return path
+    out = path.with_name(f"{path.name}.x{copies}")
+    if not out.exists():
+        out.write_text(path.read_text(encoding="utf-8") * copies, encoding="utf-8")
+    return out
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -511,19 +552,24 @@ def main() -> None:
     meta = export_data(base_run, args.data_dir, data, args.test_lines)
     references = (data / "test.ref.de").read_text(encoding="utf-8").splitlines()
     settings = {"train_steps": args.train_steps, "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "beam": args.beam,
-                "test_lines": args.test_lines or 1000}
+                "test_lines": args.test_lines or 1000, "repeat": args.repeat}
     results: dict[str, dict[str, Any]] = {}
     for name in args.systems.split(","):
         cached = args.work / "results" / f"{name}.json"
-        if cached.exists() and not args.remeasure:
-            previous = json.loads(cached.read_text())
-            if previous.get("settings") == settings:
-                log(f"{name}: reusing measurements of {previous.get('measured_at')} ({cached}; --remeasure to redo)")
-                results[name] = previous
-                continue
+        previous = json.loads(cached.read_text()) if cached.exists() else {}
+        if previous.get("settings") == settings and not (args.remeasure or args.translate_only):
+            log(f"{name}: reusing measurements of {previous.get('measured_at')} ({cached}; --remeasure to redo)")
+            results[name] = previous
+            continue
+        trained = None
+        if args.translate_only:
+            if "train" in previous and all(previous["settings"].get(key) == settings[key] for key in TRAINING_SETTINGS):
+                trained = previous["train"]
+            else:
+                log(f"{name}: no earlier training with these settings; training it")
         system = CLASSES[name](args, data, base_run)
         try:
-            results[name] = measure(system, args, references) | {"settings": settings}
+            results[name] = measure(system, args, references, trained) | {"settings": settings}
         except Exception as exc:  # a peer that cannot be installed or run is reported, not fatal
             log(f"{name}: FAILED: {exc}")
             results[name] = {"system": name, "error": str(exc), "settings": settings}

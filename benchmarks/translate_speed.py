@@ -152,7 +152,7 @@ def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argpa
     from lstmmt.device import resolve_device
     from lstmmt.rundir import RunDir
     from lstmmt.tokenizer import Tokenizer
-    from lstmmt.translate import SearchOptions, translate_stream
+    from lstmmt.translate import SearchOptions, for_search, translate_stream
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,10 +160,10 @@ def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argpa
     device = resolve_device(args.device)
     tokenizer = Tokenizer.load(run.tokenizer_dir)
     model, config, _ = checkpoint.load_model(checkpoint.resolve(run, args.checkpoint), tokenizer)
-    model.to(device)
     options = SearchOptions.from_config(config.decode, beam)
     if args.batch_tokens:
         options.batch_tokens = args.batch_tokens
+    model = for_search(model, device, options.precision)
     reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -199,7 +199,7 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
     from lstmmt.device import resolve_device
     from lstmmt.rundir import RunDir
     from lstmmt.tokenizer import Tokenizer
-    from lstmmt.translate import SearchOptions, _search
+    from lstmmt.translate import SearchOptions, _search, for_search
 
     from train_speed import top_ops
 
@@ -207,8 +207,8 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
     device = resolve_device(args.device)
     tokenizer = Tokenizer.load(run.tokenizer_dir)
     model, config, _ = checkpoint.load_model(checkpoint.resolve(run, args.checkpoint), tokenizer)
-    model.to(device).eval()
     options = SearchOptions.from_config(config.decode, beam)
+    model = for_search(model, device, options.precision)
     lines = input_path.read_text(encoding="utf-8").splitlines()[:1000]
     sentences = [np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_src(lines)]
     lengths = np.array([len(s) + 1 for s in sentences])

@@ -53,6 +53,14 @@ class SearchOptions:
                    config.batch_tokens, config.precision)
 
 
+def for_search(model: Seq2Seq, device: torch.device, precision: str) -> Seq2Seq:
+    """The model on `device` in eval mode; for bf16 search its weights become bf16 once,
+    where autocast alone would cast each weight again at every decoder step (a fifth of
+    beam-search time on CPU)."""
+    model = model.to(device).eval()
+    return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
 def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray], options: SearchOptions, device: torch.device) -> list[list[Hypothesis]]:
     """Search every sentence (source ids without EOS); results in input order.
 
@@ -175,11 +183,11 @@ def translate_file(
     tokenizer = Tokenizer.load(run.tokenizer_dir)
     device = resolve_device(device_name)
     model, config, _ = checkpoint.load_model(checkpoint.resolve(run, checkpoint_name), tokenizer)
-    model.to(device)
     # Command-line choices override the checkpoint's decode settings, checked like --set.
     overrides = {"batch_tokens": batch_tokens or None, "length_penalty": length_penalty, "precision": precision}
     config = config.with_overrides([f"decode.{key}={value}" for key, value in overrides.items() if value is not None])
     options = SearchOptions.from_config(config.decode, beam_size, n_best)
+    model = for_search(model, device, options.precision)
     if not 1 <= n_best <= options.beam_size:
         raise UserError(f"--n-best must be between 1 and the beam size ({options.beam_size})")
 

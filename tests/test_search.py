@@ -9,7 +9,7 @@ import torch
 from lstmmt.config import ModelConfig
 from lstmmt.model import Seq2Seq
 from lstmmt.search import beam_search, greedy_search
-from lstmmt.translate import SearchOptions, decode_corpus
+from lstmmt.translate import SearchOptions, decode_corpus, for_search
 from lstmmt.batching import pad
 from lstmmt.tokenizer import BOS, EOS
 
@@ -109,8 +109,9 @@ def test_beam_search_result_does_not_depend_on_the_batch():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_translations_do_not_depend_on_the_batch_size(precision):
-    """decode_corpus with one sentence per batch and with all in one batch: the same outputs."""
-    model = random_model(seed=3)
+    """decode_corpus with one sentence per batch and with all in one batch: the same outputs
+    (with the model prepared for search as translate prepares it: bf16 weights for bf16)."""
+    model = for_search(random_model(seed=3), torch.device("cpu"), precision)
     src, lengths = random_batch(40, seed=5)
     sentences = [row[: int(n) - 1].numpy() for row, n in zip(src, lengths)]
 
