@@ -240,7 +240,7 @@ class Seq2Seq(nn.Module):
         """One step for search: previous tokens (N,) -> log-probabilities (N, V) and the next state."""
         embedded = self.dropout(self.tgt_embed(prev_tokens)).unsqueeze(1)
         attentional, state = self._decode(embedded, memory, state)
-        return torch.log_softmax(self._logits(attentional.squeeze(1)).float(), dim=-1), state
+        return torch.log_softmax(self._logits(attentional.squeeze(1)), dim=-1, dtype=torch.float32), state
 
 
 def count_parameters(model: nn.Module) -> int:
