@@ -11,7 +11,8 @@ the `beam` hypotheses of a sentence in consecutive rows, and decode_step must pa
 with memory row i // beam (so encoder outputs are never copied per beam). Beam search keeps
 all live sentences x beams as one tensor program: each step is one top-k over
 beam x vocabulary per sentence; hypotheses that end are set aside, and a sentence with
-`beam` finished hypotheses leaves the active batch.
+`beam` finished hypotheses stops searching. Finished sentences leave the batch in steps
+(see `_BeamState._rows_to_keep`), so the batch takes only a few shapes as it shrinks.
 """
 
 from __future__ import annotations
