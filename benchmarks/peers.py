@@ -33,6 +33,10 @@ model and measurements. A rerun reuses them and reprints the JSON; --remeasure t
 translates again (the venvs and data stay), --translate-only keeps the trained models and
 translates again, --systems picks a subset.
 
+With --device cuda every system trains and translates on the first GPU (lstmmt
+`--device cuda`, OpenNMT-py `gpu_ranks: [0]` / `-gpu 0`, JoeyNMT `use_cuda`); this path has
+not been run yet: no session that built it had a GPU.
+
     python benchmarks/peers.py > peers.json
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --remeasure
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --translate-only
@@ -68,7 +72,7 @@ RECIPES = {
     "joeynmt": [["joeynmt==2.3.0", "importlib_metadata", "sentencepiece==0.2.0"]],
 }
 PEER_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # OpenNMT-py 3.5.1 checkpoints hold pickled options
-TRAINING_SETTINGS = ("train_steps", "warmup", "steps", "threads")
+TRAINING_SETTINGS = ("train_steps", "warmup", "steps", "threads", "device")
 """What --translate-only needs to match to reuse a trained model."""
 MAX_OUTPUT = 100
 TEST_BATCH_TOKENS = 1600
@@ -84,6 +88,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every system trains and translates (cuda: the first GPU)")
     ap.add_argument("--test-lines", type=int, default=0, help="translate only the first N test lines (0: all 1,000; for smoke tests)")
     ap.add_argument("--repeat", type=int, default=10, help="translate the test set repeated this many times (start-up amortised)")
     ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
@@ -315,7 +320,7 @@ class Lstmmt(System):
             "model.tie_embeddings=false",  # an untied 512x8000 output layer, as the peers have
             "train.batch_tokens=4096", "train.lr=0.001", "train.lr_schedule=constant", "train.warmup_steps=0",
             "train.label_smoothing=0.1", "train.clip_norm=1.0", "train.log_every=1", f"train.valid_every={steps}",
-            f"train.threads={self.args.threads}", "train.device=cpu", "train.seed=1", f"train.precision={self.precision}",
+            f"train.threads={self.args.threads}", f"train.device={self.args.device}", "train.seed=1", f"train.precision={self.precision}",
         ]
         return lstmmt_cmd("train", str(self.dir), "--max-steps", str(steps), "--restart", *[x for s in sets for x in ("--set", s)])
 
@@ -327,7 +332,7 @@ class Lstmmt(System):
 
     def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
         return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output), "--beam", str(self.args.beam),
-                          "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", "cpu",
+                          "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", self.args.device,
                           "--precision", self.precision), None, None
 
     def hypotheses(self, output: Path) -> list[str]:
@@ -370,6 +375,8 @@ class OpenNMT(System):
             "num_workers": 0,  # two cores: a loader process would compete with the two compute threads
             "bucket_size": 32768,  # the whole corpus in one bucket (the default fills 262,144 by re-reading it 9 times)
         }
+        if self.args.device == "cuda":
+            config |= {"gpu_ranks": [0], "world_size": 1}
         import yaml
 
         (self.dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -384,7 +391,7 @@ class OpenNMT(System):
         model = self.dir / f"model_step_{self.args.train_steps}.pt"
         return [str(self.python.parent / "onmt_translate"), "-model", str(model), "-src", str(source), "-output", str(output),
                 "-beam_size", str(self.args.beam), "-batch_type", "tokens", "-batch_size", str(TEST_BATCH_TOKENS),
-                "-max_length", str(MAX_OUTPUT), "-length_penalty", "avg", "-report_time", "-gpu", "-1"], None, None
+                "-max_length", str(MAX_OUTPUT), "-length_penalty", "avg", "-report_time", "-gpu", "0" if self.args.device == "cuda" else "-1"], None, None
 
     def reported_translate_s(self, log_text: str) -> Optional[float]:
         match = re.search(r"Total translation time \(s\): ([\d.]+)", log_text)
@@ -403,7 +410,7 @@ class JoeyNMT(System):
         self.fresh_dir()
         side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": str(self.data / "vocab.txt")}  # noqa: E731
         config = {
-            "name": "m30k_bench", "model_dir": str(self.dir / "model"), "use_cuda": False,
+            "name": "m30k_bench", "model_dir": str(self.dir / "model"), "use_cuda": self.args.device == "cuda",
             "data": {"train": str(self.data / "train.sp"), "dev": str(self.data / "valid.sp"), "test": str(self.data / "test.sp"),
                      "dataset_type": "plain", "src": side("en"), "trg": side("de")},
             "testing": {"beam_size": self.args.beam, "beam_alpha": 1.0, "batch_size": TEST_BATCH_TOKENS, "batch_type": "token",
@@ -552,7 +559,7 @@ def main() -> None:
     meta = export_data(base_run, args.data_dir, data, args.test_lines)
     references = (data / "test.ref.de").read_text(encoding="utf-8").splitlines()
     settings = {"train_steps": args.train_steps, "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "beam": args.beam,
-                "test_lines": args.test_lines or 1000, "repeat": args.repeat}
+                "test_lines": args.test_lines or 1000, "repeat": args.repeat, "device": args.device}
     results: dict[str, dict[str, Any]] = {}
     for name in args.systems.split(","):
         cached = args.work / "results" / f"{name}.json"
@@ -578,7 +585,7 @@ def main() -> None:
         cached.write_text(json.dumps(results[name], indent=2))
     emit({
         "benchmark": "peers",
-        "machine": machine("cpu"),
+        "machine": machine(args.device),
         "settings": settings,
         "data": {"corpus": "Multi30k en-de", "train_pairs": meta["lines"]["train.en"], "test": "test_2016_flickr",
                  "vocab": meta["pieces"]},
