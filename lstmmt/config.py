@@ -60,6 +60,9 @@ class ModelConfig:
     """Feed the previous attentional state into the decoder LSTM (slower: the decoder runs step by step)."""
     tie_embeddings: bool = True
     """Share target embeddings with the output layer (and source embeddings too when the tokenizer is joint)."""
+    init: Literal["uniform", "pytorch"] = "uniform"
+    """Initial weights: every parameter from U(-init_range, init_range), as OpenNMT-py does (learns much faster early on), or PyTorch's per-layer defaults (embeddings N(0, 1/embed_size))."""
+    init_range: float = 0.1
     max_source_tokens: int = 250
     """Longer inputs are truncated at translation time, with a warning."""
 
@@ -130,6 +133,7 @@ class Config:
             (self.model.hidden_size % 2 == 0, "model.hidden_size must be even (each encoder direction gets half)"),
             (self.model.encoder_layers >= 1 and self.model.decoder_layers >= 1, "model.*_layers must be >= 1"),
             (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (self.model.init_range > 0, "model.init_range must be positive"),
             (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
             (self.train.batch_tokens > 0 and self.decode.batch_tokens > 0, "batch_tokens must be positive"),
             (self.train.window_sentences > 0, "train.window_sentences must be positive"),

@@ -171,11 +171,17 @@ class Seq2Seq(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(tgt_vocab_size))
         else:
             self.output = nn.Linear(H, tgt_vocab_size)
-        self._init_embeddings()
+        self._init_parameters()
 
-    def _init_embeddings(self) -> None:
+    def _init_parameters(self) -> None:
+        """`init: uniform` draws every parameter from U(-r, r); otherwise layers keep PyTorch's
+        defaults and embeddings get N(0, 1/E). The PAD embedding starts at zero either way."""
+        if self.config.init == "uniform":
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
         for embed in {self.src_embed, self.tgt_embed}:
-            nn.init.normal_(embed.weight, std=embed.embedding_dim**-0.5)
+            if self.config.init != "uniform":
+                nn.init.normal_(embed.weight, std=embed.embedding_dim**-0.5)
             with torch.no_grad():
                 embed.weight[PAD].zero_()
 

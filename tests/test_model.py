@@ -8,7 +8,7 @@ import torch
 from lstmmt.batching import pad
 from lstmmt.config import ModelConfig
 from lstmmt.model import Seq2Seq
-from lstmmt.tokenizer import BOS, EOS
+from lstmmt.tokenizer import BOS, EOS, PAD
 
 VOCAB = 40
 
@@ -79,3 +79,16 @@ def test_untied_and_separate_vocabularies_build_and_run():
     logits = model(src, lengths, torch.tensor([[BOS, 7]]))
     assert logits.shape == (1, 2, 50)
     assert model.src_embed is not model.tgt_embed
+
+
+def test_uniform_init_draws_every_parameter_from_its_range():
+    config = dataclasses.replace(ModelConfig(), embed_size=16, hidden_size=32, init="uniform", init_range=0.05)
+    torch.manual_seed(0)
+    model = Seq2Seq(config, 50, 50, joint_vocab=True)
+    for name, parameter in model.named_parameters():
+        assert parameter.abs().max() <= 0.05, name
+        if parameter.numel() > 100:
+            assert parameter.abs().max() > 0.04, name  # filled, not left at a default of a smaller scale
+    assert model.tgt_embed.weight[PAD].abs().sum() == 0
+    default = Seq2Seq(dataclasses.replace(config, init="pytorch"), 50, 50, joint_vocab=True)
+    assert float(default.tgt_embed.weight.std()) == pytest.approx(16**-0.5, rel=0.2)
