@@ -168,7 +168,7 @@ def translate(
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size; 1 is greedy search (default: decode.beam_size, 5)."),
     n_best: int = typer.Option(1, "--n-best", help="Write the K best translations per line as `line ||| text ||| score`."),
     length_penalty: Optional[float] = typer.Option(None, help="Rank hypotheses by log-probability / length ** this (decode.length_penalty); 0 ranks by log-probability alone."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16: search under bf16 autocast (decode.precision)."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16: search in bf16 on GPUs and CPUs with bf16 units (decode.precision)."),
     batch_tokens: Optional[int] = typer.Option(None, help="Source tokens x beam per batch (decode.batch_tokens)."),
     checkpoint: str = typer.Option("best", help="best, last, averaged, or a checkpoint path."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

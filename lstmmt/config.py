@@ -63,6 +63,7 @@ class ModelConfig:
     init: Literal["uniform", "pytorch"] = "uniform"
     """Initial weights: every parameter from U(-init_range, init_range), as OpenNMT-py does (learns much faster early on), or PyTorch's per-layer defaults (embeddings N(0, 1/embed_size))."""
     init_range: float = 0.1
+    """r of `init: uniform`."""
     max_source_tokens: int = 250
     """Longer inputs are truncated at translation time, with a warning."""
 
@@ -115,7 +116,7 @@ class DecodeConfig:
     batch_tokens: int = 8000
     """Source-token budget per translation batch (times the beam size inside search)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 runs search under autocast: faster on GPUs and CPUs with bf16 units (see docs/performance.md for its BLEU cost)."""
+    """bf16 searches in bf16 (weights cast once on CPU, autocast on GPUs): faster on GPUs and CPUs with bf16 units (see docs/performance.md for its BLEU cost)."""
 
 
 @dataclass

@@ -167,9 +167,9 @@ class EncodedSide:
 
     def select(self, ranges: Sequence[tuple[int, int]]) -> Sentences:
         """The sentences of the (start, stop) index ranges, in that order."""
-        offsets = [self._offsets.read(start, stop + 1) for start, stop in ranges]
-        starts = np.concatenate([o[:-1] for o in offsets]) if offsets else np.zeros(0, dtype=np.int64)
-        lengths = np.concatenate([np.diff(o).astype(np.int32) for o in offsets]) if offsets else np.zeros(0, dtype=np.int32)
+        offsets = [self._offsets.read(start, stop + 1) for start, stop in ranges] or [np.zeros(1, dtype=np.int64)]
+        starts = np.concatenate([o[:-1] for o in offsets])
+        lengths = np.concatenate([np.diff(o) for o in offsets]).astype(np.int32)
         return Sentences(self._ids, starts, lengths)
 
     def all(self) -> Sentences:

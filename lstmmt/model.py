@@ -176,13 +176,15 @@ class Seq2Seq(nn.Module):
     def _init_parameters(self) -> None:
         """`init: uniform` draws every parameter from U(-r, r); otherwise layers keep PyTorch's
         defaults and embeddings get N(0, 1/E). The PAD embedding starts at zero either way."""
+        embeddings = {self.src_embed, self.tgt_embed}
         if self.config.init == "uniform":
             for parameter in self.parameters():
                 nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
-        for embed in {self.src_embed, self.tgt_embed}:
-            if self.config.init != "uniform":
+        else:
+            for embed in embeddings:
                 nn.init.normal_(embed.weight, std=embed.embedding_dim**-0.5)
-            with torch.no_grad():
+        with torch.no_grad():
+            for embed in embeddings:
                 embed.weight[PAD].zero_()
 
     # -- encoder -------------------------------------------------------------------------

@@ -98,8 +98,7 @@ class _BeamState:
     def __init__(self, batch: int, beam: int, limits: Tensor, device: torch.device):
         self.beam = beam
         self.active = torch.arange(batch, device=device)  # corpus rows of the sentences in the batch
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # finished, kept only as padding
-        self.searching = batch  # sentences not done
+        self.searching = batch  # sentences not done (the others stay only as padding)
         self.limits = limits.to(device)  # (batch,) max output length incl. EOS
         self.tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
         scores = torch.full((batch, beam), float("-inf"), device=device)
@@ -119,8 +118,9 @@ class _BeamState:
         is_eos = top_tokens == EOS
 
         self._finish(top_scores, top_beams, is_eos, step, length_penalty)
+        # Both conditions only ever turn on, so sentences kept as padding stay done.
         full = torch.tensor([len(self.finished[i]) >= beam for i in self.active.tolist()], device=self.active.device)
-        done = self.done | full | (self.limits.index_select(0, self.active) <= step)
+        done = full | (self.limits.index_select(0, self.active) <= step)
 
         # Continue with the best `beam` candidates that did not end (none for finished sentences).
         alive_scores, pick = top_scores.masked_fill(is_eos | done.unsqueeze(1), float("-inf")).topk(beam, dim=-1)
@@ -131,7 +131,7 @@ class _BeamState:
         reorder = rows.index_select(0, keep).view(-1)
         self.tokens = torch.cat([self.tokens.index_select(0, reorder), alive_tokens.index_select(0, keep).view(-1, 1)], dim=1)
         self.scores = alive_scores.index_select(0, keep)
-        self.active, self.done = self.active.index_select(0, keep), done.index_select(0, keep)
+        self.active = self.active.index_select(0, keep)
         return reorder, keep if len(keep) < n else None
 
     def _rows_to_keep(self, done: Tensor) -> Tensor:

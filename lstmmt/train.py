@@ -18,7 +18,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -415,9 +415,9 @@ class Trainer:
                 logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
             total_loss += F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1), ignore_index=PAD, reduction="sum")
             total_tokens += batch.tgt_tokens
-        options = SearchOptions.from_config(self.config.decode, beam_size=1)
-        with autocast(self.device, self.config.train.precision):
-            hyps = decode_corpus(self.model, [self.valid_src[i] for i in range(len(self.valid_src))], options, self.device)
+        # Greedy search in the training precision (decode_corpus applies it), as documented.
+        options = replace(SearchOptions.from_config(self.config.decode, beam_size=1), precision=self.config.train.precision)
+        hyps = decode_corpus(self.model, [self.valid_src[i] for i in range(len(self.valid_src))], options, self.device)
         texts = self.tokenizer.decode_tgt([h[0].tokens for h in hyps])
         self.model.train()
         loss = total_loss.item() / max(total_tokens, 1)
