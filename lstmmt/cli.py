@@ -1,7 +1,8 @@
 """The `lstmmt` command: thin Typer commands that parse options and call the steps.
 
-A UserError anywhere below becomes one red line on stderr and exit status 1; a
-traceback means a bug in lstmmt.
+A UserError anywhere below becomes one red line on stderr and exit status 1. Any other
+exception is a bug: it prints one short line naming it and exits 1, and with
+LSTMMT_TRACEBACK=1 in the environment the full traceback instead.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ ConfigOpt = typer.Option(None, "--config", help="YAML file with config sections 
 SetOpt = typer.Option(None, "--set", help="Override one config key, e.g. --set model.hidden_size=256 (repeatable).")
 
 
+TRACEBACK_VARIABLE = "LSTMMT_TRACEBACK"
+
+
 def friendly(command: Callable) -> Callable:
-    """Turn UserError into one message and exit 1; Ctrl-C outside training into exit 130."""
+    """Turn UserError into one message and exit 1; Ctrl-C outside training into exit 130; an
+    internal error into a short message (the traceback with LSTMMT_TRACEBACK=1) and exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,6 +58,14 @@ def friendly(command: Callable) -> Callable:
         except BrokenPipeError:  # `lstmmt translate ... | head`
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except Exception as exc:
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            stderr.print(Text.assemble(("internal error: ", "bold red"), f"{type(exc).__name__}: {first_line}"), soft_wrap=True)
+            stderr.print(f"This is a bug in lstmmt or a library it uses. Run again with {TRACEBACK_VARIABLE}=1 for the "
+                         "full traceback, and please report it.", soft_wrap=True, markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -168,7 +181,7 @@ def translate(
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size; 1 is greedy search (default: decode.beam_size, 5)."),
     n_best: int = typer.Option(1, "--n-best", help="Write the K best translations per line as `line ||| text ||| score`."),
     length_penalty: Optional[float] = typer.Option(None, help="Rank hypotheses by log-probability / length ** this (decode.length_penalty); 0 ranks by log-probability alone."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16: search in bf16 on GPUs and CPUs with bf16 units (decode.precision)."),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32 or bf16 (decode.precision): auto searches in bf16 where the device runs it natively (GPUs, CPUs with AVX512-BF16 or AMX), else fp32."),
     batch_tokens: Optional[int] = typer.Option(None, help="Source tokens x beam per batch (decode.batch_tokens)."),
     checkpoint: str = typer.Option("best", help="best, last, averaged, or a checkpoint path."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

@@ -94,8 +94,8 @@ class TrainConfig:
     """Stop after this many validations without a better validation BLEU (0 = never)."""
     keep_checkpoints: int = 5
     """How many step-N.pt files to keep besides last.pt and best.pt."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 runs the model under autocast (CUDA, or a CPU with bf16 support)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where the device runs it natively (CUDA GPUs with bf16 units, CPUs with AVX512-BF16 or AMX), else fp32; bf16 runs the model under autocast."""
     log_every: int = 100
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
@@ -115,8 +115,8 @@ class DecodeConfig:
     """Outputs stop at max_len_a * source_length + max_len_b tokens."""
     batch_tokens: int = 8000
     """Source-token budget per translation batch (times the beam size inside search)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 searches in bf16 (weights cast once on CPU, autocast on GPUs): faster on GPUs and CPUs with bf16 units (see docs/performance.md for its BLEU cost)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where the device runs it natively, else fp32. bf16 searches in bf16 (weights cast once on CPU, autocast on GPUs); see docs/performance.md for its BLEU cost."""
 
 
 @dataclass

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lstmmt import checkpoint, distributed
 from lstmmt.batching import Batch, collate, epoch_batches, token_batches
 from lstmmt.config import Config, TrainConfig, parse_duration
-from lstmmt.device import autocast
+from lstmmt.device import autocast, choose_precision
 from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
@@ -140,6 +140,7 @@ class Trainer:
         self.last_valid: dict[str, float] = {}
         self.metrics = run.logs / "metrics.jsonl"
         self.time_budget = parse_duration(config.train.max_time) if config.train.max_time else math.inf
+        self.precision = choose_precision(config.train.precision, device, "train.precision", training=True)
 
     def _seed_rank(self, step: int) -> None:
         """Ranks other than 0 draw their own dropout masks, from a seed of (seed, rank, step)."""
@@ -236,7 +237,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale)
         batch = batch.to(self.device)
-        with autocast(self.device, cfg.precision):
+        with autocast(self.device, self.precision.name):
             logits = self.replica(batch.src, batch.src_lengths, batch.tgt_in)
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1),
@@ -267,8 +268,8 @@ class Trainer:
             self._write_summary()
             return self.state
         ranks = f" x {self.ranks.world} ranks" if self.ranks.distributed else ""
-        self._print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}; "
-                    f"{len(self.train_src):,} training pairs")
+        self._print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}, precision "
+                    f"{self.precision}; {len(self.train_src):,} training pairs")
         self.model.train()
         window = LogWindow(self.device, self.ranks)
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed
@@ -411,12 +412,12 @@ class Trainer:
         lengths = np.maximum(self.valid_src.lengths, self.valid_tgt.lengths) + 1
         for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, self.config.train.batch_tokens):
             batch = collate(indices, self.valid_src, self.valid_tgt).to(self.device)
-            with autocast(self.device, self.config.train.precision):
+            with autocast(self.device, self.precision.name):
                 logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
             total_loss += F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1), ignore_index=PAD, reduction="sum")
             total_tokens += batch.tgt_tokens
         # Greedy search in the training precision (decode_corpus applies it), as documented.
-        options = replace(SearchOptions.from_config(self.config.decode, beam_size=1), precision=self.config.train.precision)
+        options = replace(SearchOptions.from_config(self.config.decode, beam_size=1), precision=self.precision.name)
         hyps = decode_corpus(self.model, [self.valid_src[i] for i in range(len(self.valid_src))], options, self.device)
         texts = self.tokenizer.decode_tgt([h[0].tokens for h in hyps])
         self.model.train()

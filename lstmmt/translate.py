@@ -15,7 +15,7 @@ truncated to the model's maximum source length with a warning naming the line.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence, TextIO
 
@@ -28,7 +28,7 @@ from lstmmt import checkpoint
 from lstmmt.batching import collate, token_batches
 from lstmmt.config import DecodeConfig
 from lstmmt.corpus import one_line
-from lstmmt.device import autocast, resolve_device
+from lstmmt.device import autocast, choose_precision, resolve_device
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
 from lstmmt.search import Hypothesis, beam_search, greedy_search
@@ -186,7 +186,9 @@ def translate_file(
     # Command-line choices override the checkpoint's decode settings, checked like --set.
     overrides = {"batch_tokens": batch_tokens or None, "length_penalty": length_penalty, "precision": precision}
     config = config.with_overrides([f"decode.{key}={value}" for key, value in overrides.items() if value is not None])
-    options = SearchOptions.from_config(config.decode, beam_size, n_best)
+    precision = choose_precision(config.decode.precision, device, "decode.precision", training=False)
+    stderr.print(f"Translating on {device} in {precision}", soft_wrap=True)
+    options = replace(SearchOptions.from_config(config.decode, beam_size, n_best), precision=precision.name)
     model = for_search(model, device, options.precision)
     if not 1 <= n_best <= options.beam_size:
         raise UserError(f"--n-best must be between 1 and the beam size ({options.beam_size})")
