@@ -58,7 +58,7 @@ def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            trainer.train_step(*next(batches))
+            trainer.train_step(*next(batches)[:2])
         sync(device)
     return top_ops(prof, steps, device, top)
 
@@ -100,7 +100,7 @@ def main() -> None:
         f"{args.warmup} warm-up + {args.steps} timed steps")
 
     for _ in range(args.warmup):
-        trainer.train_step(*next(batches))
+        trainer.train_step(*next(batches)[:2])
     sync(device)
 
     rss_reset = reset_peak_rss()
@@ -112,14 +112,14 @@ def main() -> None:
     cpu0, start = cpu_seconds(), time.perf_counter()
     for _ in range(args.steps):
         fetch = time.perf_counter()
-        batch, weight = next(batches)
+        batch, weight, _ = next(batches)
         collate_s += time.perf_counter() - fetch
         totals["sentences"] += batch.src.size(0)
         totals["src_tokens"] += int(batch.src_lengths.sum())
         totals["tgt_tokens"] += batch.tgt_tokens
         totals["padded_src"] += batch.src.numel()
         totals["padded_tgt"] += batch.tgt_out.numel()
-        loss += trainer.train_step(batch, weight)
+        loss += trainer.train_step(batch, weight)[0]
     sync(device)
     seconds = time.perf_counter() - start
     cpu = cpu_seconds() - cpu0

@@ -14,8 +14,10 @@ corpus smaller than one window is sorted and shuffled whole.
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,15 +32,23 @@ if TYPE_CHECKING:
 @dataclass
 class Batch:
     src: Tensor  # (B, S) source ids + EOS, padded
-    src_lengths: Tensor  # (B,) on CPU (packing needs them there)
+    src_lengths: Tensor  # (B,) source lengths incl. EOS
     tgt_in: Optional[Tensor]  # (B, T) BOS + target ids, padded
     tgt_out: Optional[Tensor]  # (B, T) target ids + EOS, padded
     indices: np.ndarray  # (B,) positions of these sentences in what collate read them from
     tgt_tokens: int  # real target tokens (incl. EOS), for loss normalisation and tokens/s
 
     def to(self, device: torch.device) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out), self.indices, self.tgt_tokens)
+        """The batch on `device`; from pinned memory (see `pin_memory`) the copies do not block."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory, so copies to a GPU run asynchronously."""
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, function: Callable[[Tensor], Tensor]) -> "Batch":
+        move = lambda t: None if t is None else function(t)  # noqa: E731
+        return Batch(move(self.src), move(self.src_lengths), move(self.tgt_in), move(self.tgt_out), self.indices, self.tgt_tokens)
 
 
 def pad(sequences: Sequence[np.ndarray], prefix: Optional[int] = None, suffix: Optional[int] = None) -> Tensor:
@@ -122,3 +132,49 @@ def epoch_batches(
         src_window, tgt_window = src.select(ranges), tgt.select(ranges)
         for indices in window_batches(src_window.lengths, tgt_window.lengths, batch_tokens, seed, epoch, number):
             yield src_window, tgt_window, indices
+
+
+def prefetched(batches: Iterator[tuple[Batch, Any, Any]], device: torch.device) -> Iterator[tuple[Batch, Any, Any]]:
+    """The items of `batches` (a Batch first, then anything). On a GPU a background thread
+    reads ahead, so reading sentences from disk and padding them overlap the training step,
+    and pins the batches, so their copy to the GPU does not block. On a CPU the same work
+    would compete with the step for the same cores: it runs inline."""
+    if device.type != "cuda":
+        return batches
+    return read_ahead(batches, lambda item: (item[0].pin_memory(), *item[1:]))
+
+
+def read_ahead(items: Iterator[Any], transform: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:
+    """transform(item) for each item, computed by a background thread up to `depth` items
+    ahead; its exceptions are raised here, and it stops when the caller stops reading."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(transform(item)):
+                    return
+            put(end)
+        except BaseException as exc:  # re-raised in the reading thread
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="lstmmt-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (value := ready.get()) is not end:
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)

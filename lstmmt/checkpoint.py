@@ -45,7 +45,37 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def step_path(run: RunDir, step: int) -> Path:
-    return run.checkpoints / f"step-{step}.pt"
+    return run.checkpoint(f"step-{step}")
+
+
+def save_training(run: RunDir, payload: dict[str, Any], best: bool, keep: int) -> None:
+    """The one place training writes: step-N.pt, then last.pt (so the newest step file is never
+    older than last.pt), best.pt when it is the best so far; then old step files are pruned."""
+    save(step_path(run, payload["step"]), payload)
+    save(run.checkpoint("last"), payload)
+    if best:
+        save(run.checkpoint("best"), payload)
+    prune(run, keep)
+
+
+def resume_candidates(run: RunDir) -> list[Path]:
+    """Checkpoints to resume from, newest first: step files, then last.pt."""
+    return [p for p in [*step_checkpoints(run), run.checkpoint("last")] if p.exists()]
+
+
+def rng_state(device: "torch.device") -> dict[str, Any]:
+    """The RNG states that training draws from: the CPU's, and the training GPU's (not every
+    visible GPU's, so a run resumes with fewer or other GPUs)."""
+    return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+
+
+def restore_rng(rng: dict[str, Any], device: "torch.device") -> None:
+    """Set the RNG states saved by `rng_state`. A GPU run resumed on the CPU keeps the CPU's
+    state only; checkpoints from before held one state per visible GPU, of which the first
+    is the training GPU's (rank 0 trains on cuda:0)."""
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda"):
+        torch.cuda.set_rng_state(rng["cuda"][0], device)
 
 
 def step_checkpoints(run: RunDir) -> list[Path]:
@@ -62,7 +92,7 @@ def prune(run: RunDir, keep: int) -> None:
 def resolve(run: RunDir, name: str) -> Path:
     """best | last | averaged | a path -> the checkpoint file."""
     if name in ("best", "last", "averaged"):
-        path = run.checkpoints / f"{name}.pt"
+        path = run.checkpoint(name)
         if not path.exists():
             raise UserError(f"{run.root} has no {name} checkpoint: run `lstmmt train {run.root}` first")
         return path

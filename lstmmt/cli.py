@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -58,6 +59,8 @@ def friendly(command: Callable) -> Callable:
         except BrokenPipeError:  # `lstmmt translate ... | head`
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise  # exit statuses and usage errors the command chose; click reports them
         except Exception as exc:
             if os.environ.get(TRACEBACK_VARIABLE):
                 raise
@@ -143,15 +146,20 @@ def train(
     """
     from lstmmt.train import FAILED_STOPS, train as run_train
 
+    from lstmmt.device import resolve_device
+    from lstmmt.distributed import check_gpus_for
+
     run = RunDir(run_dir)
     run.require_preprocessed()
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        relaunch_under_torchrun(nproc)
     sets = list(overrides or [])
     sets += [f"train.max_steps={max_steps}"] * (max_steps is not None)
     sets += [f"train.max_time={max_time}"] * (max_time is not None)
     sets += [f"train.device={device}"] * (device is not None)
-    state = run_train(run, build_config(Config.load(run.config), config_file, sets), restart=restart)
+    config = build_config(Config.load(run.config), config_file, sets)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        check_gpus_for(nproc, resolve_device(config.train.device))
+        relaunch_under_torchrun(nproc)
+    state = run_train(run, config, restart=restart)
     if state.stopped in FAILED_STOPS:  # non-zero, so make does not take the model as finished
         raise typer.Exit(FAILED_STOPS[state.stopped])
 

@@ -73,8 +73,8 @@ class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
     seed: int = 1
-    batch_tokens: int = 4096
-    """Token budget per batch (padded tokens: longest side + 1, times sentences)."""
+    batch_tokens: Optional[int] = None
+    """Token budget per batch (padded tokens: longest side + 1, times sentences); null: chosen by the device when training starts (4,096 on a CPU, 16,384 on a GPU) and recorded in config.yaml."""
     window_sentences: int = 1_000_000
     """Sentences read, sorted by length and batched together; memory grows with this, not the corpus."""
     lr: float = 1e-3
@@ -136,7 +136,7 @@ class Config:
             (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (self.model.init_range > 0, "model.init_range must be positive"),
             (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
-            (self.train.batch_tokens > 0 and self.decode.batch_tokens > 0, "batch_tokens must be positive"),
+            ((self.train.batch_tokens or 1) > 0 and self.decode.batch_tokens > 0, "batch_tokens must be positive"),
             (self.train.window_sentences > 0, "train.window_sentences must be positive"),
             (self.train.lr > 0, "train.lr must be positive"),
             (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),

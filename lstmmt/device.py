@@ -123,3 +123,23 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+DEFAULT_BATCH_TOKENS = {"cpu": (4096, 8000), "cuda": (16384, 32768)}
+"""(training, translation) token budgets per batch when the config leaves them to the device:
+what 2-core CPUs train fastest with, and sizes that keep a GPU busy with Multi30k-length
+sentences (measured in docs/performance.md)."""
+
+
+def default_batch_tokens(device: torch.device, training: bool) -> int:
+    train_tokens, decode_tokens = DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+    return train_tokens if training else decode_tokens
+
+
+def prepare_device(device: torch.device) -> None:
+    """Settings that make `device` fast without changing what fp32 means on the CPU: TF32
+    matmuls and convolutions on CUDA GPUs (10-bit mantissa products, fp32 accumulation, as
+    cuDNN RNNs already use by default)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

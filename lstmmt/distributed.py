@@ -51,11 +51,20 @@ def setup(device_name: str) -> tuple[Ranks, torch.device]:
         raise UserError("WORLD_SIZE is set but MASTER_ADDR is not: launch with `torchrun` or `lstmmt train --nproc N`")
     device = resolve_device(device_name)
     if device.type == "cuda":
+        check_gpus_for(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), device)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
     return Ranks(dist.get_rank(), dist.get_world_size()), device
+
+
+def check_gpus_for(ranks_here: int, device: torch.device) -> None:
+    """GPU ranks take one GPU each: more ranks on a machine than it has GPUs is a UserError
+    (CUDA itself would fail with 'invalid device ordinal' in every extra rank)."""
+    if device.type == "cuda" and ranks_here > (count := torch.cuda.device_count()):
+        raise UserError(f"{ranks_here} processes on this machine need {ranks_here} GPUs, but PyTorch sees {count}; "
+                        f"use --nproc {count} (or torchrun --nproc_per_node {count}), or --device cpu")
 
 
 def teardown() -> None:

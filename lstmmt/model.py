@@ -13,7 +13,8 @@ NamedTuples whose `select(index)` picks and reorders rows (beams, finished sente
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import re
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,64 @@ class Dropout(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+class LSTM(nn.LSTM):
+    """nn.LSTM whose bf16 autocast on CUDA runs in bf16.
+
+    PyTorch's autocast wrapper for cuDNN RNNs casts input, weights and states to fp16
+    whatever dtype autocast names (aten/src/ATen/cudnn/AutocastRNN.cpp), and fp16 without a
+    loss scaler lets small gradients underflow. Under CUDA bf16 autocast this LSTM leaves
+    autocast and runs on bf16 copies of its weights instead (the casts are differentiable,
+    so the fp32 weights get the gradients). Elsewhere it is nn.LSTM unchanged: oneDNN's CPU
+    autocast already runs bf16.
+    """
+
+    def forward(self, x: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> Any:
+        if x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+            return self.run_in(torch.bfloat16, x, hx)
+        return super().forward(x, hx)
+
+    def run_in(self, dtype: torch.dtype, x: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> Any:
+        """The forward pass with input, states and weights cast to `dtype`, outside autocast."""
+        with torch.autocast(x.device.type, enabled=False):
+            weights = {name: weight.to(dtype) for name, weight in self.named_parameters()}
+            states = None if hx is None else tuple(h.to(dtype) for h in hx)
+            return torch.func.functional_call(self, weights, (x.to(dtype), states))
+
+
+class StackedLSTM(nn.Module):
+    """One-layer LSTMs stacked, with our Dropout between layers.
+
+    nn.LSTM(num_layers=L, dropout=p) drops between layers too, but on GPUs cuDNN draws those
+    masks from a dropout state of its own that no checkpoint holds, so a resumed run would
+    not continue exactly; these masks come from torch's generator, like all other dropout.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, layers: int, dropout: float):
+        super().__init__()
+        self.dropout = Dropout(dropout)
+        self.layers = nn.ModuleList(LSTM(input_size if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(layers))
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, in), h and c (layers, B, H) -> top layer outputs (B, T, H) and the new h, c."""
+        hs, cs = [], []
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                x = self.dropout(x)
+            x, (h_i, c_i) = layer(x, (h[i : i + 1], c[i : i + 1]))
+            hs.append(h_i)
+            cs.append(c_i)
+        if len(self.layers) == 1:
+            return x, hs[0], cs[0]
+        return x, torch.cat(hs), torch.cat(cs)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Checkpoints from before the stack held one nn.LSTM: its weight_ih_lK is layers.K.weight_ih_l0."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            if match := re.fullmatch(r"((?:weight|bias)_(?:ih|hh))_l(\d+)", key[len(prefix) :]):
+                state_dict[f"{prefix}layers.{match.group(2)}.{match.group(1)}_l0"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
 class BiLSTMEncoder(nn.Module):
     """A stacked bidirectional LSTM over right-padded batches, without packing.
 
@@ -115,15 +174,15 @@ class BiLSTMEncoder(nn.Module):
         super().__init__()
         self.dropout = Dropout(dropout)
         sizes = [input_size] + [2 * hidden_size] * (layers - 1)
-        self.forward_lstms = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
-        self.backward_lstms = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
+        self.forward_lstms = nn.ModuleList(LSTM(size, hidden_size, batch_first=True) for size in sizes)
+        self.backward_lstms = nn.ModuleList(LSTM(size, hidden_size, batch_first=True) for size in sizes)
 
     def forward(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """embedded (B, S, E), lengths (B,) -> outputs (B, S, 2h), zero at pads, and the top
         layer's last states of both directions concatenated (B, 2h)."""
         batch, steps, _ = embedded.shape
         positions = torch.arange(steps, device=embedded.device).expand(batch, steps)
-        lengths = lengths.to(embedded.device).unsqueeze(1)
+        lengths = lengths.to(embedded.device).unsqueeze(1)  # a no-op for batches moved by Batch.to
         real = positions < lengths
         # Maps position t of a sentence to position length-1-t (pads to themselves): its own inverse.
         reverse_index = torch.where(real, lengths - 1 - positions, positions)
@@ -159,10 +218,7 @@ class Seq2Seq(nn.Module):
         self.bridge_c = nn.Linear(H, H * config.decoder_layers)
 
         feed_size = H if config.input_feeding else 0
-        self.decoder = nn.LSTM(
-            E + feed_size, H, config.decoder_layers, batch_first=True,
-            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
-        )
+        self.decoder = StackedLSTM(E + feed_size, H, config.decoder_layers, config.dropout)
         self.attention = Attention(config.attention, H)
         self.combine = nn.Linear(2 * H, H, bias=False)
         if config.tie_embeddings:
@@ -227,12 +283,12 @@ class Seq2Seq(nn.Module):
     def _decode(self, embedded: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Embedded target (B, T, E) -> attentional states (B, T, H) and the state after the last step."""
         if not self.config.input_feeding:
-            hidden, (h, c) = self.decoder(embedded, (state.h, state.c))
+            hidden, h, c = self.decoder(embedded, state.h, state.c)
             return self._attend(self.dropout(hidden), memory), DecoderState(h, c, None)
         outputs, h, c, feed = [], state.h, state.c, state.feed
         for t in range(embedded.size(1)):
             step_input = torch.cat([embedded[:, t], feed], dim=-1).unsqueeze(1)
-            hidden, (h, c) = self.decoder(step_input, (h, c))
+            hidden, h, c = self.decoder(step_input, h, c)
             attentional = self._attend(self.dropout(hidden), memory)
             feed = attentional.squeeze(1)
             outputs.append(attentional)

@@ -61,6 +61,18 @@ class RunDir:
         return self.root / "logs"
 
     @property
+    def metrics(self) -> Path:
+        return self.logs / "metrics.jsonl"
+
+    @property
+    def train_log(self) -> Path:
+        return self.logs / "train.log"
+
+    def checkpoint(self, name: str) -> Path:
+        """checkpoints/NAME.pt: last, best, averaged or step-N."""
+        return self.checkpoints / f"{name}.pt"
+
+    @property
     def translations(self) -> Path:
         return self.root / "translations"
 

@@ -3,18 +3,17 @@
     resume (or start) -> for each token-budget batch: forward, label-smoothed loss,
     backward, clip, Adam step -> every `valid_every` steps: validation loss and greedy
     BLEU, best checkpoint, patience, last/step-N checkpoints -> stop on max steps,
-    max time, patience or a signal (which saves first).
+    max time, patience, max epochs or a signal (which saves first).
 
 The order of batches is a pure function of (seed, epoch) and every RNG state is in the
 checkpoint, so a resumed run continues exactly where the interrupted one was. Under
 torchrun the same loop runs on every rank, each on its shard of every batch (see
-lstmmt/distributed.py); rank 0 validates, logs and saves.
+lstmmt/distributed.py); rank 0 validates, logs and saves (lstmmt/trainlog.py).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import signal
 import time
@@ -25,24 +24,22 @@ import numpy as np
 import sacrebleu
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from torch.nn.parallel import DistributedDataParallel
 
 from lstmmt import checkpoint, distributed
-from lstmmt.batching import Batch, collate, epoch_batches, token_batches
-from lstmmt.config import Config, TrainConfig, parse_duration
-from lstmmt.device import autocast, choose_precision
+from lstmmt.batching import Batch, collate, epoch_batches, prefetched, token_batches
+from lstmmt.config import Config, parse_duration
+from lstmmt.device import autocast, choose_precision, default_batch_tokens, prepare_device
 from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
-from lstmmt.model import count_parameters
-from lstmmt.rundir import RunDir, atomic_write_text
+from lstmmt.model import Seq2Seq, count_parameters
+from lstmmt.rundir import RunDir
+from lstmmt.schedule import learning_rate
 from lstmmt.tokenizer import PAD, Tokenizer
+from lstmmt.trainlog import TrainingOutput
 from lstmmt.translate import SearchOptions, decode_corpus
 
-console = Console(stderr=True, soft_wrap=True)
 FAILED_STOPS = {"SIGINT": 130, "SIGTERM": 143, "non-finite loss": 1}
 """Ways training can end unfinished, with the exit status the CLI gives each."""
 MAX_NONFINITE = 10
@@ -53,7 +50,7 @@ MAX_NONFINITE = 10
 class TrainState:
     """Where training stands; saved in every checkpoint."""
 
-    step: int = 0
+    step: int = 0  # batches trained on, including any skipped for a non-finite gradient
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already trained on
     best_bleu: float = -1.0
@@ -61,18 +58,15 @@ class TrainState:
     lr_scale: float = 1.0  # plateau schedule's decay so far
     elapsed: float = 0.0  # training seconds over all sessions
     stopped: str = ""  # why the last session ended (informational; limits are checked afresh on resume)
-    nonfinite_in_a_row: int = 0  # batches skipped for a non-finite loss since the last good one
+    nonfinite_in_a_row: int = 0  # batches skipped for a non-finite gradient since the last good one
 
 
-def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
-    """Linear warm-up to config.lr, then constant, 1/sqrt(step) decay, or the plateau scale."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "inverse_sqrt":
-        return config.lr * math.sqrt(max(config.warmup_steps, 1) / (step + 1))
-    if config.lr_schedule == "plateau":
-        return max(config.lr * lr_scale, config.lr_min)
-    return config.lr
+def token_loss(model: torch.nn.Module, batch: Batch, precision: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed cross-entropy of a batch's target tokens under teacher forcing (a device scalar)."""
+    with autocast(batch.src.device, precision):
+        logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1),
+                           ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
 
 
 class StopSignal:
@@ -96,29 +90,42 @@ class StopSignal:
 
 
 class LogWindow:
-    """Loss and target tokens since the last log line; the loss stays on the device until read."""
+    """Loss, target tokens and skipped batches since the last log line. The loss, the skip
+    count and the run of consecutive skips stay on the device until read, so a training
+    step never waits for the GPU."""
 
     def __init__(self, device: torch.device, ranks: Ranks):
-        self.loss = torch.zeros((), device=device)
-        self.tokens, self.start = 0, time.perf_counter()
         self.device, self.ranks = device, ranks
+        self.loss = torch.zeros((), device=device)
+        self.skipped = torch.zeros((), device=device)
+        self.in_a_row = torch.zeros((), device=device)
+        self.tokens, self.start = 0, time.perf_counter()
 
-    def add(self, loss: torch.Tensor, tokens: int) -> None:
-        self.loss += loss
+    def add(self, loss: torch.Tensor, tokens: int, found_inf: torch.Tensor) -> None:
+        """Count a step; found_inf is 1.0 when its gradient was not finite (the update was skipped)."""
+        self.loss += loss * (1 - found_inf)
         self.tokens += tokens
+        self.skipped += found_inf
+        self.in_a_row.mul_(found_inf).add_(found_inf)
 
-    def read_and_reset(self) -> Optional[tuple[float, float]]:
-        """(loss per target token, target tokens per second) over the window and all ranks; None if empty."""
+    def read_and_reset(self) -> tuple[Optional[tuple[float, float]], int, int]:
+        """((loss per target token, target tokens/s) over the window and all ranks, or None if
+        empty), batches skipped in the window, and consecutive skips up to now."""
+        skipped, in_a_row = int(self.skipped.item()), int(self.in_a_row.item())
         loss, tokens = sum_over_ranks([self.loss.item(), self.tokens], self.ranks, self.device)
         seconds = time.perf_counter() - self.start
         self.loss.zero_()
+        self.skipped.zero_()
         self.tokens, self.start = 0, time.perf_counter()
-        return (loss / tokens, tokens / seconds) if tokens else None
+        return ((loss / tokens, tokens / seconds) if tokens else None), skipped, in_a_row
 
 
 class Trainer:
     def __init__(self, run: RunDir, config: Config, device: torch.device, ranks: Ranks = Ranks()):
+        if config.train.batch_tokens is None:  # the device's choice, recorded in config.yaml by train()
+            config = replace(config, train=replace(config.train, batch_tokens=default_batch_tokens(device, training=True)))
         self.run, self.config, self.device, self.ranks = run, config, device, ranks
+        self.precision = choose_precision(config.train.precision, device, "train.precision", training=True)
         self.tokenizer = Tokenizer.load(run.tokenizer_dir)
         self.train_src = EncodedSide.open(run, "train", "src")
         self.train_tgt = EncodedSide.open(run, "train", "tgt")
@@ -128,19 +135,19 @@ class Trainer:
             self.valid_tgt = EncodedSide.open(run, "valid", "tgt").all()
             self.valid_refs = run.text("valid", "tgt").read_text(encoding="utf-8").splitlines()
         torch.manual_seed(config.train.seed)  # the same initial weights on every rank
-        self.model = checkpoint.build_model(config, self.tokenizer).to(device)
+        self.model: Seq2Seq = checkpoint.build_model(config, self.tokenizer).to(device)
         self._seed_rank(0)
         # What the training step runs: the model itself, or a DDP wrapper that all-reduces its gradients.
         self.replica: torch.nn.Module = self.model
         if ranks.distributed:
             self.replica = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
-        # fused: one kernel per step for all parameters instead of a dozen small ops per tensor.
+        # fused: one kernel per step for all parameters; it also skips the update on device when
+        # `found_inf` is set (see train_step), as it does for PyTorch's GradScaler.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, fused=True)
         self.state = TrainState()
         self.last_valid: dict[str, float] = {}
-        self.metrics = run.logs / "metrics.jsonl"
         self.time_budget = parse_duration(config.train.max_time) if config.train.max_time else math.inf
-        self.precision = choose_precision(config.train.precision, device, "train.precision", training=True)
+        self.out = TrainingOutput(run, enabled=ranks.is_main)
 
     def _seed_rank(self, step: int) -> None:
         """Ranks other than 0 draw their own dropout masks, from a seed of (seed, rank, step)."""
@@ -149,58 +156,34 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def payload(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "vocab": checkpoint.vocab_info(self.tokenizer),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "state": asdict(self.state),
-            "valid": dict(self.last_valid),
-            "step": self.state.step,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-
     def save(self, best: bool) -> None:
-        if not self.ranks.is_main:
-            return
-        payload = self.payload()
-        checkpoint.save(checkpoint.step_path(self.run, self.state.step), payload)
-        checkpoint.save(self.run.checkpoints / "last.pt", payload)
-        if best:
-            checkpoint.save(self.run.checkpoints / "best.pt", payload)
-        checkpoint.prune(self.run, self.config.train.keep_checkpoints)
+        if self.ranks.is_main:
+            payload = {
+                "config": self.config.to_dict(), "vocab": checkpoint.vocab_info(self.tokenizer),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state), "valid": dict(self.last_valid), "step": self.state.step,
+                "rng": checkpoint.rng_state(self.device),
+            }
+            checkpoint.save_training(self.run, payload, best, self.config.train.keep_checkpoints)
 
     def resume(self) -> bool:
         """Load the newest checkpoint that reads back; False if there is none."""
-        # step-N.pt is written before last.pt, so the newest step file is never older than last.pt.
-        candidates = [*checkpoint.step_checkpoints(self.run), self.run.checkpoints / "last.pt"]
-        for path in [p for p in candidates if p.exists()]:
+        for path in checkpoint.resume_candidates(self.run):
             try:
                 payload = checkpoint.load(path)
             except UserError as exc:
-                console.print(f"[yellow]warning:[/] skipping {exc}")
+                self.out.warn(f"skipping {exc}")
                 continue
             self._check_compatible(payload, path)
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             self.state = TrainState(**payload["state"])
-            torch.set_rng_state(payload["rng"]["torch"])
-            if payload["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+            checkpoint.restore_rng(payload["rng"], self.device)
             self._seed_rank(self.state.step)  # checkpoints hold rank 0's RNG state only
-            if self.ranks.is_main:
-                console.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
-                self._forget_metrics_after(self.state.step)
+            self.out.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})", markup=False)
+            self.out.forget_after(self.state.step)
             return True
         return False
-
-    def _forget_metrics_after(self, step: int) -> None:
-        """Drop metrics.jsonl records of steps the resumed run will redo, so each step appears once."""
-        if self.metrics.exists():
-            kept = [line for line in self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] <= step]
-            atomic_write_text(self.metrics, "".join(kept))
 
     def _check_compatible(self, payload: dict[str, Any], path: Any) -> None:
         saved_model = payload["config"]["model"]
@@ -213,95 +196,77 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def batches(self) -> Iterator[tuple[Batch, float]]:
-        """This rank's part of each training batch from the current position on, epoch after epoch,
-        with the weight that turns its summed loss into its share of the whole batch's mean loss."""
+    def batches(self) -> Iterator[tuple[Batch, float, tuple[int, int]]]:
+        """This rank's part of each training batch from the current position on, epoch after
+        epoch, with the weight that turns its summed loss into its share of the whole batch's
+        mean loss, and the (epoch, batch_in_epoch) position after it. The position travels
+        with the batch because a prefetching reader runs ahead of training."""
         cfg = self.config.train
-        while self.state.epoch < cfg.max_epochs:
-            batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed, self.state.epoch)
-            for src, tgt, indices in itertools.islice(batches, self.state.batch_in_epoch, None):  # a resumed run skips ahead
-                self.state.batch_in_epoch += 1
+        for epoch in range(self.state.epoch, cfg.max_epochs):
+            done = self.state.batch_in_epoch if epoch == self.state.epoch else 0
+            batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed, epoch)
+            for number, (src, tgt, indices) in enumerate(itertools.islice(batches, done, None), start=done + 1):
                 batch_tokens = int(tgt.lengths[indices].sum()) + len(indices)  # + EOS each
                 # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
                 mine, weight = shard(indices, self.ranks), self.ranks.world / batch_tokens
                 if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
                     mine, weight = indices[:1], 0.0
-                yield collate(mine, src, tgt), weight
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
+                yield collate(mine, src, tgt), weight, (epoch, number)
 
-    def train_step(self, batch: Batch, weight: float) -> torch.Tensor:
-        """One optimizer step on loss x weight (see `batches`); returns the summed loss as a
-        device tensor (no host sync)."""
+    def train_step(self, batch: Batch, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on loss x weight (see `batches`); returns the summed loss and
+        found_inf (1.0 if the gradient was not finite and the update was skipped), both device
+        tensors: no host sync. Gradients are all-reduced by then, so every rank skips alike."""
         cfg = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale)
-        batch = batch.to(self.device)
-        with autocast(self.device, self.precision.name):
-            logits = self.replica(batch.src, batch.src_lengths, batch.tgt_in)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1),
-            ignore_index=PAD, label_smoothing=cfg.label_smoothing, reduction="sum",
-        )
+        loss = token_loss(self.replica, batch.to(self.device), self.precision.name, cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-        # One host sync per step: the price of never corrupting weights. Gradients are all-reduced
-        # by now, so every rank sees the same norm and skips the same batches.
-        if not torch.isfinite(grad_norm):
-            self.state.nonfinite_in_a_row += 1
-            if self.ranks.is_main:
-                console.print(f"[yellow]warning:[/] non-finite loss or gradient at step {self.state.step + 1}; batch skipped")
-            return torch.zeros((), device=self.device)
-        self.state.nonfinite_in_a_row = 0
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        self.optimizer.found_inf = found_inf
         self.optimizer.step()
         self.state.step += 1
-        return loss.detach()
+        return loss.detach(), found_inf
 
     def fit(self) -> TrainState:
-        cfg = self.config.train
         self.state.nonfinite_in_a_row = 0  # a resumed run gets a fresh chance (e.g. with a lower lr)
         if reason := self._stop_reason():
-            self._print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
-                        f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
+            self.out.print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
+                           f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
             self.state.stopped = reason
             self._write_summary()
             return self.state
         ranks = f" x {self.ranks.world} ranks" if self.ranks.distributed else ""
-        self._print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}, precision "
-                    f"{self.precision}; {len(self.train_src):,} training pairs")
+        self.out.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}, precision "
+                       f"{self.precision}; {len(self.train_src):,} training pairs, {self.config.train.batch_tokens:,}-token batches")
         self.model.train()
         window = LogWindow(self.device, self.ranks)
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed
         signal_name: Optional[str] = None
-        with StopSignal() as stop, self._progress() as progress:
-            task = progress.add_task("train", total=None, step=self.state.step, loss=float("nan"), tps=0.0, lr=0.0)
-            for batch, weight in self.batches():
-                loss = self.train_step(batch, weight)
-                if weight:
-                    window.add(loss, batch.tgt_tokens)
+        with StopSignal() as stop, self.out:
+            for batch, weight, (self.state.epoch, self.state.batch_in_epoch) in prefetched(self.batches(), self.device):
+                loss, found_inf = self.train_step(batch, weight)
+                window.add(loss, batch.tgt_tokens if weight else 0, found_inf)
                 self.state.elapsed = elapsed_before + time.perf_counter() - session_start
                 signal_name, reason = self._agreed_stop(stop)
-                reason = signal_name or reason
-                if self.state.step % cfg.log_every == 0 or reason:
-                    self._log_window(window, progress, task)
-                progress.update(task, step=self.state.step, **self._progress_position())
-                if signal_name:  # save at once, without validating: the user is waiting
-                    self.state.stopped = signal_name
-                    self.save(best=False)
+                if self.state.step % self.config.train.log_every == 0 or signal_name or reason:
+                    self._log_window(window)
+                    reason = reason or self._stop_reason()  # the non-finite count is read at log time
+                self.out.update_bar(step=self.state.step, **self._progress_position())
+                validate = not signal_name and (self.state.step % self.config.train.valid_every == 0 or bool(reason))
+                improved = validate and self.validate_and_record()
+                reason = reason or self._stop_reason()  # patience: the same on all ranks after validation
+                if validate or signal_name or reason:  # a signal saves at once, without validating: the user waits
+                    self.save(best=improved)
+                if signal_name or reason:
                     break
-                if self.state.step % cfg.valid_every == 0 or reason:
-                    self.validate_and_save(progress)
-                    reason = reason or self._stop_reason()  # patience: the same on all ranks after validation
-                if reason:
-                    self.state.stopped = reason
-                    self.save(best=False)
-                    break
-            else:
-                self.state.stopped = "max_epochs"
-                self.validate_and_save(progress)
-                self.save(best=False)
-        self._report_end(signal_name if self.state.stopped in FAILED_STOPS else None)
+            if not (signal_name or reason):  # the batches ran out: every epoch is trained
+                self.state.epoch, self.state.batch_in_epoch, reason = self.config.train.max_epochs, 0, "max_epochs"
+                self.save(best=self.validate_and_record())
+        self.state.stopped = signal_name or reason
+        self._report_end()
         if self.finished():
             self._write_summary()
         return self.state
@@ -324,27 +289,18 @@ class Trainer:
                 reason = reason or "max_time"
         return signal_name, reason
 
-    def _print(self, message: str) -> None:
-        if self.ranks.is_main:
-            console.print(message)
-
-    def _write_summary(self) -> None:
-        """RUN/train.json marks finished training (a file target for recipes); absent after an interruption."""
-        if not self.ranks.is_main:
-            return
-        summary = {"stopped": self.state.stopped, "step": self.state.step, "epoch": self.state.epoch + 1,
-                   "best_valid_bleu": self.state.best_bleu if self.has_valid else None,
-                   "training_seconds": round(self.state.elapsed, 1), "device": str(self.device)}
-        atomic_write_text(self.run.train_summary, json.dumps(summary, indent=2) + "\n")
-
-    def _log_window(self, window: "LogWindow", progress: Progress, task: Any) -> None:
-        result = window.read_and_reset()
+    def _log_window(self, window: LogWindow) -> None:
+        result, skipped, self.state.nonfinite_in_a_row = window.read_and_reset()
+        if skipped:
+            self.out.warn(f"{skipped} batch(es) up to step {self.state.step} gave a non-finite loss or gradient; "
+                          "their updates were skipped (batch skipped)")
         if result is None:
             return
         loss, tokens_per_s = result
         lr = self.optimizer.param_groups[0]["lr"]
-        self.log("train", loss=loss, lr=lr, tgt_tokens_per_s=tokens_per_s, epoch=self.state.epoch + 1)
-        progress.update(task, loss=loss, tps=tokens_per_s, lr=lr)
+        self.out.record("train", self.state.step, self.state.elapsed, loss=loss, lr=lr, tgt_tokens_per_s=tokens_per_s,
+                        epoch=self.state.epoch + 1)
+        self.out.update_bar(loss=loss, tps=tokens_per_s, lr=lr)
 
     def _progress_position(self) -> dict[str, float]:
         """The bar follows the time budget when there is one, else the step limit."""
@@ -354,41 +310,50 @@ class Trainer:
 
     def _stop_reason(self) -> str:
         cfg = self.config.train
+        if self.state.nonfinite_in_a_row >= MAX_NONFINITE:
+            return "non-finite loss"
         if self.state.step >= cfg.max_steps:
             return "max_steps"
         if self.state.elapsed >= self.time_budget:
             return "max_time"
         if cfg.patience and self.state.bad_validations >= cfg.patience:
             return "patience"
-        if self.state.nonfinite_in_a_row >= MAX_NONFINITE:
-            return "non-finite loss"
         return ""
 
-    def _report_end(self, signal_name: Optional[str]) -> None:
-        if not self.ranks.is_main:
-            return
-        if signal_name:
-            console.print(f"Stopped by {signal_name} at step {self.state.step}; checkpoint saved. "
-                          f"Run `lstmmt train {self.run.root}` to resume.")
-        elif self.state.stopped == "non-finite loss":
-            console.print(f"[red]Training stopped:[/] {MAX_NONFINITE} batches in a row gave a non-finite loss at step "
-                          f"{self.state.step}. Lower train.lr, check the data, or try precision fp32; the last good "
-                          f"weights are in {self.run.checkpoints / 'last.pt'}.")
+    def _write_summary(self) -> None:
+        self.out.write_summary({
+            "stopped": self.state.stopped, "step": self.state.step, "epoch": self.state.epoch + 1,
+            "best_valid_bleu": self.state.best_bleu if self.has_valid else None,
+            "training_seconds": round(self.state.elapsed, 1), "device": str(self.device), "precision": self.precision.name,
+        })
+
+    def _report_end(self) -> None:
+        stopped = self.state.stopped
+        if stopped in ("SIGINT", "SIGTERM"):
+            self.out.print(f"Stopped by {stopped} at step {self.state.step}; checkpoint saved. "
+                           f"Run `lstmmt train {self.run.root}` to resume.", markup=False)
+        elif stopped == "non-finite loss":
+            self.out.print(f"Training stopped: {MAX_NONFINITE} batches in a row gave a non-finite loss at step "
+                           f"{self.state.step}. Lower train.lr, check the data, or try precision fp32; the last good "
+                           f"weights are in {self.run.checkpoint('last')}.", markup=False)
         else:
             best = f"best validation BLEU {self.state.best_bleu:.2f}" if self.has_valid else "no validation set"
-            console.print(f"Training finished ({self.state.stopped}) at step {self.state.step}; {best}.")
+            self.out.print(f"Training finished ({stopped}) at step {self.state.step}; {best}.")
 
-    def validate_and_save(self, progress: Progress) -> None:
-        """Rank 0 validates, updates best/patience/plateau state and saves; the other ranks wait and
-        take its state, so they decay the learning rate and stop exactly when it does."""
-        if not self.has_valid:
-            self.save(best=True)
-            return
-        if self.ranks.is_main:
-            self._validate_on_main(progress)
-        self.state, self.last_valid = from_main((self.state, self.last_valid), self.ranks)
+    # -- validation ----------------------------------------------------------------------
 
-    def _validate_on_main(self, progress: Progress) -> None:
+    def validate_and_record(self) -> bool:
+        """Rank 0 validates and updates best/patience/plateau state; the other ranks take its
+        state, so they decay the learning rate and stop exactly when it does. Returns whether
+        this is the best model so far (a run without a validation set always is)."""
+        improved = True
+        if self.has_valid and self.ranks.is_main:
+            improved = self._validate_on_main()
+        if self.has_valid:
+            self.state, self.last_valid, improved = from_main((self.state, self.last_valid, improved), self.ranks)
+        return improved
+
+    def _validate_on_main(self) -> bool:
         result = self.last_valid = self.validate()
         improved = result["bleu"] > self.state.best_bleu
         if improved:
@@ -397,52 +362,30 @@ class Trainer:
             self.state.bad_validations += 1
             if self.config.train.lr_schedule == "plateau" and self.state.step > self.config.train.warmup_steps:
                 self.state.lr_scale *= self.config.train.lr_decay_factor
-        self.log("valid", **result, best_bleu=self.state.best_bleu)
-        progress.console.print(
+        self.out.record("valid", self.state.step, self.state.elapsed, **result, best_bleu=self.state.best_bleu)
+        self.out.print(
             f"step {self.state.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
             f"BLEU {result['bleu']:.2f}" + ("  [green]new best[/]" if improved else f"  (best {self.state.best_bleu:.2f})")
         )
-        self.save(best=improved)
+        return improved
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Validation loss/perplexity (teacher forcing) and BLEU of greedy translations."""
+        """Validation loss/perplexity (teacher forcing) and BLEU of greedy translations, both in
+        the training precision."""
         self.model.eval()
         total_loss, total_tokens = torch.zeros((), device=self.device), 0
         lengths = np.maximum(self.valid_src.lengths, self.valid_tgt.lengths) + 1
         for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, self.config.train.batch_tokens):
-            batch = collate(indices, self.valid_src, self.valid_tgt).to(self.device)
-            with autocast(self.device, self.precision.name):
-                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
-            total_loss += F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1), ignore_index=PAD, reduction="sum")
+            batch = collate(indices, self.valid_src, self.valid_tgt)
+            total_loss += token_loss(self.model, batch.to(self.device), self.precision.name)
             total_tokens += batch.tgt_tokens
-        # Greedy search in the training precision (decode_corpus applies it), as documented.
         options = replace(SearchOptions.from_config(self.config.decode, beam_size=1), precision=self.precision.name)
         hyps = decode_corpus(self.model, [self.valid_src[i] for i in range(len(self.valid_src))], options, self.device)
         texts = self.tokenizer.decode_tgt([h[0].tokens for h in hyps])
         self.model.train()
         loss = total_loss.item() / max(total_tokens, 1)
         return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bleu": sacrebleu.corpus_bleu(texts, [self.valid_refs]).score}
-
-    # -- output --------------------------------------------------------------------------
-
-    def log(self, event: str, **values: Any) -> None:
-        if not self.ranks.is_main:
-            return
-        record = {"event": event, "step": self.state.step, "elapsed": round(self.state.elapsed, 2), **values}
-        self.run.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-        with open(self.run.logs / "train.log", "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {text}\n")
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("step {task.fields[step]}"), BarColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s  lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=not self.ranks.is_main,
-        )
 
 
 def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
@@ -451,18 +394,19 @@ def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     ranks, device = distributed.setup(config.train.device)
+    prepare_device(device)
     try:
         trainer = Trainer(run, config, device, ranks)
         if ranks.is_main:
             run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
         if restart:
             if ranks.is_main:
-                for old in [*run.checkpoints.glob("*.pt"), run.logs / "metrics.jsonl", run.logs / "train.log"]:
+                for old in [*run.checkpoints.glob("*.pt"), run.metrics, run.train_log]:
                     old.unlink(missing_ok=True)
         elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
             raise UserError(f"no checkpoint in {run.checkpoints} could be read; pass --restart to train from scratch")
-        if ranks.is_main:
-            config.save(run.config)
+        if ranks.is_main:  # with the settings the device chose, so a resumed run (on any device) keeps them
+            trainer.config.save(run.config)
         return trainer.fit()
     finally:
         distributed.teardown()

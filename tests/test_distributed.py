@@ -41,9 +41,9 @@ def record_batches(trainer: Trainer) -> list[list[int]]:
     batches = trainer.batches
 
     def recording():
-        for batch, weight in batches():
+        for batch, weight, position in batches():
             seen.append(sorted(batch.indices.tolist()) if weight else [])
-            yield batch, weight
+            yield batch, weight, position
 
     trainer.batches = recording
     return seen

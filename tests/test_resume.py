@@ -178,7 +178,9 @@ def test_repeated_non_finite_losses_stop_training_with_good_weights(preprocessed
     assert not (run / "train.json").exists()
     assert "non-finite" in result.output and "batch skipped" in result.output
     saved = checkpoint.load(run / "checkpoints/last.pt")
-    assert saved["step"] == 15
+    # Skips are counted on the device and read at log time (every 5 steps here): the stop comes
+    # at the first log after 10 skips in a row, and no skipped batch changed a weight.
+    assert saved["state"]["nonfinite_in_a_row"] >= 10 and saved["step"] <= 15 + 10 + 5
     assert all(torch.equal(saved["model"][k], good[k]) for k in good)
     assert RunDir(run).checkpoints.exists()
 
