@@ -79,8 +79,8 @@ class TrainConfig:
     """Sentences read, sorted by length and batched together; memory grows with this, not the corpus."""
     lr: float = 1e-3
     warmup_steps: int = 500
-    lr_schedule: Literal["constant", "inverse_sqrt", "plateau"] = "plateau"
-    """After warm-up: keep lr, decay with 1/sqrt(step), or halve on a validation BLEU plateau."""
+    lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "budget"] = "plateau"
+    """After warm-up: keep lr, decay with 1/sqrt(step), halve on a validation BLEU plateau, or (budget) decay linearly to lr_min at the end of the budget (max_time or max_steps, whichever is nearer)."""
     lr_decay_factor: float = 0.5
     lr_min: float = 1e-5
     clip_norm: float = 1.0
@@ -90,6 +90,8 @@ class TrainConfig:
     max_time: Optional[str] = None
     """Wall-clock budget such as 30m, 2h or 90s; training validates and stops when it is spent."""
     valid_every: int = 1000
+    valid_every_time: Optional[str] = None
+    """Also validate when this much training time (e.g. 5m) has passed since the last validation, so a slow machine still validates often enough."""
     patience: int = 10
     """Stop after this many validations without a better validation BLEU (0 = never)."""
     keep_checkpoints: int = 5
@@ -146,8 +148,9 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        if self.train.max_time is not None:
-            parse_duration(self.train.max_time)
+        for duration in (self.train.max_time, self.train.valid_every_time):
+            if duration is not None:
+                parse_duration(duration)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,19 +1,38 @@
-"""The learning rate at each step: a pure function of the config and the training state."""
+"""The learning rate at each step: a pure function of the config and where training stands."""
 
 from __future__ import annotations
 
 import math
 
-from lstmmt.config import TrainConfig
+from lstmmt.config import TrainConfig, parse_duration
 
 
-def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
-    """Linear warm-up to config.lr, then constant, 1/sqrt(step) decay, or the plateau scale
-    (`lr_scale`, halved by validation when BLEU stops improving; see Trainer)."""
+def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed: float = 0.0) -> float:
+    """Linear warm-up to config.lr over `warmup_steps`, then
+
+    - constant: config.lr;
+    - inverse_sqrt: config.lr * sqrt(warmup / step);
+    - plateau: config.lr * lr_scale (halved by validations without a better BLEU), >= lr_min;
+    - budget: linear decay from config.lr to lr_min over the budget, so a run of any length
+      ends on a low rate; `elapsed` is the training time of all sessions so far, so a resumed
+      run continues the same schedule.
+    """
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_schedule == "budget":
+        return warm * (config.lr + (config.lr_min - config.lr) * budget_spent(config, step, elapsed))
     if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+        return config.lr * warm
     if config.lr_schedule == "inverse_sqrt":
         return config.lr * math.sqrt(max(config.warmup_steps, 1) / (step + 1))
     if config.lr_schedule == "plateau":
         return max(config.lr * lr_scale, config.lr_min)
     return config.lr
+
+
+def budget_spent(config: TrainConfig, step: int, elapsed: float) -> float:
+    """The share of the training budget used up, in [0, 1]: steps of max_steps or seconds of
+    max_time, whichever is further along."""
+    spent = step / config.max_steps
+    if config.max_time is not None:
+        spent = max(spent, elapsed / parse_duration(config.max_time))
+    return min(1.0, spent)

@@ -59,6 +59,7 @@ class TrainState:
     elapsed: float = 0.0  # training seconds over all sessions
     stopped: str = ""  # why the last session ended (informational; limits are checked afresh on resume)
     nonfinite_in_a_row: int = 0  # batches skipped for a non-finite gradient since the last good one
+    last_valid_elapsed: float = 0.0  # `elapsed` at the last validation (for train.valid_every_time)
 
 
 def token_loss(model: torch.nn.Module, batch: Batch, precision: str, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -147,6 +148,7 @@ class Trainer:
         self.state = TrainState()
         self.last_valid: dict[str, float] = {}
         self.time_budget = parse_duration(config.train.max_time) if config.train.max_time else math.inf
+        self.valid_interval = parse_duration(config.train.valid_every_time) if config.train.valid_every_time else math.inf
         self.out = TrainingOutput(run, enabled=ranks.is_main)
 
     def _seed_rank(self, step: int) -> None:
@@ -219,7 +221,7 @@ class Trainer:
         tensors: no host sync. Gradients are all-reduced by then, so every rank skips alike."""
         cfg = self.config.train
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale)
+            group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale, self.state.elapsed)
         loss = token_loss(self.replica, batch.to(self.device), self.precision.name, cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
@@ -250,12 +252,12 @@ class Trainer:
                 loss, found_inf = self.train_step(batch, weight)
                 window.add(loss, batch.tgt_tokens if weight else 0, found_inf)
                 self.state.elapsed = elapsed_before + time.perf_counter() - session_start
-                signal_name, reason = self._agreed_stop(stop)
+                signal_name, reason, validation_due = self._agreed_events(stop)
                 if self.state.step % self.config.train.log_every == 0 or signal_name or reason:
                     self._log_window(window)
                     reason = reason or self._stop_reason()  # the non-finite count is read at log time
                 self.out.update_bar(step=self.state.step, **self._progress_position())
-                validate = not signal_name and (self.state.step % self.config.train.valid_every == 0 or bool(reason))
+                validate = not signal_name and (self.state.step % self.config.train.valid_every == 0 or validation_due or bool(reason))
                 improved = validate and self.validate_and_record()
                 reason = reason or self._stop_reason()  # patience: the same on all ranks after validation
                 if validate or signal_name or reason:  # a signal saves at once, without validating: the user waits
@@ -275,19 +277,21 @@ class Trainer:
         """Training ended by one of its limits, not by a signal or a failure."""
         return self.state.stopped not in FAILED_STOPS
 
-    def _agreed_stop(self, stop: StopSignal) -> tuple[Optional[str], str]:
-        """(signal received, limit reached) as every rank sees them, so all ranks leave the loop together.
+    def _agreed_events(self, stop: StopSignal) -> tuple[Optional[str], str, bool]:
+        """(signal received, limit reached, validation due by time) as every rank sees them, so
+        all ranks leave the loop, and validate, together.
 
         Each rank measures its own time, and a signal may reach one rank a step before another.
         """
         signal_name, reason = stop.received, self._stop_reason()
+        due = self.state.elapsed - self.state.last_valid_elapsed >= self.valid_interval
         if self.ranks.distributed:
-            signalled, out_of_time = any_rank([signal_name is not None, reason == "max_time"], self.ranks, self.device)
+            signalled, out_of_time, due = any_rank([signal_name is not None, reason == "max_time", due], self.ranks, self.device)
             if signalled:
                 signal_name = signal_name or "SIGTERM"
             if out_of_time:
                 reason = reason or "max_time"
-        return signal_name, reason
+        return signal_name, reason, due
 
     def _log_window(self, window: LogWindow) -> None:
         result, skipped, self.state.nonfinite_in_a_row = window.read_and_reset()
@@ -346,7 +350,7 @@ class Trainer:
         """Rank 0 validates and updates best/patience/plateau state; the other ranks take its
         state, so they decay the learning rate and stop exactly when it does. Returns whether
         this is the best model so far (a run without a validation set always is)."""
-        improved = True
+        improved, self.state.last_valid_elapsed = True, self.state.elapsed
         if self.has_valid and self.ranks.is_main:
             improved = self._validate_on_main()
         if self.has_valid:
@@ -354,7 +358,9 @@ class Trainer:
         return improved
 
     def _validate_on_main(self) -> bool:
+        start = time.perf_counter()
         result = self.last_valid = self.validate()
+        result["seconds"] = round(time.perf_counter() - start, 2)  # what validating costs, in metrics.jsonl
         improved = result["bleu"] > self.state.best_bleu
         if improved:
             self.state.best_bleu, self.state.bad_validations = result["bleu"], 0
@@ -366,6 +372,7 @@ class Trainer:
         self.out.print(
             f"step {self.state.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
             f"BLEU {result['bleu']:.2f}" + ("  [green]new best[/]" if improved else f"  (best {self.state.best_bleu:.2f})")
+            + f"  ({result['seconds']:.0f} s)"
         )
         return improved
 
