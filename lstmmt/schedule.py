@@ -6,6 +6,11 @@ import math
 
 from lstmmt.config import TrainConfig, parse_duration
 
+BUDGET_WARMUP_SHARE = 0.05
+"""With the budget schedule, warm-up ends after warmup_steps or this share of the budget,
+whichever comes first: on a slow machine a 12-minute budget may hold fewer steps than
+warmup_steps, and a run that never leaves warm-up never trains at its rate."""
+
 
 def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed: float = 0.0) -> float:
     """Linear warm-up to config.lr over `warmup_steps`, then
@@ -14,12 +19,15 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed
     - inverse_sqrt: config.lr * sqrt(warmup / step);
     - plateau: config.lr * lr_scale (halved by validations without a better BLEU), >= lr_min;
     - budget: linear decay from config.lr to lr_min over the budget, so a run of any length
-      ends on a low rate; `elapsed` is the training time of all sessions so far, so a resumed
-      run continues the same schedule.
+      ends on a low rate (warm-up ends at the latest after BUDGET_WARMUP_SHARE of it);
+      `elapsed` is the training time of all sessions so far, so a resumed run continues the
+      same schedule.
     """
     warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.lr_schedule == "budget":
-        return warm * (config.lr + (config.lr_min - config.lr) * budget_spent(config, step, elapsed))
+        spent = budget_spent(config, step, elapsed)
+        warm = max(warm, min(1.0, spent / BUDGET_WARMUP_SHARE))  # a short budget warms up sooner
+        return warm * (config.lr + (config.lr_min - config.lr) * spent)
     if step < config.warmup_steps:
         return config.lr * warm
     if config.lr_schedule == "inverse_sqrt":

@@ -17,6 +17,7 @@ BUDGET = TrainConfig(lr=1e-3, lr_min=1e-5, warmup_steps=10, lr_schedule="budget"
 
 def test_budget_rate_falls_linearly_with_the_time_spent():
     assert learning_rate(BUDGET, 0, elapsed=0.0) == pytest.approx(1e-4)  # warm-up: 1/10 of the rate
+    assert learning_rate(BUDGET, 2, elapsed=90.0) == pytest.approx(1e-3 * 0.95 + 1e-5 * 0.05)  # 5% of 30 min: warm
     assert learning_rate(BUDGET, 10, elapsed=1.0) == pytest.approx(1e-3, rel=1e-3)
     assert learning_rate(BUDGET, 300, elapsed=900.0) == pytest.approx((1e-3 + 1e-5) / 2)
     assert learning_rate(BUDGET, 600, elapsed=1800.0) == pytest.approx(1e-5)
