@@ -247,6 +247,7 @@ class Trainer:
         window = LogWindow(self.device, self.ranks)
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed
         signal_name: Optional[str] = None
+        reason = ""
         with StopSignal() as stop, self.out:
             for batch, weight, (self.state.epoch, self.state.batch_in_epoch) in prefetched(self.batches(), self.device):
                 loss, found_inf = self.train_step(batch, weight)
