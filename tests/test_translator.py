@@ -1,14 +1,13 @@
 """The Translator API and what goes through it: translate's text and JSONL output, forced
 decoding, ensembles, attention heatmaps.
 
-One tiny model is trained once for the module (30 steps): it translates badly and rarely
+One tiny model is trained once per session (30 steps, tests/conftest.py): it translates badly and rarely
 stops before the length limit, which is what these tests need (the plumbing, limits and
 scores; learning is tested in test_cli.py).
 """
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,10 @@ from lstmmt.config import DecodeConfig
 from lstmmt.decoding import Ensemble, search_corpus
 from lstmmt.search import beam_search, max_lengths
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_search import LENGTHS, SRC, TABLE, A, B, TableModel  # noqa: E402  (hand-built step models)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-import toy  # noqa: E402
+from tests.test_search import LENGTHS, SRC, TABLE, A, B, TableModel  # hand-built step models
 
 runner = CliRunner()
 
-TINY = [
-    "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
-    "--set", "model.encoder_layers=1", "--set", "train.batch_tokens=1000", "--set", "train.valid_every=30",
-    "--set", "data.max_ratio=10", "--set", "decode.max_len_b=3",
-]
 LINES = ["twenty-one", "", "half past seven", "on Monday the third of May", "  ", "seven"]
 
 
@@ -45,24 +35,9 @@ def invoke(*args, **kwargs):
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
-def make_run(root: Path, seed: int = 11, steps: int = 30) -> Path:
-    corpus = root / "corpus"
-    corpus.mkdir(parents=True)
-    for split, pairs in toy.generate(300, 20, 20, seed=seed).items():
-        (corpus / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), encoding="utf-8")
-        (corpus / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
-    result = invoke("preprocess", root / "run", "--src-lang", "en", "--tgt-lang", "de", "--train", corpus / "train",
-                    "--valid", corpus / "valid", "--test", corpus / "test", *TINY)
-    assert result.exit_code == 0, result.output
-    if steps:
-        result = invoke("train", root / "run", "--max-steps", steps)
-        assert result.exit_code == 0, result.output
-    return root / "run"
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("translator"))
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture()
