@@ -189,10 +189,10 @@ DecodeConfigOpt = typer.Option(None, "--config", help="YAML file with a decode s
 DecodeSetOpt = typer.Option(None, "--set", help="Override one decode key, e.g. --set decode.max_len_a=1.2 (repeatable; see docs/config.md).")
 
 
-def load_translator(run_dir: Path, checkpoints: List[str], device: str, config_file: Optional[Path],
+def load_translator(doing: str, run_dir: Path, checkpoints: List[str], device: str, config_file: Optional[Path],
                     overrides: Optional[List[str]], **options: Any) -> "Translator":
     """The Translator of a command: the run's decode settings < --config < --set < the typed
-    options (--beam, ...), all checked by the config; its device and precision printed."""
+    options (--beam, ...), all checked by the config; "`doing` on DEVICE in PRECISION" printed."""
     from lstmmt.translate import warn
     from lstmmt.translator import Translator
 
@@ -206,7 +206,7 @@ def load_translator(run_dir: Path, checkpoints: List[str], device: str, config_f
     decode = build_config(Config.load(run.config), config_file, overrides).decode
     chosen = {key: value for key, value in options.items() if value is not None}
     translator = Translator.load(run_dir, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
-    stderr.print(f"Translating on {translator.device} in {translator.precision}", soft_wrap=True, markup=False)
+    stderr.print(f"{doing} on {translator.device} in {translator.precision}", soft_wrap=True, markup=False)
     return translator
 
 
@@ -236,7 +236,7 @@ def translate(
     from lstmmt.translate import check_paths, translate_file
 
     check_paths([input], output)
-    translator = load_translator(run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
+    translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
                                  length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens)
     lines = translate_file(translator, input, output, output_format, alignment)
     if output != "-":
@@ -265,7 +265,7 @@ def score(
     from lstmmt.translate import check_paths, score_file
 
     check_paths([src, tgt], output)
-    translator = load_translator(run_dir, checkpoint, device, config_file, overrides, length_penalty=length_penalty,
+    translator = load_translator("Scoring", run_dir, checkpoint, device, config_file, overrides, length_penalty=length_penalty,
                                  batch_tokens=batch_tokens)
     lines = score_file(translator, src, tgt, output)
     if output != "-":
@@ -287,7 +287,7 @@ def plot_attention(
     """Translate one sentence and draw its attention as a heatmap, source and target pieces as labels (needs matplotlib)."""
     from lstmmt.attention_plot import plot_attention as draw
 
-    translator = load_translator(run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=1)
+    translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=1)
     translation = translator.translate([sentence], alignment=True)[0]
     if translation.alignment is None:
         raise UserError("the sentence has nothing to translate")
