@@ -15,6 +15,12 @@ equals the generated length unless the model emitted a non-canonical segmentatio
 With --mode inprocess the same translate_stream runs inside this process instead (and on
 a GPU reports torch.cuda.max_memory_allocated); first-line time then excludes start-up.
 
+With --latency N the command runs as an interactive filter instead: after one warm-up
+line, N lines (of the input, in order) are written into its stdin one at a time, each
+after the previous answer arrived plus a --pause, and the time from writing a line to
+reading its translation is reported (median, max). translate must answer a line while
+its stdin stays open, so a version that waits for more input times out (--latency-timeout).
+
 Without --run, a model of the comparison size (issue 4) is trained for --train-steps
 steps into benchmarks/.cache (once; reused after): quality does not matter for speed,
 but output lengths do, so a slightly trained model is better than a random one.
@@ -22,6 +28,7 @@ but output lengths do, so a slightly trained model is better than a random one.
     python benchmarks/translate_speed.py                          # trains a quick model once
     python benchmarks/translate_speed.py --run runs/en-de --lines 100000 --beams 5
     python benchmarks/translate_speed.py --profile 1              # + torch profiler of one beam-5 batch
+    python benchmarks/translate_speed.py --run runs/en-de --latency 20 --beams 5   # pipe latency
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--train-steps", type=int, default=200, help="steps for the quick model when --run is not given")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override for the quick model")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="profile K batches of beam-5 search in-process and report the top ops")
+    ap.add_argument("--latency", type=int, default=0, metavar="N", help="measure pipe latency over N lines instead of throughput")
+    ap.add_argument("--pause", type=float, default=0.5, help="with --latency: seconds between an answer and the next line")
+    ap.add_argument("--latency-timeout", type=float, default=60.0, help="with --latency: give up on a line after this many seconds")
     return ap.parse_args()
 
 
@@ -148,29 +158,20 @@ class _Sink(io.StringIO):
 def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     import torch
 
-    from lstmmt import checkpoint
-    from lstmmt.device import resolve_device
-    from lstmmt.rundir import RunDir
-    from lstmmt.tokenizer import Tokenizer
-    from lstmmt.translate import SearchOptions, for_search, translate_stream
+    from lstmmt import Translator
+    from lstmmt.translate import translate_stream
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = RunDir(run_path)
-    device = resolve_device(args.device)
-    tokenizer = Tokenizer.load(run.tokenizer_dir)
-    model, config, _ = checkpoint.load_model(checkpoint.resolve(run, args.checkpoint), tokenizer)
-    options = SearchOptions.from_config(config.decode, beam)
-    if args.batch_tokens:
-        options.batch_tokens = args.batch_tokens
-    model = for_search(model, device, options.precision)
+    translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args))
+    device = translator.device
     reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     sink = _Sink(start)
     with open(input_path, "rb") as source:
-        translate_stream(model, tokenizer, source, sink, options, device, config.model.max_source_tokens)
+        translate_stream(translator, source, sink)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
@@ -178,6 +179,45 @@ def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argpa
     if device.type == "cuda":
         figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return figures, sink.getvalue().splitlines()
+
+
+def batch_tokens(args: argparse.Namespace) -> dict[str, int]:
+    """--batch-tokens as a decode override (none: the run's decode.batch_tokens)."""
+    return {"batch_tokens": args.batch_tokens} if args.batch_tokens else {}
+
+
+def pipe_latency(run: Path, input_path: Path, beam: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from writing a line into translate's stdin to reading its translation, per line."""
+    cmd = lstmmt_cmd("translate", str(run), "--beam", str(beam), "--device", args.device, "--checkpoint", args.checkpoint)
+    lines = input_path.read_text(encoding="utf-8").splitlines()[: args.latency + 1]
+    err_path = CACHE / "logs" / f"latency-beam{beam}.err"
+    err_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=thread_env(args.threads))
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            seconds = [answer_seconds(proc, line, args.pause, args.latency_timeout) for line in lines]  # the first is a warm-up
+        finally:
+            proc.kill()
+            proc.wait()
+    latencies = sorted(seconds[1:])
+    return {"lines": len(latencies), "pause_s": args.pause, "first_line_with_startup_s": round(seconds[0], 3),
+            "median_s": round(latencies[len(latencies) // 2], 3), "max_s": round(latencies[-1], 3)}
+
+
+def answer_seconds(proc: subprocess.Popen, line: str, pause: float, timeout: float) -> float:
+    """After `pause` seconds, write one line and wait for one output line; the seconds in between."""
+    import select
+
+    time.sleep(pause)
+    start = time.perf_counter()
+    proc.stdin.write((line + "\n").encode("utf-8"))
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise SystemExit(f"no answer within {timeout:.0f}s to a line written into an open pipe (translate waits for more input)")
+    proc.stdout.readline()
+    return time.perf_counter() - start
 
 
 def startup_seconds(run: Path, args: argparse.Namespace) -> float:
@@ -194,33 +234,24 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
     import numpy as np
     from torch.profiler import ProfilerActivity, profile
 
-    from lstmmt import checkpoint
-    from lstmmt.batching import collate, token_batches
-    from lstmmt.device import resolve_device
-    from lstmmt.rundir import RunDir
-    from lstmmt.tokenizer import Tokenizer
-    from lstmmt.translate import SearchOptions, _search, for_search
+    from lstmmt import Translator
+    from lstmmt.batching import token_batches
 
     from train_speed import top_ops
 
-    run = RunDir(run_path)
-    device = resolve_device(args.device)
-    tokenizer = Tokenizer.load(run.tokenizer_dir)
-    model, config, _ = checkpoint.load_model(checkpoint.resolve(run, args.checkpoint), tokenizer)
-    options = SearchOptions.from_config(config.decode, beam)
-    model = for_search(model, device, options.precision)
+    translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args))
+    device = translator.device
     lines = input_path.read_text(encoding="utf-8").splitlines()[:1000]
-    sentences = [np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_src(lines)]
+    sentences = [np.asarray(ids, dtype=np.int32) for ids in translator.tokenizer.encode_src(lines)]
     lengths = np.array([len(s) + 1 for s in sentences])
-    chosen = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, options.batch_tokens // beam))
+    chosen = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, translator.decode.batch_tokens // beam))
     chosen = chosen[len(chosen) // 2 : len(chosen) // 2 + batches]  # middle-length batches
-    _search(model, *(lambda b: (b.src, b.src_lengths))(collate(chosen[0], sentences).to(device)), options)  # warm-up
+    translator.search([sentences[i] for i in chosen[0]])  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         for indices in chosen:
-            batch = collate(indices, sentences).to(device)
-            _search(model, batch.src, batch.src_lengths, options)
+            translator.search([sentences[i] for i in indices])  # one batch: the budget cut them
     log(f"profiled {len(chosen)} batch(es) of {len(chosen[0])} sentences, beam {beam}, in {time.perf_counter() - start:.2f}s")
     return top_ops(prof, len(chosen), device, 15)
 
@@ -244,6 +275,13 @@ def main() -> None:
         "machine": machine(args.device),
         "beams": {},
     }
+    if args.latency:
+        result["latency"] = {}
+        for beam in beams:
+            result["latency"][str(beam)] = entry = pipe_latency(run, input_path, beam, args)
+            log(f"beam {beam}: pipe latency median {entry['median_s']:.3f}s, max {entry['max_s']:.3f}s over {entry['lines']} lines")
+        emit(result)
+        return
     if args.mode == "cli":
         result["startup_s"] = startup_seconds(run, args)
         log(f"start-up (one-line translate): {result['startup_s']:.2f}s")

@@ -7,12 +7,13 @@ LSTMMT_TRACEBACK=1 in the environment the full traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import click
 import typer
@@ -23,6 +24,9 @@ from rich.text import Text
 from lstmmt.config import Config, read_yaml
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir
+
+if TYPE_CHECKING:
+    from lstmmt.translator import Translator
 
 app = typer.Typer(
     add_completion=False,
@@ -180,26 +184,124 @@ def relaunch_under_torchrun(nproc: int) -> None:
     os.execv(sys.executable, command)
 
 
+CheckpointsOpt = typer.Option(["best"], "--checkpoint", help="best, last, averaged, or a checkpoint path; repeat it for an "
+                              "ensemble (mean of the models' log-probabilities; checkpoints of runs that share this run's tokenizer).")
+DeviceOpt = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+BeamOpt = typer.Option(None, "--beam", help="Beam size, >= 1; 1 is greedy search (decode.beam_size, default 5).")
+LengthPenaltyOpt = typer.Option(None, help="Rank hypotheses by log-probability / length ** this (decode.length_penalty); "
+                                "0 ranks by log-probability alone.")
+PrecisionOpt = typer.Option(None, help="auto, fp32 or bf16 (decode.precision): auto searches in bf16 where the device runs it "
+                            "natively (GPUs, CPUs with AVX512-BF16 or AMX), else fp32.")
+BatchTokensOpt = typer.Option(None, help="Source tokens x beam per batch, >= 1 (decode.batch_tokens).")
+DecodeConfigOpt = typer.Option(None, "--config", help="YAML file with a decode section laid over the run's decode settings.")
+DecodeSetOpt = typer.Option(None, "--set", help="Override one decode key, e.g. --set decode.max_len_a=1.2 (repeatable; see docs/config.md).")
+
+
+def load_translator(doing: str, run_dir: Path, checkpoints: List[str], device: str, config_file: Optional[Path],
+                    overrides: Optional[List[str]], **options: Any) -> "Translator":
+    """The Translator of a command: the run's decode settings < --config < --set < the typed
+    options (--beam, ...), all checked by the config; "`doing` on DEVICE in PRECISION" printed."""
+    from lstmmt.translate import warn
+    from lstmmt.translator import Translator
+
+    run = RunDir(run_dir)
+    run.require_checkpoint()
+    for assignment in overrides or []:
+        if not assignment.strip().startswith("decode."):
+            raise UserError(f"this command takes decode settings only: --set decode.KEY=VALUE, got {assignment!r}")
+    if config_file is not None and set(read_yaml(config_file)) - {"decode"}:
+        raise UserError(f"{config_file}: this command reads only a decode section, found {', '.join(read_yaml(config_file))}")
+    decode = build_config(Config.load(run.config), config_file, overrides).decode
+    chosen = {key: value for key, value in options.items() if value is not None}
+    translator = Translator.load(run_dir, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
+    stderr.print(f"{doing} on {translator.device} in {translator.precision}", soft_wrap=True, markup=False)
+    return translator
+
+
 @app.command()
 @friendly
 def translate(
     run_dir: Path = RunArg,
-    input: str = typer.Option("-", "--input", "-i", help="Input file, one sentence a line; - for stdin."),
+    input: str = typer.Option("-", "--input", "-i", help="Input file, pipe or device, one sentence a line; - for stdin. "
+                              "Lines are answered as soon as input pauses (an interactive filter)."),
     output: str = typer.Option("-", "--output", "-o", help="Output file; - for stdout. A file appears only once complete."),
-    beam: Optional[int] = typer.Option(None, "--beam", help="Beam size; 1 is greedy search (default: decode.beam_size, 5)."),
-    n_best: int = typer.Option(1, "--n-best", help="Write the K best translations per line as `line ||| text ||| score`."),
-    length_penalty: Optional[float] = typer.Option(None, help="Rank hypotheses by log-probability / length ** this (decode.length_penalty); 0 ranks by log-probability alone."),
-    precision: Optional[str] = typer.Option(None, help="auto, fp32 or bf16 (decode.precision): auto searches in bf16 where the device runs it natively (GPUs, CPUs with AVX512-BF16 or AMX), else fp32."),
-    batch_tokens: Optional[int] = typer.Option(None, help="Source tokens x beam per batch (decode.batch_tokens)."),
-    checkpoint: str = typer.Option("best", help="best, last, averaged, or a checkpoint path."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    beam: Optional[int] = BeamOpt,
+    n_best: Optional[int] = typer.Option(None, "--n-best", help="Write the K best translations per line (1 <= K <= beam) as "
+                                         "`line ||| text ||| score` (decode.n_best)."),
+    length_penalty: Optional[float] = LengthPenaltyOpt,
+    precision: Optional[str] = PrecisionOpt,
+    batch_tokens: Optional[int] = BatchTokensOpt,
+    checkpoint: List[str] = CheckpointsOpt,
+    device: str = DeviceOpt,
+    config_file: Optional[Path] = DecodeConfigOpt,
+    overrides: Optional[List[str]] = DecodeSetOpt,
+    output_format: str = typer.Option("text", "--format", help="text (one translation, or the n-best rows, per line) or jsonl "
+                                      "(one JSON object per line: text, score, log_prob, n_best; see docs/api.md)."),
+    alignment: bool = typer.Option(False, "--alignment", help="With --format jsonl: add the attention weights over source and "
+                                   "target pieces and a hard word alignment."),
 ) -> None:
     """Translate text with beam search: one output line per input line, in order."""
-    from lstmmt.translate import translate_file
+    from lstmmt.translate import check_paths, translate_file
 
-    lines = translate_file(RunDir(run_dir), input, output, checkpoint, beam, n_best, batch_tokens, device, length_penalty, precision)
+    check_paths([input], output)
+    translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
+                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens)
+    lines = translate_file(translator, input, output, output_format, alignment)
     if output != "-":
-        stderr.print(f"Translated {lines:,} lines into {output}")
+        stderr.print(f"Translated {lines:,} lines into {output}", soft_wrap=True, markup=False)
+
+
+@app.command()
+@friendly
+def score(
+    run_dir: Path = RunArg,
+    src: str = typer.Option(..., "--src", help="Source sentences, one a line (a file, a pipe, or - for stdin)."),
+    tgt: str = typer.Option(..., "--tgt", help="Their translations, line N of --tgt for line N of --src."),
+    output: str = typer.Option("-", "--output", "-o", help="Output file; - for stdout. A file appears only once complete."),
+    length_penalty: Optional[float] = LengthPenaltyOpt,
+    batch_tokens: Optional[int] = BatchTokensOpt,
+    checkpoint: List[str] = CheckpointsOpt,
+    device: str = DeviceOpt,
+    config_file: Optional[Path] = DecodeConfigOpt,
+    overrides: Optional[List[str]] = DecodeSetOpt,
+) -> None:
+    """Score given translations by forced decoding: one line `score<TAB>log_prob` per sentence pair.
+
+    log_prob sums the log-probabilities of the target's tokens and EOS; score divides it by
+    tokens ** decode.length_penalty, as search ranks hypotheses.
+    """
+    from lstmmt.translate import check_paths, score_file
+
+    check_paths([src, tgt], output)
+    translator = load_translator("Scoring", run_dir, checkpoint, device, config_file, overrides, length_penalty=length_penalty,
+                                 batch_tokens=batch_tokens)
+    lines = score_file(translator, src, tgt, output)
+    if output != "-":
+        stderr.print(f"Scored {lines:,} pairs into {output}", soft_wrap=True, markup=False)
+
+
+@app.command("plot-attention")
+@friendly
+def plot_attention(
+    run_dir: Path = RunArg,
+    sentence: str = typer.Argument(..., help="The source sentence to translate.", show_default=False),
+    output: Path = typer.Option(Path("attention.png"), "--output", "-o", help="Where to write the PNG."),
+    beam: Optional[int] = BeamOpt,
+    checkpoint: List[str] = CheckpointsOpt,
+    device: str = DeviceOpt,
+    config_file: Optional[Path] = DecodeConfigOpt,
+    overrides: Optional[List[str]] = DecodeSetOpt,
+) -> None:
+    """Translate one sentence and draw its attention as a heatmap, source and target pieces as labels (needs matplotlib)."""
+    from lstmmt.attention_plot import plot_attention as draw
+
+    translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=1)
+    translation = translator.translate([sentence], alignment=True)[0]
+    if translation.alignment is None:
+        raise UserError("the sentence has nothing to translate")
+    draw(translation.alignment, output)
+    stdout.print(translation.text, markup=False, soft_wrap=True)
+    stderr.print(f"Wrote {output}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -244,18 +346,21 @@ def average(
     last: Optional[int] = typer.Option(None, help="Average the N newest step-N.pt checkpoints."),
     best: Optional[int] = typer.Option(None, help="Average the N checkpoints with the best validation BLEU among the kept ones."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN/checkpoints/averaged.pt)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Score the average and best.pt on the validation split "
+                               "(greedy BLEU) and write best.pt's weights instead if the average scores lower."),
+    device: str = typer.Option("auto", help="With --check: auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Average checkpoints into one model (use it with --checkpoint averaged)."""
+    """Average checkpoints into one model (use it with --checkpoint averaged); never worse than best.pt on val."""
     from lstmmt import checkpoint
+    from lstmmt.averaging import average_checkpoints
 
     run = RunDir(run_dir)
     run.require_checkpoint()
     if (last is None) == (best is None):
         raise UserError("pass exactly one of --last N or --best N")
     paths = checkpoint.select_for_average(run, last=last, best=best)
-    target = output or run.checkpoints / "averaged.pt"
-    checkpoint.save(target, checkpoint.average(paths))
-    stderr.print(f"Averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) into {target}")
+    result = average_checkpoints(run, paths, output or run.checkpoint("averaged"), device, check)
+    stderr.print(Text(result.summary()), soft_wrap=True)
 
 
 @app.command()

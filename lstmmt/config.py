@@ -8,6 +8,7 @@ and ill-typed values are errors that list what is allowed, never silently droppe
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,8 +65,6 @@ class ModelConfig:
     """Initial weights: every parameter from U(-init_range, init_range), as OpenNMT-py does (learns much faster early on), or PyTorch's per-layer defaults (embeddings N(0, 1/embed_size))."""
     init_range: float = 0.1
     """r of `init: uniform`."""
-    max_source_tokens: int = 250
-    """Longer inputs are truncated at translation time, with a warning."""
 
 
 @dataclass
@@ -107,18 +106,49 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    """Search settings for validation and translate."""
+    """Search settings for validation, translate, score and the Translator API."""
 
     beam_size: int = 5
+    """1 is greedy search."""
+    n_best: int = 1
+    """Hypotheses returned per sentence, best first (1 to beam_size)."""
     length_penalty: float = 1.0
     """Hypothesis score = log-probability / length ** length_penalty."""
     max_len_a: float = 1.5
     max_len_b: int = 10
     """Outputs stop at max_len_a * source_length + max_len_b tokens."""
-    batch_tokens: int = 8000
-    """Source-token budget per translation batch (times the beam size inside search)."""
+    batch_tokens: Optional[int] = None
+    """Source-token budget per translation batch (times the beam size inside search); null: chosen by the device (8,000 on a CPU, 32,768 on a GPU)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 where the device runs it natively, else fp32. bf16 searches in bf16 (weights cast once on CPU, autocast on GPUs); see docs/performance.md for its BLEU cost."""
+    max_source_tokens: int = 250
+    """Longer inputs are truncated at translation time, with a warning."""
+
+    def check(self) -> None:
+        """Each setting's allowed range, named with its key (UserError otherwise)."""
+        checks = [
+            (self.beam_size >= 1, "decode.beam_size must be an integer >= 1 (1 is greedy search)", self.beam_size),
+            (1 <= self.n_best <= self.beam_size, f"decode.n_best must be between 1 and decode.beam_size ({self.beam_size})", self.n_best),
+            (math.isfinite(self.length_penalty), "decode.length_penalty must be a finite number", self.length_penalty),
+            (math.isfinite(self.max_len_a) and self.max_len_a >= 0, "decode.max_len_a must be a finite number >= 0", self.max_len_a),
+            (self.max_len_b >= 0, "decode.max_len_b must be an integer >= 0", self.max_len_b),
+            (self.batch_tokens is None or self.batch_tokens >= 1, "decode.batch_tokens must be an integer >= 1 (or null: the device's default)", self.batch_tokens),
+            (self.max_source_tokens >= 1, "decode.max_source_tokens must be an integer >= 1", self.max_source_tokens),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise UserError(f"{message}, got {value!r}")
+
+    def updated(self, **values: Any) -> "DecodeConfig":
+        """These settings with `values` (decode keys) replaced, each type- and range-checked."""
+        hints = typing.get_type_hints(DecodeConfig)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise UserError(f"unknown decode setting(s) {', '.join(unknown)}; valid: {', '.join(hints)}")
+        typed = {key: _check_type(value, hints[key], f"decode.{key}") for key, value in values.items()}
+        updated = dataclasses.replace(self, **typed)
+        updated.check()
+        return updated
 
 
 @dataclass
@@ -138,16 +168,16 @@ class Config:
             (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (self.model.init_range > 0, "model.init_range must be positive"),
             (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
-            ((self.train.batch_tokens or 1) > 0 and self.decode.batch_tokens > 0, "batch_tokens must be positive"),
+            ((self.train.batch_tokens or 1) > 0, "train.batch_tokens must be positive"),
             (self.train.window_sentences > 0, "train.window_sentences must be positive"),
             (self.train.lr > 0, "train.lr must be positive"),
             (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
-            (self.decode.beam_size >= 1, "decode.beam_size must be >= 1"),
             (self.data.max_tokens >= 1, "data.max_tokens must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self.decode.check()
         for duration in (self.train.max_time, self.train.valid_every_time):
             if duration is not None:
                 parse_duration(duration)
@@ -158,7 +188,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":
-        return _build(cls, raw, "").validate()
+        return _build(cls, _moved_keys(raw), "").validate()
 
     def save(self, path: Path) -> None:
         from lstmmt.rundir import atomic_write_text
@@ -172,7 +202,7 @@ class Config:
     def merged(self, raw: dict[str, Any]) -> "Config":
         """This config with the (possibly partial) sections in `raw` laid over it."""
         base = self.to_dict()
-        for section, values in raw.items():
+        for section, values in _moved_keys(raw).items():
             if section not in base:
                 raise UserError(f"unknown config section {section!r}; valid: {', '.join(base)}")
             if not isinstance(values, dict):
@@ -193,6 +223,25 @@ class Config:
                 raise UserError(f"unknown key {key!r}; valid keys of {section}: {', '.join(hints)}")
             raw.setdefault(section, {})[name] = _parse_value(text.strip(), hints[name], key)
         return self.merged(raw)
+
+
+_MOVED = {("model", "max_source_tokens"): "decode"}
+"""Keys that moved to another section: (old section, key) -> new section. Configs and
+checkpoints written before the move still load; an explicit new-place value wins."""
+
+
+def _moved_keys(raw: Any) -> Any:
+    """`raw` with keys at their old places moved to their new sections."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for (old, key), new in _MOVED.items():
+        if isinstance(raw.get(old), dict) and key in raw[old]:
+            value = raw[old].pop(key)
+            target = raw.setdefault(new, {})
+            if isinstance(target, dict):
+                target.setdefault(key, value)
+    return raw
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.text import Text
 
+from lstmmt.config import Config
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir, atomic_write_text
 from lstmmt.scoring import score
-from lstmmt.translate import translate_file
+from lstmmt.translate import translate_file, warn
+from lstmmt.translator import Translator
 
 stderr = Console(stderr=True)
 
@@ -43,13 +46,27 @@ def evaluate_files(run: RunDir, hyp: Path, ref: Path, name: Optional[str] = None
 
 
 def evaluate_split(run: RunDir, split: str, checkpoint_name: str, beam_size: Optional[int], device: str) -> dict[str, Any]:
-    """Score a stored split, translating its source into RUN/translations/SPLIT.hyp first if needed."""
+    """Score a stored split, translating its source first unless a translation with the same
+    options exists (see `split_hypothesis`)."""
     run.require_preprocessed()
     source, reference = run.text(split, "src"), run.text(split, "tgt")
     if not source.exists():
         raise UserError(f"{run.root} has no stored {split} split: pass --{split} to `lstmmt preprocess`, or use --hyp/--ref")
-    hyp = run.translations / f"{split}.hyp"
+    overrides = {} if beam_size is None else {"beam_size": beam_size}
+    run_decode = Config.load(run.config).decode
+    hyp = split_hypothesis(run, split, checkpoint_name, run_decode.updated(**overrides).beam_size, run_decode.beam_size)
     if not hyp.exists():
-        stderr.print(f"Translating the {split} split into {hyp}")
-        translate_file(run, str(source), str(hyp), checkpoint_name, beam_size, device_name=device)
+        translator = Translator.load(run.root, checkpoint_name, device, warn=warn, **overrides)
+        stderr.print(Text(f"Translating the {split} split into {hyp} on {translator.device} in {translator.precision}"), soft_wrap=True)
+        translate_file(translator, str(source), str(hyp))
     return evaluate_files(run, hyp, reference, split) | {"checkpoint": checkpoint_name}
+
+
+def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, beam_size: int, run_beam_size: int) -> Path:
+    """Where the translation of a split with these options lives: RUN/translations/SPLIT.hyp
+    for the best checkpoint with the run's decode settings (what `translate --checkpoint best`
+    writes there in the recipes), else SPLIT.CHECKPOINT.beamK.hyp, so a translation made with
+    other options is never scored in place of the one asked for."""
+    if checkpoint_name == "best" and beam_size == run_beam_size:
+        return run.translations / f"{split}.hyp"
+    return run.translations / f"{split}.{Path(checkpoint_name).stem}.beam{beam_size}.hyp"

@@ -75,15 +75,18 @@ class Attention(nn.Module):
         """query (k*B, T, H) -> context (k*B, T, H) for memory of B rows, each shared by k
         consecutive query rows (k = 1 in training); padded source positions get zero weight."""
         rows, steps, size = query.shape
-        query = query.reshape(memory.mask.size(0), -1, size)  # (B, k*T, H)
+        return torch.bmm(self.weights(query, memory), memory.values).view(rows, steps, size)
+
+    def weights(self, query: Tensor, memory: Memory) -> Tensor:
+        """query (k*B, T, H) -> attention weights (B, k*T, S), summing to 1 over real source positions."""
+        query = query.reshape(memory.mask.size(0), -1, query.size(-1))  # (B, k*T, H)
         if self.kind == "bahdanau":
             hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + memory.keys.unsqueeze(1))  # (B, T, S, H)
             scores = self.energy(hidden).squeeze(-1)  # (B, T, S)
         else:
             scores = torch.bmm(query, memory.keys.transpose(1, 2))  # (B, T, S)
         scores = scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights, memory.values).view(rows, steps, size)
+        return torch.softmax(scores, dim=-1)
 
 
 class Dropout(nn.Module):

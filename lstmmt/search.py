@@ -1,35 +1,52 @@
-"""Greedy and batched beam search over any model with the step API.
+"""Greedy and batched beam search over any model with the step API (`StepModel`).
 
-The model needs two methods (see lstmmt/model.py), so search never knows it is an LSTM:
-
-    encode(src, src_lengths) -> (memory, state)
-    decode_step(prev_tokens, memory, state) -> (log_probs (N, V) float32, a new tensor search may overwrite, state)
-
-where memory and state have `select(index)` to pick and reorder rows. Memory has one row
-per sentence; during beam search the state and prev_tokens have one row per hypothesis,
-the `beam` hypotheses of a sentence in consecutive rows, and decode_step must pair row i
-with memory row i // beam (so encoder outputs are never copied per beam). Beam search keeps
-all live sentences x beams as one tensor program: each step is one top-k over
-beam x vocabulary per sentence; hypotheses that end are set aside, and a sentence with
-`beam` finished hypotheses stops searching. Finished sentences leave the batch in steps
-(see `_BeamState._rows_to_keep`), so the batch takes only a few shapes as it shrinks.
+Search never knows it is an LSTM, or one model: an ensemble is one more StepModel
+(lstmmt/decoding.py). Beam search keeps all live sentences x beams as one tensor program:
+each step is one top-k over beam x vocabulary per sentence; hypotheses that end are set
+aside, and a sentence with `beam` finished hypotheses stops searching. Finished sentences
+leave the batch in steps (see `_BeamState._rows_to_keep`), so the batch takes only a few
+shapes as it shrinks. Every setting comes from one DecodeConfig.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
+from lstmmt.config import DecodeConfig
 from lstmmt.tokenizer import BOS, EOS
+
+R = TypeVar("R", bound="Rows")
+
+
+class Rows(Protocol):
+    """Memory or decoder state: anything whose rows search can pick and reorder."""
+
+    def select(self: R, index: Tensor) -> R:
+        """The rows at `index` (a 1-D long tensor), in that order."""
+        ...
 
 
 class StepModel(Protocol):
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Any, Any]: ...
+    """What search needs of a model.
 
-    def decode_step(self, prev_tokens: Tensor, memory: Any, state: Any) -> tuple[Tensor, Any]: ...
+    Memory has one row per sentence. During beam search the state and prev_tokens have one
+    row per hypothesis, the `beam` hypotheses of a sentence in consecutive rows, and
+    decode_step must pair row i with memory row i // beam (so encoder outputs are never
+    copied per beam). The log-probabilities decode_step returns must be a new float32
+    tensor: search adds scores to it in place.
+    """
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Rows, Rows]:
+        """src (B, S) padded ids ending in EOS, src_lengths (B,) -> (memory, first decoder state)."""
+        ...
+
+    def decode_step(self, prev_tokens: Tensor, memory: Any, state: Any) -> tuple[Tensor, Rows]:
+        """prev_tokens (N,) -> (log-probabilities (N, V) float32, next state)."""
+        ...
 
 
 @dataclass
@@ -44,47 +61,50 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return (src_lengths.double() * a + b).floor().clamp(min=1).long()
 
 
+def search(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig) -> list[list[Hypothesis]]:
+    """The options.n_best best hypotheses per sentence: greedy search for beam size 1 (the
+    same result as a beam of one, faster), beam search otherwise."""
+    if options.beam_size == 1:
+        return [[hyp] for hyp in greedy_search(model, src, src_lengths, options)]
+    return beam_search(model, src, src_lengths, options)
+
+
 @torch.inference_mode()
-def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
-    """Most probable next token at every step, for a whole batch; returns ids without BOS/EOS."""
+def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig) -> list[Hypothesis]:
+    """The most probable next token at every step, for a whole batch; one hypothesis per sentence."""
     memory, state = model.encode(src, src_lengths)
-    limits = max_lengths(src_lengths, max_len_a, max_len_b).to(src.device)
+    limits = max_lengths(src_lengths, options.max_len_a, options.max_len_b).to(src.device)
     batch = src.size(0)
     prev = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
     done = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    log_prob = torch.zeros(batch, dtype=torch.float64, device=src.device)
     steps = []
     for t in range(int(limits.max())):
         log_probs, state = model.decode_step(prev, memory, state)
         prev = log_probs.argmax(dim=-1).masked_fill(done, EOS)
         prev = prev.masked_fill(limits <= t + 1, EOS)  # the last allowed position ends the sentence
+        log_prob += log_probs.gather(1, prev.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
         steps.append(prev)
         done |= prev == EOS
         if bool(done.all()):
             break
-    out = torch.stack(steps, dim=1).tolist()
-    return [row[: row.index(EOS)] if EOS in row else row for row in out]
+    rows = torch.stack(steps, dim=1).tolist()
+    tokens = [row[: row.index(EOS)] if EOS in row else row for row in rows]
+    return [Hypothesis(t, lp / (len(t) + 1) ** options.length_penalty, lp) for t, lp in zip(tokens, log_prob.tolist())]
 
 
 @torch.inference_mode()
-def beam_search(
-    model: StepModel,
-    src: Tensor,
-    src_lengths: Tensor,
-    beam_size: int = 5,
-    length_penalty: float = 1.0,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    n_best: int = 1,
-) -> list[list[Hypothesis]]:
-    """The n_best hypotheses per sentence, best first. With beam_size 1 this is greedy search."""
+def beam_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig) -> list[list[Hypothesis]]:
+    """The options.n_best hypotheses per sentence, best first. With beam_size 1 this is greedy search."""
+    beam_size, n_best = options.beam_size, options.n_best
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and beam_size")
     memory, state = model.encode(src, src_lengths)
-    search = _BeamState(src.size(0), beam_size, max_lengths(src_lengths, max_len_a, max_len_b), src.device)
+    search = _BeamState(src.size(0), beam_size, max_lengths(src_lengths, options.max_len_a, options.max_len_b), src.device)
     state = state.select(torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size))
     while search.searching:
         log_probs, state = model.decode_step(search.tokens[:, -1], memory, state)
-        reorder, keep = search.advance(log_probs, length_penalty)
+        reorder, keep = search.advance(log_probs, options.length_penalty)
         if keep is not None:
             memory = memory.select(keep)
         state = state.select(reorder)

@@ -136,6 +136,14 @@ class Tokenizer:
             return []  # SentencePiece reads an empty batch as one empty sentence
         return self._tgt.decode(ids)
 
+    def src_pieces(self, ids: list[int]) -> list[str]:
+        """The source pieces of ids (for attention labels and word alignments)."""
+        return [self._src.id_to_piece(i) for i in ids]
+
+    def tgt_pieces(self, ids: list[int]) -> list[str]:
+        """The target pieces of ids."""
+        return [self._tgt.id_to_piece(i) for i in ids]
+
 
 def _processor(path: Path) -> spm.SentencePieceProcessor:
     return spm.SentencePieceProcessor(model_file=str(path))

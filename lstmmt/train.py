@@ -38,7 +38,7 @@ from lstmmt.rundir import RunDir
 from lstmmt.schedule import learning_rate
 from lstmmt.tokenizer import PAD, Tokenizer
 from lstmmt.trainlog import TrainingOutput
-from lstmmt.translate import SearchOptions, decode_corpus
+from lstmmt.translator import Translator
 
 FAILED_STOPS = {"SIGINT": 130, "SIGTERM": 143, "non-finite loss": 1}
 """Ways training can end unfinished, with the exit status the CLI gives each."""
@@ -388,9 +388,8 @@ class Trainer:
             batch = collate(indices, self.valid_src, self.valid_tgt)
             total_loss += token_loss(self.model, batch.to(self.device), self.precision.name)
             total_tokens += batch.tgt_tokens
-        options = replace(SearchOptions.from_config(self.config.decode, beam_size=1), precision=self.precision.name)
-        hyps = decode_corpus(self.model, [self.valid_src[i] for i in range(len(self.valid_src))], options, self.device)
-        texts = self.tokenizer.decode_tgt([h[0].tokens for h in hyps])
+        greedy = Translator(self.model, self.tokenizer, self.config.decode.updated(beam_size=1, n_best=1), self.device, self.precision)
+        texts = greedy.translate_encoded([self.valid_src[i] for i in range(len(self.valid_src))])
         self.model.train()
         loss = total_loss.item() / max(total_tokens, 1)
         return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bleu": sacrebleu.corpus_bleu(texts, [self.valid_refs]).score}

@@ -1,165 +1,147 @@
-"""The translate step: text in, text out, exactly one output line per input line, in order.
+"""The translate and score steps: text in, text out, exactly one output line per input line, in order.
 
-Input is read in chunks (bounded memory on big files and pipes; small at first, so output
-starts soon), each chunk sorted by length into token-budget batches for search, and
-written back in input order.
+Input is read as it becomes available: whatever lines are there (up to a chunk of 5,000)
+are translated, written and flushed before reading on. From a file that means large chunks,
+sorted by length into well-filled batches; from a terminal or a pipe whose writer pauses
+it means each line is answered at once (an interactive filter).
 
 Lines end at "\n" only (CRLF works). The other characters str.splitlines() breaks on
 (\r \v \f \x1c-\x1e \x85 \u2028 \u2029) become spaces inside an input line, as preprocess
 does to the training text, and never appear inside an output line. A line with nothing to
 translate (empty, whitespace, or only characters the tokenizer drops) gives an empty line;
 invalid UTF-8 is replaced by U+FFFD with a warning naming the line; over-long lines are
-truncated to the model's maximum source length with a warning naming the line.
+truncated to decode.max_source_tokens with a warning naming the line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
+import json
+import os
+import select
+import signal
 import sys
-from dataclasses import dataclass, replace
+import threading
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, Sequence, TextIO
+from typing import BinaryIO, Callable, Iterator, Optional, TextIO
 
-import numpy as np
-import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from lstmmt import checkpoint
-from lstmmt.batching import collate, token_batches
-from lstmmt.config import DecodeConfig
-from lstmmt.corpus import one_line
-from lstmmt.device import autocast, choose_precision, resolve_device
 from lstmmt.errors import UserError
-from lstmmt.model import Seq2Seq
-from lstmmt.search import Hypothesis, beam_search, greedy_search
-from lstmmt.rundir import RunDir, atomic_write
-from lstmmt.tokenizer import Tokenizer
+from lstmmt.rundir import atomic_write
+from lstmmt.translator import Translation, Translator, as_dict
 
 stderr = Console(stderr=True)
 
-@dataclass
-class SearchOptions:
-    beam_size: int
-    n_best: int
-    length_penalty: float
-    max_len_a: float
-    max_len_b: int
-    batch_tokens: int
-    precision: str = "fp32"
-
-    @classmethod
-    def from_config(cls, config: DecodeConfig, beam_size: Optional[int] = None, n_best: int = 1) -> "SearchOptions":
-        return cls(beam_size or config.beam_size, n_best, config.length_penalty, config.max_len_a, config.max_len_b,
-                   config.batch_tokens, config.precision)
+CHUNK_LINES = 5000
+"""Most lines translated at once: enough to sort into full batches, bounded memory on big inputs."""
+FORMATS = ("text", "jsonl")
 
 
-def for_search(model: Seq2Seq, device: torch.device, precision: str) -> Seq2Seq:
-    """The model on `device` in eval mode. For bf16 search on CPU its weights become bf16
-    once, where autocast alone casts each weight again at every decoder step (a fifth of
-    beam-search time); on GPUs autocast keeps the LSTM on its usual cuDNN path."""
-    model = model.to(device).eval()
-    return model.to(torch.bfloat16) if precision == "bf16" and device.type == "cpu" else model
+def warn(message: str) -> None:
+    """One warning line on stderr; the message is printed as it is (no rich markup)."""
+    stderr.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
-def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray], options: SearchOptions, device: torch.device) -> list[list[Hypothesis]]:
-    """Search every sentence (source ids without EOS); results in input order.
+def decode_line(raw: bytes, number: int) -> str:
+    """A line's text; invalid UTF-8 becomes U+FFFD with a warning naming the line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        warn(f"line {number}: invalid UTF-8 replaced by U+FFFD")
+        return raw.decode("utf-8", errors="replace")
 
-    Sorting by length keeps padding low; the batch budget counts source tokens x beams.
-    Each sentence's result does not depend on the batch it lands in.
+
+def read_chunks(stream: BinaryIO, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, lines) of the input as it becomes available, at most chunk_lines at a time.
+
+    Splitting on b"\n" only, so "\r\n" files count their lines right and a stray form feed
+    or U+2028 inside a line cannot split it (the Translator turns it into a space).
     """
-    model.eval()
-    lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    budget = max(1, options.batch_tokens // options.beam_size)
-    results: list[list[Hypothesis]] = [[] for _ in sentences]
-    for indices in token_batches(order, lengths, budget):
-        batch = collate(indices, sentences).to(device)
-        with autocast(device, options.precision):
-            hyps_of_batch = _search(model, batch.src, batch.src_lengths, options)
-        for index, hyps in zip(indices, hyps_of_batch):
-            results[index] = hyps
-    return results
+    number = 1
+    for raws in _raw_chunks(stream, chunk_lines):
+        yield number, [decode_line(raw, number + i) for i, raw in enumerate(raws)]
+        number += len(raws)
 
 
-def _search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, options: SearchOptions) -> list[list[Hypothesis]]:
-    if options.beam_size == 1:
-        return [[Hypothesis(tokens, 0.0, 0.0)] for tokens in greedy_search(model, src, src_lengths, options.max_len_a, options.max_len_b)]
-    return beam_search(model, src, src_lengths, options.beam_size, options.length_penalty, options.max_len_a, options.max_len_b, options.n_best)
+def _raw_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[list[bytes]]:
+    """Raw lines in chunks: from a file descriptor as they arrive; from an in-memory stream
+    (no descriptor: everything is there already) in chunks of chunk_lines."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        chunk: list[bytes] = []
+        for raw in stream:
+            chunk.append(raw.removesuffix(b"\n"))
+            if len(chunk) == chunk_lines:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    yield from _available_lines(fd, chunk_lines)
 
 
-def translate_lines(
-    model: Seq2Seq, tokenizer: Tokenizer, lines: list[str], options: SearchOptions, device: torch.device,
-    max_source_tokens: int, first_line: int = 1,
-) -> list[list[Hypothesis]]:
-    """Translate stripped lines. Warns on truncation.
+def _available_lines(fd: int, chunk_lines: int) -> Iterator[list[bytes]]:
+    """Complete lines read from `fd`, handed on whenever no more input is ready at once (or a
+    chunk is full). os.read blocks only while there is nothing to hand on; poll(0) tells
+    whether more input is ready (always, for regular files; for a pipe or terminal, not once
+    the writer pauses)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    lines: list[bytes] = []
+    partial: list[bytes] = []  # pieces of a line whose end has not arrived yet
+    while True:
+        if lines and (len(lines) >= chunk_lines or not poller.poll(0)):
+            yield lines[:chunk_lines]
+            lines = lines[chunk_lines:]
+            continue
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        if b"\n" not in data:
+            partial.append(data)
+            continue
+        first, *rest = data.split(b"\n")
+        lines.append(b"".join(partial) + first)
+        lines.extend(rest[:-1])
+        partial = [rest[-1]] if rest[-1] else []
+    if partial:
+        lines.append(b"".join(partial))
+    while lines:
+        yield lines[:chunk_lines]
+        lines = lines[chunk_lines:]
 
-    A line without source tokens yields no hypotheses: besides empty lines, that is a line of
-    characters the tokenizer's normaliser drops (U+FFFD, zero-width space, BOM), which would
-    otherwise be "translated" from nothing into whatever the decoder makes up.
+
+def format_output(translation: Translation, n_best: int, line_index: int, output_format: str = "text") -> list[str]:
+    """The output lines for one input line.
+
+    text: the best translation, or with n_best > 1 one line per hypothesis as
+    `index ||| translation ||| score` (Moses n-best style); a line with nothing to translate
+    still gets its row: an empty line, or `index |||  ||| 0.0000`, so every input index
+    appears. jsonl: one JSON object (see docs/api.md).
     """
-    encoded = tokenizer.encode_src(lines)
-    for offset, ids in enumerate(encoded):
-        if len(ids) > max_source_tokens:
-            stderr.print(f"[yellow]warning:[/] line {first_line + offset}: {len(ids)} tokens, truncated to {max_source_tokens}")
-    keep = [i for i, ids in enumerate(encoded) if ids]
-    sentences = [np.asarray(encoded[i][:max_source_tokens], dtype=np.int32) for i in keep]
-    results: list[list[Hypothesis]] = [[] for _ in lines]
-    for i, hyps in zip(keep, decode_corpus(model, sentences, options, device)):
-        results[i] = hyps
-    return results
-
-
-def read_chunks(stream: BinaryIO, chunk_lines: int, first_chunk: int = 64) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, stripped lines) in chunks; invalid UTF-8 becomes U+FFFD with a warning.
-
-    Chunks start at `first_chunk` lines and double up to `chunk_lines`: the first output
-    comes quickly, and later chunks are large enough to sort into well-filled batches.
-    Iterating a binary stream splits on b"\n" only, so "\r\n" files count their lines right
-    and a stray form feed or U+2028 inside a line cannot split it (it becomes a space).
-    """
-    chunk: list[str] = []
-    first, size = 1, min(first_chunk, chunk_lines)
-    for number, raw in enumerate(stream, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            stderr.print(f"[yellow]warning:[/] line {number}: invalid UTF-8 replaced by U+FFFD")
-        chunk.append(one_line(line))
-        if len(chunk) == size:
-            yield first, chunk
-            first, chunk, size = number + 1, [], min(2 * size, chunk_lines)
-    if chunk:
-        yield first, chunk
-
-
-def format_output(hyps: list[Hypothesis], tokenizer: Tokenizer, n_best: int, line_index: int) -> list[str]:
-    """The output lines for one input line: the best translation, or with n_best > 1 one line
-    per hypothesis as `index ||| translation ||| score` (Moses n-best style).
-
-    A line with nothing to translate (no hypotheses) still gets its row: an empty line, or
-    `index |||  ||| 0.0000` in n-best mode, so every input index appears in the output.
-    Line breaks in decoded text become spaces: pieces of a tokenizer trained elsewhere
-    could hold them, and one would split an output line in two.
-    """
-    if not hyps:
-        return [""] if n_best == 1 else [f"{line_index} |||  ||| 0.0000"]
-    texts = [one_line(text) for text in tokenizer.decode_tgt([h.tokens for h in hyps])]
+    if output_format == "jsonl":
+        return [json.dumps(as_dict(translation), ensure_ascii=False)]
     if n_best == 1:
-        return [texts[0]]
-    return [f"{line_index} ||| {text} ||| {hyp.score:.4f}" for text, hyp in zip(texts, hyps)]
+        return [translation.text]
+    if not translation.n_best:
+        return [f"{line_index} |||  ||| 0.0000"]
+    return [f"{line_index} ||| {c.text} ||| {c.score:.4f}" for c in translation.n_best]
 
 
-def translate_stream(
-    model: Seq2Seq, tokenizer: Tokenizer, source: BinaryIO, target: TextIO, options: SearchOptions,
-    device: torch.device, max_source_tokens: int, chunk_lines: int = 5000, progress: Optional[Callable[[int], None]] = None,
-) -> int:
-    """Translate `source` to `target` chunk by chunk; returns the number of input lines."""
+def translate_stream(translator: Translator, source: BinaryIO, target: TextIO, output_format: str = "text",
+                     alignment: bool = False, chunk_lines: int = CHUNK_LINES,
+                     progress: Optional[Callable[[int], None]] = None) -> int:
+    """Translate `source` to `target` as input arrives, flushing after each chunk; returns the number of input lines."""
     total = 0
     for first, lines in read_chunks(source, chunk_lines):
-        results = translate_lines(model, tokenizer, lines, options, device, max_source_tokens, first)
-        for offset, hyps in enumerate(results):
-            target.write("\n".join(format_output(hyps, tokenizer, options.n_best, first - 1 + offset)) + "\n")
+        for offset, translation in enumerate(translator.translate(lines, alignment=alignment, first_line=first)):
+            target.write("\n".join(format_output(translation, translator.decode.n_best, first - 1 + offset, output_format)) + "\n")
         target.flush()
         total += len(lines)
         if progress is not None:
@@ -168,47 +150,127 @@ def translate_stream(
 
 
 def open_input(path: str) -> BinaryIO:
-    return sys.stdin.buffer if path == "-" else open(path, "rb")
+    """stdin for "-", else the file, pipe or device at `path` (a directory or a missing path is a UserError)."""
+    if path == "-":
+        return sys.stdin.buffer
+    check_paths([path], "-")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"input file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def translate_file(
-    run: RunDir, input_path: str, output_path: str, checkpoint_name: str = "best", beam_size: Optional[int] = None,
-    n_best: int = 1, batch_tokens: Optional[int] = None, device_name: str = "auto", length_penalty: Optional[float] = None,
-    precision: Optional[str] = None,
-) -> int:
-    """The translate step over files or stdin/stdout ('-'); a file output appears only when complete."""
-    run.require_checkpoint()
-    if input_path != "-" and not Path(input_path).is_file():
-        raise UserError(f"input file not found: {input_path}")
-    tokenizer = Tokenizer.load(run.tokenizer_dir)
-    device = resolve_device(device_name)
-    model, config, _ = checkpoint.load_model(checkpoint.resolve(run, checkpoint_name), tokenizer)
-    # Command-line choices override the checkpoint's decode settings, checked like --set.
-    overrides = {"batch_tokens": batch_tokens or None, "length_penalty": length_penalty, "precision": precision}
-    config = config.with_overrides([f"decode.{key}={value}" for key, value in overrides.items() if value is not None])
-    precision = choose_precision(config.decode.precision, device, "decode.precision", training=False)
-    stderr.print(f"Translating on {device} in {precision}", soft_wrap=True)
-    options = replace(SearchOptions.from_config(config.decode, beam_size, n_best), precision=precision.name)
-    model = for_search(model, device, options.precision)
-    if not 1 <= n_best <= options.beam_size:
-        raise UserError(f"--n-best must be between 1 and the beam size ({options.beam_size})")
+def check_paths(inputs: list[str], output: str) -> None:
+    """Refuse missing inputs, directories as inputs or as the output, before any work is done."""
+    for path in inputs:
+        if path != "-" and Path(path).is_dir():
+            raise UserError(f"input {path} is a directory; give a file, a pipe or - for stdin")
+        if path != "-" and not Path(path).exists():
+            raise UserError(f"input file not found: {path}")
+    if output != "-" and Path(output).is_dir():
+        raise UserError(f"output {output} is a directory; give a file path or - for stdout")
 
-    def run_on(target: TextIO) -> int:
-        with open_input(input_path) as source, Progress(
-            SpinnerColumn(), TextColumn("translated {task.completed:,} lines"), TimeElapsedColumn(),
-            console=stderr, transient=True, disable=not stderr.is_terminal,
-        ) as progress:
-            task = progress.add_task("translate", total=None)
-            return translate_stream(model, tokenizer, source, target, options, device, config.model.max_source_tokens,
-                                    progress=lambda n: progress.advance(task, n))
 
-    if output_path == "-":
-        return run_on(sys.stdout)
+def write_output(path: str, write: Callable[[TextIO], int]) -> int:
+    """Call write(target) on stdout ("-") or on a temporary file renamed to `path` when complete.
+
+    SIGTERM and SIGHUP become an exit that removes the temporary file (as any error does), so
+    a killed translate leaves no `.OUT.*.tmp` beside its output.
+    """
+    if path == "-":
+        return write(sys.stdout)
     counted: list[int] = []
 
-    def write(tmp: Path) -> None:
+    def to_file(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as target:
-            counted.append(run_on(target))
+            counted.append(write(target))
 
-    atomic_write(Path(output_path), write)
+    with signals_exit():
+        atomic_write(Path(path), to_file)
     return counted[0]
+
+
+@contextlib.contextmanager
+def signals_exit() -> Iterator[None]:
+    """While active, SIGTERM and SIGHUP raise SystemExit(128 + signal) instead of killing
+    the process at once, so `finally` and `except BaseException` clean-ups run. Only the
+    main thread can set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, exit_on) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def translate_file(translator: Translator, input_path: str, output_path: str, output_format: str = "text",
+                   alignment: bool = False) -> int:
+    """The translate step over files, pipes or stdin/stdout ('-'); a file output appears only when complete."""
+    if output_format not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    if alignment and output_format != "jsonl":
+        raise UserError("--alignment needs --format jsonl")
+    check_paths([input_path], output_path)
+    with open_input(input_path) as source:
+        return write_output(output_path, lambda target: _with_progress(
+            lambda advance: translate_stream(translator, source, target, output_format, alignment, progress=advance)))
+
+
+def _with_progress(work: Callable[[Callable[[int], None]], int]) -> int:
+    """Run work(advance) with a line counter on stderr when it is a terminal."""
+    with Progress(SpinnerColumn(), TextColumn("{task.completed:,} lines"), TimeElapsedColumn(),
+                  console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
+        task = progress.add_task("lines", total=None)
+        return work(lambda n: progress.advance(task, n))
+
+
+def score_file(translator: Translator, src_path: str, tgt_path: str, output_path: str) -> int:
+    """The score step: `score<TAB>log_prob` of each target line given its source line, 1:1.
+
+    Different line counts are a UserError (and a file output is then not written).
+    """
+    check_paths([src_path, tgt_path], output_path)
+    with open_input(src_path) as sources, open_input(tgt_path) as targets:
+        def write(target: TextIO) -> int:
+            total = 0
+            for first, src, tgt in paired_chunks(sources, targets, src_path, tgt_path):
+                for result in translator.score(src, tgt, first_line=first):
+                    target.write(f"{result.score:.4f}\t{result.log_prob:.4f}\n")
+                target.flush()
+                total += len(src)
+            return total
+
+        return write_output(output_path, write)
+
+
+def paired_chunks(sources: BinaryIO, targets: BinaryIO, src_path: str, tgt_path: str,
+                  chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(first line number, source lines, target lines), read in step, chunk_lines pairs at a time."""
+    src_chunk: list[str] = []
+    tgt_chunk: list[str] = []
+    first = 1
+    for number, (src, tgt) in enumerate(itertools.zip_longest(_lines(sources), _lines(targets)), start=1):
+        if src is None or tgt is None:
+            shorter = src_path if src is None else tgt_path
+            raise UserError(f"{shorter} ends at line {number - 1}, before the other input: score needs one target line per source line")
+        src_chunk.append(src)
+        tgt_chunk.append(tgt)
+        if len(src_chunk) == chunk_lines:
+            yield first, src_chunk, tgt_chunk
+            first, src_chunk, tgt_chunk = number + 1, [], []
+    if src_chunk:
+        yield first, src_chunk, tgt_chunk
+
+
+def _lines(stream: BinaryIO) -> Iterator[str]:
+    for _, lines in read_chunks(stream):
+        yield from lines

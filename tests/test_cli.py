@@ -130,3 +130,29 @@ def test_steps_out_of_order_name_the_step_to_run(tmp_path):
     assert result.exit_code == 1 and f"run `lstmmt train {run}` first" in result.output
     result = invoke("train", run, "--set", "model.hidden_size=33")
     assert result.exit_code == 1 and "must be even" in result.output
+
+
+@pytest.mark.slow
+def test_an_average_that_hurts_keeps_best_weights(trained_run, tmp_path):
+    """Two checkpoints whose mean is a broken model (the best one and its negation): the
+    recipe's `average` step must keep best.pt's weights, and say so."""
+    import shutil
+
+    import torch
+
+    from lstmmt import checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best = checkpoint.load(run / "checkpoints/best.pt")
+    for old in run.glob("checkpoints/step-*.pt"):
+        old.unlink()
+    checkpoint.save(run / "checkpoints/step-1.pt", best)
+    checkpoint.save(run / "checkpoints/step-2.pt", dict(best, step=2, model={k: -v for k, v in best["model"].items()}))
+    result = invoke("average", run, "--last", "2")
+    assert result.exit_code == 0, result.output
+    assert "below best.pt" in result.output and "holds best.pt's weights" in result.output
+    kept = checkpoint.load(run / "checkpoints/averaged.pt")["model"]
+    assert all(torch.equal(kept[k], best["model"][k]) for k in kept)
+    result = invoke("average", run, "--last", "1")  # the best model alone: no worse, so the average stays
+    assert result.exit_code == 0 and "Averaged 1 checkpoints" in result.output, result.output

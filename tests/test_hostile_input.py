@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lstmmt import checkpoint, translate
+from lstmmt import translate, translator as translator_module
 from lstmmt.cli import app
-from lstmmt.rundir import RunDir
-from lstmmt.search import Hypothesis
-from lstmmt.tokenizer import Tokenizer
+from lstmmt.config import DecodeConfig, ModelConfig
+from lstmmt.model import Seq2Seq
+from lstmmt.translator import Translator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 import toy  # noqa: E402  (the embedded corpus generator lives in data/, not in the package)
@@ -66,13 +66,7 @@ def invoke(*args, **kwargs):
     return runner.invoke(app, [str(a) for a in args], **kwargs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The model is tiny and the test machine's cores are shared: a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +89,14 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def translator(run):
     """translate(data, beam, n_best) -> output text, through translate_stream with the run's model."""
-    tokenizer = Tokenizer.load(RunDir(run).tokenizer_dir)
-    model, config, _ = checkpoint.load_model(checkpoint.resolve(RunDir(run), "best"), tokenizer)
-    assert config.model.max_source_tokens == MAX_SOURCE_TOKENS
+    loaded = Translator.load(run, "best", "cpu")
+    assert loaded.decode.max_source_tokens == MAX_SOURCE_TOKENS
 
     def stream(data: bytes, beam: int = 1, n_best: int = 1, chunk_lines: int = 5000) -> str:
-        options = translate.SearchOptions.from_config(config.decode, beam, n_best)
+        decode = loaded.decode.updated(beam_size=beam, n_best=n_best)
         target = io.StringIO()
-        translate.translate_stream(model, tokenizer, io.BytesIO(data), target, options, torch.device("cpu"),
-                                   MAX_SOURCE_TOKENS, chunk_lines=chunk_lines)
+        translate.translate_stream(Translator(loaded.models, loaded.tokenizer, decode, loaded.device, loaded.precision),
+                                   io.BytesIO(data), target, chunk_lines=chunk_lines)
         return target.getvalue()
 
     return stream
@@ -165,14 +158,20 @@ class SeparatorTokenizer:
     """Decodes everything to text full of line separators, as a tokenizer trained on
     untidied text might: translate must still write one line per hypothesis."""
 
+    def encode_src(self, lines: list[str]) -> list[list[int]]:
+        return [[5, 6] for _ in lines]
+
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         return ["a" + "".join(LINE_SEPARATORS) + "\nb"] * len(ids)
 
 
 @pytest.mark.parametrize("n_best", [1, 2])
 def test_decoded_line_separators_never_split_an_output_line(n_best):
-    hyps = [Hypothesis([5, 6], -1.0, -2.0), Hypothesis([7], -1.5, -1.5)][:n_best]
-    lines = translate.format_output(hyps, SeparatorTokenizer(), n_best, line_index=0)
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed_size=8, hidden_size=8, encoder_layers=1, dropout=0.0), 10, 10, joint_vocab=True)
+    decode = DecodeConfig(beam_size=2, n_best=n_best, max_len_a=0.0, max_len_b=3)
+    translation = Translator(model.eval(), SeparatorTokenizer(), decode, torch.device("cpu")).translate(["x"])[0]
+    lines = translate.format_output(translation, n_best, line_index=0)
     assert len(lines) == n_best
     assert all(len(line.splitlines()) == 1 and "\n" not in line for line in lines)
 
@@ -204,7 +203,7 @@ def test_output_file_appears_only_when_complete(run, tmp_path, monkeypatch, exis
         target.write_text(existing, encoding="utf-8")
     (tmp_path / "in.txt").write_text("one\ntwo\nthree\nfour\n", encoding="utf-8")
     monkeypatch.setattr(translate, "translate_stream", functools.partial(translate.translate_stream, chunk_lines=2))
-    search, calls = translate.decode_corpus, []
+    search, calls = translator_module.search_corpus, []
 
     def fail_on_second_chunk(*args, **kwargs):
         calls.append(1)
@@ -214,9 +213,10 @@ def test_output_file_appears_only_when_complete(run, tmp_path, monkeypatch, exis
             raise RuntimeError("search failed midway")
         return search(*args, **kwargs)
 
-    monkeypatch.setattr(translate, "decode_corpus", fail_on_second_chunk)
+    monkeypatch.setattr(translator_module, "search_corpus", fail_on_second_chunk)
     result = invoke("translate", run, "-i", tmp_path / "in.txt", "-o", target, "--beam", "1")
-    assert isinstance(result.exception, RuntimeError) and len(calls) == 2
+    assert result.exit_code == 1 and len(calls) == 2
+    assert "internal error: RuntimeError: search failed midway" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.txt"] + ["out.txt"] * (existing is not None))
     if existing is not None:
         assert target.read_text(encoding="utf-8") == existing

@@ -6,11 +6,11 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from lstmmt.config import ModelConfig
+from lstmmt.batching import pad
+from lstmmt.config import DecodeConfig, ModelConfig
+from lstmmt.decoding import for_search, search_corpus
 from lstmmt.model import Seq2Seq
 from lstmmt.search import beam_search, greedy_search
-from lstmmt.translate import SearchOptions, decode_corpus, for_search
-from lstmmt.batching import pad
 from lstmmt.tokenizer import BOS, EOS
 
 A, B, C = 4, 5, 6
@@ -52,14 +52,15 @@ LENGTHS = torch.tensor([3])
 
 
 def test_beam_search_finds_the_best_hypothesis_greedy_misses():
-    assert greedy_search(TableModel(), SRC, LENGTHS) == [[A]]
-    best = beam_search(TableModel(), SRC, LENGTHS, beam_size=2, length_penalty=0.0)[0][0]
+    greedy = greedy_search(TableModel(), SRC, LENGTHS, DecodeConfig(length_penalty=0.0))[0]
+    assert greedy.tokens == [A] and math.isclose(greedy.log_prob, math.log(0.6 * 0.4), rel_tol=1e-6)
+    best = beam_search(TableModel(), SRC, LENGTHS, DecodeConfig(beam_size=2, length_penalty=0.0))[0][0]
     assert best.tokens == [B]
     assert math.isclose(best.log_prob, math.log(0.4 * 0.9), rel_tol=1e-6)
 
 
 def test_n_best_is_sorted_and_scores_are_length_normalised():
-    hyps = beam_search(TableModel(), SRC, LENGTHS, beam_size=3, length_penalty=1.0, n_best=3)[0]
+    hyps = beam_search(TableModel(), SRC, LENGTHS, DecodeConfig(beam_size=3, length_penalty=1.0, n_best=3))[0]
     # [B]: ln(.36)/2 = -0.51; [A, C]: ln(.6*.3*1)/3 = -0.57; [A]: ln(.24)/2 = -0.71
     assert [h.tokens for h in hyps] == [[B], [A, C], [A]]
     assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
@@ -70,9 +71,9 @@ def test_n_best_is_sorted_and_scores_are_length_normalised():
 def test_max_length_forces_an_end():
     # max_len_a=0, max_len_b=1: only EOS may be produced... which the table never gives first,
     # so the hypothesis is the forced EOS alone.
-    hyps = beam_search(TableModel(), SRC, LENGTHS, beam_size=2, max_len_a=0.0, max_len_b=1)
+    hyps = beam_search(TableModel(), SRC, LENGTHS, DecodeConfig(beam_size=2, max_len_a=0.0, max_len_b=1))
     assert hyps[0][0].tokens == []
-    assert greedy_search(TableModel(), SRC, LENGTHS, max_len_a=0.0, max_len_b=1) == [[]]
+    assert greedy_search(TableModel(), SRC, LENGTHS, DecodeConfig(max_len_a=0.0, max_len_b=1))[0].tokens == []
 
 
 def random_model(seed: int = 0) -> Seq2Seq:
@@ -90,35 +91,35 @@ def random_batch(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 def test_beam_one_equals_greedy():
     model = random_model()
     src, lengths = random_batch(16)
-    greedy = greedy_search(model, src, lengths)
-    beam = [h[0].tokens for h in beam_search(model, src, lengths, beam_size=1)]
-    assert beam == greedy
-    assert any(len(tokens) > 2 for tokens in greedy)
+    greedy = greedy_search(model, src, lengths, DecodeConfig())
+    beam = [h[0] for h in beam_search(model, src, lengths, DecodeConfig(beam_size=1))]
+    assert [h.tokens for h in beam] == [h.tokens for h in greedy]
+    assert [h.score for h in beam] == pytest.approx([h.score for h in greedy], rel=1e-5)
+    assert any(len(h.tokens) > 2 for h in greedy)
 
 
 def test_beam_search_result_does_not_depend_on_the_batch():
     model = random_model()
     src, lengths = random_batch(8)
-    together = beam_search(model, src, lengths, beam_size=4)
+    together = beam_search(model, src, lengths, DecodeConfig(beam_size=4))
     for i in range(src.size(0)):
         alone_src = src[i : i + 1, : int(lengths[i])]
-        alone = beam_search(model, alone_src, lengths[i : i + 1], beam_size=4)
+        alone = beam_search(model, alone_src, lengths[i : i + 1], DecodeConfig(beam_size=4))
         assert alone[0][0].tokens == together[i][0].tokens
         assert math.isclose(alone[0][0].score, together[i][0].score, rel_tol=1e-5, abs_tol=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_translations_do_not_depend_on_the_batch_size(precision):
-    """decode_corpus with one sentence per batch and with all in one batch: the same outputs
+    """search_corpus with one sentence per batch and with all in one batch: the same outputs
     (with the model prepared for search as translate prepares it: bf16 weights for bf16)."""
     model = for_search(random_model(seed=3), torch.device("cpu"), precision)
     src, lengths = random_batch(40, seed=5)
     sentences = [row[: int(n) - 1].numpy() for row, n in zip(src, lengths)]
 
     def translate(batch_tokens: int) -> list[list[int]]:
-        options = SearchOptions(beam_size=5, n_best=1, length_penalty=1.0, max_len_a=1.5, max_len_b=10,
-                                batch_tokens=batch_tokens, precision=precision)
-        return [hyps[0].tokens for hyps in decode_corpus(model, sentences, options, torch.device("cpu"))]
+        options = DecodeConfig(beam_size=5, batch_tokens=batch_tokens)
+        return [hyps[0].tokens for hyps in search_corpus(model, sentences, options, torch.device("cpu"), precision)]
 
     one_by_one, all_at_once = translate(1), translate(100_000)
     assert one_by_one == all_at_once

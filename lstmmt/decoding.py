@@ -1,0 +1,142 @@
+"""Driving search and forced decoding over many sentences, and ensembles as one step model.
+
+Everything here works on token ids and any `StepModel` (lstmmt/search.py): sentences are
+sorted by length into token-budget batches, searched or force-decoded in the decode
+precision, and the results put back in input order. Text, files and checkpoints are the
+business of lstmmt/translator.py and the steps above it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lstmmt.batching import collate, token_batches
+from lstmmt.config import DecodeConfig
+from lstmmt.device import autocast, default_batch_tokens
+from lstmmt.model import Seq2Seq
+from lstmmt.search import Hypothesis, StepModel, search
+from lstmmt.tokenizer import BOS, PAD
+
+
+def for_search(model: Seq2Seq, device: torch.device, precision: str) -> Seq2Seq:
+    """The model on `device` in eval mode. For bf16 search on CPU its weights become bf16
+    once, where autocast alone casts each weight again at every decoder step (a fifth of
+    beam-search time); on GPUs autocast keeps the LSTM on its usual cuDNN path."""
+    model = model.to(device).eval()
+    return model.to(torch.bfloat16) if precision == "bf16" and device.type == "cpu" else model
+
+
+class Members(NamedTuple):
+    """The memories (or states) of an ensemble's members, one each; rows selected in all alike."""
+
+    parts: tuple[Any, ...]
+
+    def select(self, index: Tensor) -> "Members":
+        return Members(tuple(part.select(index) for part in self.parts))
+
+
+class Ensemble:
+    """Several step models as one: each next-token distribution is the mean of the members'
+    log-probabilities. Search sees one more StepModel and does not change."""
+
+    def __init__(self, members: Sequence[StepModel]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = list(members)
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Members, Members]:
+        encoded = [member.encode(src, src_lengths) for member in self.members]
+        return Members(tuple(m for m, _ in encoded)), Members(tuple(s for _, s in encoded))
+
+    def decode_step(self, prev_tokens: Tensor, memory: Members, state: Members) -> tuple[Tensor, Members]:
+        """Mean log-probabilities (N, V), a new tensor as the step API asks, and every member's next state."""
+        steps = [member.decode_step(prev_tokens, m, s) for member, m, s in zip(self.members, memory.parts, state.parts)]
+        return torch.stack([log_probs for log_probs, _ in steps]).mean(dim=0), Members(tuple(s for _, s in steps))
+
+
+def step_model(models: Sequence[StepModel]) -> StepModel:
+    """One model as itself (no averaging pass per step), several as their Ensemble."""
+    return models[0] if len(models) == 1 else Ensemble(models)
+
+
+def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], options: DecodeConfig, device: torch.device,
+                  precision: str) -> list[list[Hypothesis]]:
+    """Search every sentence (source ids without EOS); results in input order.
+
+    Sorting by length keeps padding low; the batch budget counts source tokens x beams.
+    Each sentence's result does not depend on the batch it lands in.
+    """
+    lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    budget = options.batch_tokens or default_batch_tokens(device, training=False)
+    for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // options.beam_size)):
+        batch = collate(indices, sentences).to(device)
+        with autocast(device, precision):
+            for index, hyps in zip(indices, search(model, batch.src, batch.src_lengths, options)):
+                results[index] = hyps
+    return results
+
+
+@dataclass
+class Forced:
+    """Forced decoding of one sentence pair."""
+
+    log_probs: np.ndarray  # (T+1,) log-probability of each target token and of EOS
+    attention: Optional[np.ndarray]  # (T+1, S+1) weights over source tokens and EOS, when asked for
+
+
+def force_corpus(model: StepModel, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], options: DecodeConfig,
+                 device: torch.device, precision: str, attention_of: Sequence[Seq2Seq] = ()) -> list[Forced]:
+    """Teacher-forced step log-probabilities of each target (ids without BOS/EOS) given its
+    source, in input order; with `attention_of`, also the mean attention of those models."""
+    lengths = np.array([max(len(s), len(t)) + 1 for s, t in zip(sources, targets)], dtype=np.int64)
+    results: list[Optional[Forced]] = [None] * len(sources)
+    for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, options.batch_tokens or default_batch_tokens(device, training=False)):
+        batch = collate(indices, sources, targets).to(device)
+        with autocast(device, precision), recording_attention(attention_of) as attention:
+            log_probs = forced_log_probs(model, batch.src, batch.src_lengths, batch.tgt_out)
+        weights = attention() if attention_of else None
+        for row, index in enumerate(indices):
+            steps, positions = len(targets[index]) + 1, len(sources[index]) + 1
+            results[index] = Forced(log_probs[row, :steps].double().cpu().numpy(),
+                                    None if weights is None else weights[row, :steps, :positions].float().cpu().numpy())
+    return results  # type: ignore[return-value]  # every index is in exactly one batch
+
+
+@torch.inference_mode()
+def forced_log_probs(model: StepModel, src: Tensor, src_lengths: Tensor, tgt_out: Tensor) -> Tensor:
+    """Log-probability (B, T) of each token of tgt_out (targets + EOS, PAD-padded), feeding
+    the reference tokens through the same step API search uses, so scores are comparable
+    with search scores; 0 at padding."""
+    memory, state = model.encode(src, src_lengths)
+    prev = torch.full((src.size(0),), BOS, dtype=torch.long, device=src.device)
+    steps = []
+    for t in range(tgt_out.size(1)):
+        log_probs, state = model.decode_step(prev, memory, state)
+        prev = tgt_out[:, t]
+        steps.append(log_probs.gather(1, prev.unsqueeze(1)).squeeze(1))
+    return torch.stack(steps, dim=1).masked_fill(tgt_out == PAD, 0.0)
+
+
+@contextlib.contextmanager
+def recording_attention(models: Sequence[Seq2Seq]) -> Iterator[Any]:
+    """While active, every attention call of `models` is recorded; yields a function giving
+    the recorded weights (B, steps, S), concatenated over steps and averaged over models.
+
+    A forward hook recomputes the weights from the attention's own inputs, so the model
+    needs no extra output for this."""
+    records: list[list[Tensor]] = [[] for _ in models]
+    hooks = [model.attention.register_forward_hook(
+        lambda module, args, _output, record=record: record.append(module.weights(*args)))
+        for model, record in zip(models, records)]
+    try:
+        yield lambda: torch.stack([torch.cat(record, dim=1).float() for record in records]).mean(dim=0)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -1,0 +1,239 @@
+"""The Python API: a trained model (or an ensemble) that translates and scores text.
+
+    from lstmmt import Translator
+    translator = Translator.load("runs/en-de", beam_size=5)
+    [t.text for t in translator.translate(["A man is riding a bicycle."])]
+
+Every use of a model goes through a Translator: `lstmmt translate`, `lstmmt score`,
+`lstmmt evaluate --split`, `lstmmt plot-attention`, validation during training (built
+around the in-memory model) and servers. Its one DecodeConfig holds every search setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from lstmmt import checkpoint as checkpoints
+from lstmmt.config import Config, DecodeConfig
+from lstmmt.corpus import one_line
+from lstmmt.decoding import Forced, force_corpus, for_search, search_corpus, step_model
+from lstmmt.device import Precision, choose_precision, resolve_device
+from lstmmt.errors import UserError
+from lstmmt.model import Seq2Seq
+from lstmmt.rundir import RunDir
+from lstmmt.search import Hypothesis
+from lstmmt.tokenizer import Tokenizer
+
+WORD_START = "\u2581"
+"""SentencePiece's mark at the start of a piece that begins a word."""
+
+
+@dataclass
+class Candidate:
+    """One hypothesis of the n-best list."""
+
+    text: str
+    score: float  # log_prob / length ** decode.length_penalty (length counts EOS)
+    log_prob: float
+
+
+@dataclass
+class Alignment:
+    """Attention of the best hypothesis, from forced decoding of it."""
+
+    source: list[str]  # source pieces, then "</s>"
+    target: list[str]  # target pieces, then "</s>"
+    weights: list[list[float]]  # (target, source): each row sums to 1 over the source
+    words: list[tuple[int, int]]  # hard word alignment (source word, target word), 0-based, sorted
+
+
+@dataclass
+class Translation:
+    """The translation of one input line. A line with nothing to translate gives text "",
+    score and log_prob 0.0, an empty n_best and no alignment."""
+
+    text: str
+    score: float
+    log_prob: float
+    n_best: list[Candidate]  # decode.n_best candidates, best first (the first is text/score)
+    alignment: Optional[Alignment] = None
+
+
+@dataclass
+class Score:
+    """Forced-decoding score of a given translation."""
+
+    log_prob: float  # sum of the target tokens' log-probabilities, EOS included
+    score: float  # log_prob / tokens ** decode.length_penalty, comparable with search scores
+    tokens: int  # target tokens, EOS included
+
+
+def default_warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+class Translator:
+    """Search and forced decoding with one model or an ensemble, from text to text.
+
+    `models` must already be prepared for search (see `load`); for validation during
+    training pass the in-memory model as it is, with the training precision.
+    `warn` receives one line per input line that was truncated (default: warnings.warn).
+    """
+
+    def __init__(self, models: Union[Seq2Seq, Sequence[Seq2Seq]], tokenizer: Tokenizer, decode: DecodeConfig,
+                 device: torch.device, precision: Union[str, Precision] = "fp32",
+                 warn: Callable[[str], None] = default_warn):
+        self.models = [models] if isinstance(models, Seq2Seq) else list(models)
+        self.tokenizer = tokenizer
+        self.decode = decode
+        self.device = device
+        self.precision = precision if isinstance(precision, Precision) else Precision(precision, "given")
+        self.warn = warn
+        self.step_model = step_model(self.models)
+
+    @classmethod
+    def load(cls, run_dir: Union[str, Path], checkpoint: Union[str, Sequence[str]] = "best", device: str = "auto", *,
+             warn: Callable[[str], None] = default_warn, **decode_overrides: Any) -> "Translator":
+        """The model of a run directory (best, last, averaged or a checkpoint path; several
+        for an ensemble of checkpoints that share this run's tokenizer) on `device`, with the
+        run's decode settings (config.yaml) updated by `decode_overrides` (decode keys such
+        as beam_size=5, n_best=3, precision="fp32"), each checked; `warn` as in the constructor."""
+        run = RunDir(Path(run_dir))
+        run.require_checkpoint()
+        tokenizer = Tokenizer.load(run.tokenizer_dir)
+        decode = Config.load(run.config).decode.updated(**decode_overrides)
+        resolved = resolve_device(device)
+        precision = choose_precision(decode.precision, resolved, "decode.precision", training=False)
+        names = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+        if not names:
+            raise UserError("no checkpoint given")
+        models = [for_search(load_member(run, name, tokenizer), resolved, precision.name) for name in names]
+        return cls(models, tokenizer, decode, resolved, precision, warn)
+
+    def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1) -> list[Translation]:
+        """Translations of `lines`, in order, one per line (`first_line` numbers the lines in warnings)."""
+        encoded = self._encode(lines, first_line)
+        keep = [i for i, ids in enumerate(encoded) if len(ids)]
+        found = self.search([encoded[i] for i in keep])
+        attention = self._attention([encoded[i] for i in keep], [hyps[0] for hyps in found]) if alignment else None
+        results = [Translation("", 0.0, 0.0, []) for _ in lines]
+        for position, (i, hyps) in enumerate(zip(keep, found)):
+            results[i] = self._translation(encoded[i], hyps, None if attention is None else attention[position])
+        return results
+
+    def score(self, sources: Sequence[str], targets: Sequence[str], first_line: int = 1) -> list[Score]:
+        """Forced-decoding scores of each target as the translation of its source (1:1)."""
+        if len(sources) != len(targets):
+            raise UserError(f"{len(sources)} sources but {len(targets)} targets: score needs one target per source")
+        src = self._encode(sources, first_line)
+        tgt = [np.asarray(ids, dtype=np.int32) for ids in self.tokenizer.encode_tgt([one_line(t) for t in targets])]
+        forced = self._force(src, tgt)
+        penalty = self.decode.length_penalty
+        return [Score(float(f.log_probs.sum()), float(f.log_probs.sum()) / len(f.log_probs) ** penalty, len(f.log_probs))
+                for f in forced]
+
+    def search(self, sentences: Sequence[np.ndarray]) -> list[list[Hypothesis]]:
+        """The decode.n_best hypotheses of each sentence (source ids without EOS), in input order."""
+        for model in self.models:
+            model.eval()
+        return search_corpus(self.step_model, sentences, self.decode, self.device, self.precision.name)
+
+    def translate_encoded(self, sentences: Sequence[np.ndarray]) -> list[str]:
+        """Detokenized best translations of encoded sentences (what validation scores with BLEU)."""
+        return [one_line(text) for text in self.tokenizer.decode_tgt([hyps[0].tokens for hyps in self.search(sentences)])]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _encode(self, lines: Sequence[str], first_line: int) -> list[np.ndarray]:
+        """Source ids of each line (one_line applied), truncated to decode.max_source_tokens with a warning."""
+        limit = self.decode.max_source_tokens
+        encoded = self.tokenizer.encode_src([one_line(line) for line in lines])
+        for offset, ids in enumerate(encoded):
+            if len(ids) > limit:
+                self.warn(f"line {first_line + offset}: {len(ids)} tokens, truncated to {limit}")
+        return [np.asarray(ids[:limit], dtype=np.int32) for ids in encoded]
+
+    def _force(self, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], attention: bool = False) -> list[Forced]:
+        for model in self.models:
+            model.eval()
+        return force_corpus(self.step_model, sources, targets, self.decode, self.device, self.precision.name,
+                            self.models if attention else ())
+
+    def _attention(self, sources: list[np.ndarray], best: list[Hypothesis]) -> list[Alignment]:
+        """Alignments of each source with its best hypothesis, by forced decoding of it."""
+        forced = self._force(sources, [np.asarray(h.tokens, dtype=np.int32) for h in best], attention=True)
+        return [self._alignment(src, hyp.tokens, f.attention) for src, hyp, f in zip(sources, best, forced)]
+
+    def _alignment(self, src: np.ndarray, tgt: list[int], weights: Any) -> Alignment:
+        source, target = self.tokenizer.src_pieces(src.tolist()), self.tokenizer.tgt_pieces(tgt)
+        return Alignment(source + ["</s>"], target + ["</s>"], np.round(weights, 6).tolist(), word_alignment(source, target, weights))
+
+    def _translation(self, src: np.ndarray, hyps: list[Hypothesis], alignment: Optional[Alignment]) -> Translation:
+        texts = [one_line(text) for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
+        n_best = [Candidate(text, h.score, h.log_prob) for text, h in zip(texts, hyps)]
+        return Translation(texts[0], hyps[0].score, hyps[0].log_prob, n_best, alignment)
+
+
+def load_member(run: RunDir, name: str, tokenizer: Tokenizer) -> Seq2Seq:
+    """The model of one checkpoint, refused when it was trained with another tokenizer."""
+    path = checkpoints.resolve(run, name)
+    _check_same_tokenizer(run, path)
+    model, _, _ = checkpoints.load_model(path, tokenizer)
+    return model
+
+
+def _check_same_tokenizer(run: RunDir, path: Path) -> None:
+    """A checkpoint inside another run directory (RUN2/checkpoints/x.pt) must come with the
+    same SentencePiece files as this run: equal vocabulary sizes alone do not make two
+    tokenizers the same, and a model fed another tokenizer's ids translates garbage."""
+    other = RunDir(Path(path).resolve().parent.parent)
+    if other.root == run.root.resolve() or not other.tokenizer_dir.is_dir():
+        return
+    if _tokenizer_digest(other) != _tokenizer_digest(run):
+        raise UserError(f"{path} belongs to {other.root}, whose tokenizer differs from {run.root}'s: "
+                        "an ensemble needs checkpoints of runs that share one tokenizer")
+
+
+def _tokenizer_digest(run: RunDir) -> str:
+    digest = hashlib.sha256()
+    for model in sorted(run.tokenizer_dir.glob("*.model")):
+        digest.update(model.name.encode() + b"\0" + model.read_bytes())
+    return digest.hexdigest()
+
+
+def word_alignment(source: list[str], target: list[str], weights: Any) -> list[tuple[int, int]]:
+    """Hard word alignment: each target piece is aligned to the source piece it attends to
+    most (EOS left out on both sides); pieces map to words by SentencePiece's word mark."""
+    if not source or not target:
+        return []
+    src_words, tgt_words = _word_index(source), _word_index(target)
+    best = np.asarray(weights)[: len(target), : len(source)].argmax(axis=1)
+    return sorted({(src_words[int(s)], tgt_words[t]) for t, s in enumerate(best)})
+
+
+def _word_index(pieces: list[str]) -> list[int]:
+    """The 0-based word of each piece: a new word starts at each piece with the word mark."""
+    words, current = [], -1
+    for piece in pieces:
+        if piece.startswith(WORD_START) or current < 0:
+            current += 1
+        words.append(current)
+    return words
+
+
+def as_dict(translation: Translation) -> dict[str, Any]:
+    """A translation as plain JSON-ready data (the JSONL format of `lstmmt translate`)."""
+    record = dataclasses.asdict(translation)
+    if translation.alignment is None:
+        del record["alignment"]
+    else:
+        record["alignment"]["words"] = " ".join(f"{s}-{t}" for s, t in translation.alignment.words)
+    return record
