@@ -256,17 +256,24 @@ def peak_gflops(device: Any, dtype: Any, size: int, repeats: int = 5) -> float:
 
 def efficiency(flops_per_token: float, tgt_tokens_per_s: float, precision: str, device: Any,
                size: int, repeats: int = 5) -> dict[str, Any]:
-    """Achieved GFLOP/s against the device's measured peak for the precision that ran."""
+    """Achieved GFLOP/s against the device's measured peak for the precision that ran. The bf16
+    peak is measured only where bf16 runs natively (lstmmt.device.bf16_problem): emulated bf16
+    matmuls on an AVX2 CPU run at about 1% of fp32, minutes for one 2048 matmul."""
     import torch
 
+    from lstmmt.device import bf16_problem
+
     achieved = flops_per_token * tgt_tokens_per_s / 1e9
-    peaks = {name: peak_gflops(device, dtype, size, repeats) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    no_bf16 = bf16_problem(device)
+    peaks = {"fp32": peak_gflops(device, torch.float32, size, repeats),
+             "bf16": None if no_bf16 else peak_gflops(device, torch.bfloat16, size, repeats)}
+    peak = peaks["bf16" if precision == "bf16" else "fp32"]
     return {
         "flops_per_tgt_token": round(flops_per_token),
         "achieved_gflops": round(achieved, 2),
         "peak_gflops_fp32": round(peaks["fp32"], 1),
-        "peak_gflops_bf16": round(peaks["bf16"], 1),
-        "peak_gemm": {"size": size, "repeats": repeats, "against": precision,
+        "peak_gflops_bf16": peaks["bf16"] and round(peaks["bf16"], 1),
+        "peak_gemm": {"size": size, "repeats": repeats, "against": precision, "bf16_not_measured": no_bf16 or None,
                       "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)},
-        "efficiency": round(achieved / peaks["bf16" if precision == "bf16" else "fp32"], 4),
+        "efficiency": round(achieved / peak, 4) if peak else None,
     }
