@@ -81,8 +81,9 @@ def test_fifty_steps_train_with_finite_falling_loss(preprocessed, tmp_path, prec
 
 def logits(model: torch.nn.Module, device: str) -> torch.Tensor:
     torch.manual_seed(5)
-    src = torch.randint(4, 100, (3, 7))
-    tgt = torch.randint(4, 100, (3, 5))
+    vocab = model.tgt_embed.num_embeddings
+    src = torch.randint(4, vocab, (3, 7))
+    tgt = torch.randint(4, vocab, (3, 5))
     model = model.to(device).eval()
     with torch.no_grad():
         return model(src.to(device), torch.tensor([7, 6, 4], device=device), tgt.to(device)).float().cpu()
