@@ -128,7 +128,8 @@ def test_resume_on_the_device_is_bit_identical(preprocessed, tmp_path, decoder_l
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_beam_search_does_not_depend_on_the_batch(precision):
     """As tests/test_search.py on the CPU: one sentence per batch and all in one batch."""
-    from lstmmt.translate import SearchOptions, decode_corpus, for_search
+    from lstmmt.config import DecodeConfig
+    from lstmmt.decoding import for_search, search_corpus
     from tests.test_search import random_batch, random_model
 
     device = torch.device(DEVICE)
@@ -137,9 +138,8 @@ def test_beam_search_does_not_depend_on_the_batch(precision):
     sentences = [row[: int(n) - 1].numpy() for row, n in zip(src, lengths)]
 
     def translate(batch_tokens: int) -> list:
-        options = SearchOptions(beam_size=5, n_best=1, length_penalty=1.0, max_len_a=1.5, max_len_b=10,
-                                batch_tokens=batch_tokens, precision=precision)
-        return [hyps[0] for hyps in decode_corpus(model, sentences, options, device)]
+        options = DecodeConfig(beam_size=5, batch_tokens=batch_tokens)
+        return [hyps[0] for hyps in search_corpus(model, sentences, options, device, precision)]
 
     one_by_one, all_at_once = translate(1), translate(100_000)
     assert sum(len(h.tokens) for h in all_at_once) > 40
