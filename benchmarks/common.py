@@ -187,3 +187,93 @@ def read_test_source(data_dir: Path) -> list[str]:
         return plain.read_text(encoding="utf-8").splitlines()
     with gzip.open(data_dir / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as handle:
         return handle.read().splitlines()
+
+
+# -- compute efficiency ---------------------------------------------------------------------
+
+
+def flops_per_tgt_token(model: Any, tgt_vocab: int, src_per_tgt: float, attended_per_tgt: float) -> float:
+    """Training FLOPs (forward and backward) per target token of lstmmt's model, from its config.
+
+    One multiply-add is 2 FLOPs; only matrix products count. Forward, per token:
+      * encoder, per source token: each layer and direction an LSTM of h = hidden_size/2 units
+        with `in` inputs (embed_size in the first layer, hidden_size above): 2*4h*(in + h);
+        plus the attention keys (luong, bahdanau): 2*H*H per source token;
+      * decoder, per target token: each layer an LSTM of H units, 2*4H*(in + H), `in` being
+        embed_size (+ H with input feeding) in the first layer, H above; attention scores and
+        context, 2*H + 2*H per attended source position (bahdanau: query projection 2*H*H and
+        energy 2*H per position instead of the score product); combine 2*(2H)*H; output layer
+        2*H*V (tied embeddings with H != E: 2*H*E + 2*E*V).
+    Embedding look-ups, element-wise ops, softmax, the loss and the bridge (once per sentence)
+    are free. Source-side terms are scaled by `src_per_tgt` (source tokens per target token)
+    and attention by `attended_per_tgt` (real source positions attended per target token: the
+    mean source length, weighted by target length). Backward costs twice the forward, so the
+    total is 3x the forward.
+    """
+    E, H, V = model.embed_size, model.hidden_size, tgt_vocab
+    h = H // 2
+
+    def lstm(inputs: int, units: int) -> int:
+        return 2 * 4 * units * (inputs + units)
+
+    encoder = sum(2 * lstm(E if layer == 0 else H, h) for layer in range(model.encoder_layers))
+    if model.attention != "dot":
+        encoder += 2 * H * H  # keys
+    first_input = E + (H if model.input_feeding else 0)
+    decoder = sum(lstm(first_input if layer == 0 else H, H) for layer in range(model.decoder_layers))
+    if model.attention == "bahdanau":
+        attention = 2 * H * H + (2 * H + 2 * H) * attended_per_tgt
+    else:
+        attention = (2 * H + 2 * H) * attended_per_tgt
+    combine = 2 * (2 * H) * H
+    if model.tie_embeddings:
+        output = (2 * H * E if H != E else 0) + 2 * E * V
+    else:
+        output = 2 * H * V
+    forward = encoder * src_per_tgt + decoder + attention + combine + output
+    return 3.0 * forward
+
+
+def peak_gflops(device: Any, dtype: Any, size: int, repeats: int = 5) -> float:
+    """The best GFLOP/s of a size x size matmul in `dtype` on `device` over `repeats` timed runs
+    (after one untimed), with the backend's current settings (TF32 where enabled)."""
+    import torch
+
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for attempt in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if attempt:
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def efficiency(flops_per_token: float, tgt_tokens_per_s: float, precision: str, device: Any,
+               size: int, repeats: int = 5) -> dict[str, Any]:
+    """Achieved GFLOP/s against the device's measured peak for the precision that ran. The bf16
+    peak is measured only where bf16 runs natively (lstmmt.device.bf16_problem): emulated bf16
+    matmuls on an AVX2 CPU run at about 1% of fp32, minutes for one 2048 matmul."""
+    import torch
+
+    from lstmmt.device import bf16_problem
+
+    achieved = flops_per_token * tgt_tokens_per_s / 1e9
+    no_bf16 = bf16_problem(device)
+    peaks = {"fp32": peak_gflops(device, torch.float32, size, repeats),
+             "bf16": None if no_bf16 else peak_gflops(device, torch.bfloat16, size, repeats)}
+    peak = peaks["bf16" if precision == "bf16" else "fp32"]
+    return {
+        "flops_per_tgt_token": round(flops_per_token),
+        "achieved_gflops": round(achieved, 2),
+        "peak_gflops_fp32": round(peaks["fp32"], 1),
+        "peak_gflops_bf16": peaks["bf16"] and round(peaks["bf16"], 1),
+        "peak_gemm": {"size": size, "repeats": repeats, "against": precision, "bf16_not_measured": no_bf16 or None,
+                      "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)},
+        "efficiency": round(achieved / peak, 4) if peak else None,
+    }

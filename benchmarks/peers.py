@@ -35,7 +35,12 @@ translates again, --systems picks a subset.
 
 With --device cuda every system trains and translates on the first GPU (lstmmt
 `--device cuda`, OpenNMT-py `gpu_ranks: [0]` / `-gpu 0`, JoeyNMT `use_cuda`); this path has
-not been run yet: no session that built it had a GPU.
+not been run yet: no session that built it had a GPU. The peers' virtualenvs get torch from
+pip (--torch pip, torch==2.13.0) or see this interpreter's torch (--torch current: a venv with
+--system-site-packages, no torch download; for GPU machines without a package registry, whose
+torch is the CUDA build already there). --torch auto, the default, is `current` with --device
+cuda when this interpreter's torch is a CUDA build, else `pip` as before. The peers themselves
+still come from pip (PIP_INDEX_URL / PIP_FIND_LINKS point it at a mirror or a wheel folder).
 
     python benchmarks/peers.py > peers.json
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --remeasure
@@ -91,11 +96,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every system trains and translates (cuda: the first GPU)")
     ap.add_argument("--test-lines", type=int, default=0, help="translate only the first N test lines (0: all 1,000; for smoke tests)")
     ap.add_argument("--repeat", type=int, default=10, help="translate the test set repeated this many times (start-up amortised)")
+    ap.add_argument("--torch", choices=["auto", "pip", "current"], default="auto",
+                    help=f"peers' torch: pip ({TORCH_SPEC}), current (this interpreter's, no download), auto (current for a "
+                         "CUDA build with --device cuda, else pip)")
     ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
     ap.add_argument("--translate-only", action="store_true", help="keep the trained models and training figures; translate again")
     args = ap.parse_args()
     if args.train_steps < args.warmup + args.steps:
         ap.error("--train-steps must be at least --warmup + --steps")
+    args.torch = torch_source(args.torch, args.device)
     unknown = set(args.systems.split(",")) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
@@ -135,17 +144,34 @@ class LoadSampler:
 # -- set-up: virtualenvs and data ----------------------------------------------------------------
 
 
-def ensure_venv(name: str, work: Path) -> Path:
-    """A virtualenv with torch 2.13.0 and the peer, built once; returns its python."""
+def torch_source(choice: str, device: str) -> str:
+    """`pip` or `current` for --torch (see the module docstring)."""
+    if choice != "auto":
+        return choice
+    if device == "cuda":
+        try:
+            import torch
+
+            if torch.version.cuda and torch.cuda.is_available():
+                return "current"
+        except ImportError:
+            pass
+    return "pip"
+
+
+def ensure_venv(name: str, work: Path, torch_from: str = "pip") -> Path:
+    """A virtualenv with torch (from pip, or this interpreter's through system site-packages) and
+    the peer, built once; returns its python."""
     venv = work / f"venv-{name}"
     python = venv / "bin" / "python"
     marker = venv / ".lstmmt-recipe.json"
-    recipe = {"torch": TORCH_SPEC, "steps": RECIPES[name]}
+    torch_spec = TORCH_SPEC if torch_from == "pip" else f"current:{sys.executable}"
+    recipe = {"torch": torch_spec, "steps": RECIPES[name]}
     if marker.exists() and json.loads(marker.read_text()) == recipe:
         return python
     if venv.exists():
         shutil.rmtree(venv)
-    log(f"creating {venv} ({TORCH_SPEC}, then {RECIPES[name]}); pip output in {venv}.log")
+    log(f"creating {venv} ({torch_spec}, then {RECIPES[name]}); pip output in {venv}.log")
     install_log = work / f"venv-{name}.log"
     install_log.parent.mkdir(parents=True, exist_ok=True)
     with open(install_log, "w") as out:
@@ -158,8 +184,13 @@ def ensure_venv(name: str, work: Path) -> Path:
                 tail = [line for line in install_log.read_text().splitlines() if "Location 'file:" not in line][-15:]
                 raise RuntimeError(f"pip install {' '.join(packages)} failed (exit {done.returncode}):\n" + "\n".join(tail))
 
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=subprocess.STDOUT)
-        pip(TORCH_SPEC)
+        system_site = ["--system-site-packages"] if torch_from == "current" else []
+        subprocess.run([sys.executable, "-m", "venv", *system_site, str(venv)], check=True, stdout=out, stderr=subprocess.STDOUT)
+        if torch_from == "pip":
+            pip(TORCH_SPEC)
+        else:  # the interpreter's torch, seen through system site-packages: check it is the one
+            subprocess.run([str(python), "-c", "import torch, sys; sys.exit(torch.__file__ is None)"], check=True, stdout=out,
+                           stderr=subprocess.STDOUT)
         for step in RECIPES[name]:
             pip(*step)
     marker.write_text(json.dumps(recipe))
@@ -273,7 +304,7 @@ class System:
 
     def reuse(self) -> None:
         """Set up to translate with the model an earlier run of this script trained."""
-        self.python = ensure_venv(self.name, self.args.work) if self.name in RECIPES else None
+        self.python = ensure_venv(self.name, self.args.work, self.args.torch) if self.name in RECIPES else None
 
     def fresh_dir(self) -> None:
         """An empty working folder for this system (a remeasure starts from nothing)."""
@@ -359,7 +390,7 @@ class OpenNMT(System):
     name = "opennmt"
 
     def prepare(self) -> None:
-        self.python = ensure_venv("opennmt", self.args.work)
+        self.python = ensure_venv("opennmt", self.args.work, self.args.torch)
         self.fresh_dir()
         config = {
             "save_data": str(self.dir), "src_vocab": str(self.data / "vocab.txt"), "tgt_vocab": str(self.data / "vocab.txt"),
@@ -406,7 +437,7 @@ class JoeyNMT(System):
     name = "joeynmt"
 
     def prepare(self) -> None:
-        self.python = ensure_venv("joeynmt", self.args.work)
+        self.python = ensure_venv("joeynmt", self.args.work, self.args.torch)
         self.fresh_dir()
         side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": str(self.data / "vocab.txt")}  # noqa: E731
         config = {
@@ -587,6 +618,7 @@ def main() -> None:
         "benchmark": "peers",
         "machine": machine(args.device),
         "settings": settings,
+        "peer_torch": TORCH_SPEC if args.torch == "pip" else "this interpreter's",
         "data": {"corpus": "Multi30k en-de", "train_pairs": meta["lines"]["train.en"], "test": "test_2016_flickr",
                  "vocab": meta["pieces"]},
         "results": results,

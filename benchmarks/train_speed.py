@@ -12,7 +12,11 @@ BiLSTM encoder 2 layers x 256 per direction, one decoder layer of 512, Luong att
     python benchmarks/train_speed.py --device cuda --set train.precision=bf16
     python benchmarks/train_speed.py --profile 3                     # + torch profiler top ops
 
-Prints one JSON object on stdout; progress on stderr.
+Prints one JSON object on stdout; progress on stderr. Its `efficiency` part compares the
+model's training FLOPs (common.flops_per_tgt_token, counted from the config) times target
+tokens/s with the device's peak, measured in the same run by fp32 and bf16 matmuls of
+--peak-size (the training precision's peak is the denominator). On CUDA the device is
+prepared as `lstmmt train` prepares it (TF32 matmuls), and so is the fp32 peak.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CACHE, DEFAULT_DATA, cpu_seconds, emit, ensure_preprocessed, log, machine, peak_rss_mb, reset_peak_rss
+from common import (CACHE, DEFAULT_DATA, cpu_seconds, efficiency, emit, ensure_preprocessed, flops_per_tgt_token, log, machine,
+                    peak_rss_mb, reset_peak_rss)
 
 COMPARISON_MODEL = [
     "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
@@ -41,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="after timing, profile K more steps and report the top ops")
+    ap.add_argument("--peak-size", type=int, default=0, metavar="N",
+                    help="N x N matmuls for the measured peak (0: 4096 on a GPU, 2048 on a CPU); -1 skips the efficiency figure")
+    ap.add_argument("--peak-repeats", type=int, default=5, help="timed matmuls per dtype (the best counts)")
     return ap.parse_args()
 
 
@@ -64,16 +72,27 @@ def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int 
 
 
 def top_ops(prof: Any, steps: int, device: Any, top: int) -> list[dict[str, Any]]:
-    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_key, 0) or 0, reverse=True)
-    total = sum(getattr(e, sort_key, 0) or 0 for e in events) or 1
+    # Device time is `self_device_time_total` (torch >= 2.4; the old `self_cuda_time_total` is
+    # gone in newer releases). A missing field is an error here, not a silent column of zeros.
+    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_key), reverse=True)
+    total = sum(getattr(e, sort_key) for e in events) or 1
     log(f"profile (totals over {steps} steps or batches):\n" + prof.key_averages().table(sort_by=sort_key, row_limit=top))
     rows = []
     for event in events[:top]:
-        self_us = getattr(event, sort_key, 0) or 0
+        self_us = getattr(event, sort_key)
         rows.append({"op": event.key, "self_ms_per_step": round(self_us / 1000 / steps, 3),
                      "share": round(self_us / total, 4), "calls_per_step": round(event.count / steps, 1)})
     return rows
+
+
+def attended_positions(batch: Any) -> int:
+    """Sum over a batch's sentences of target tokens x source tokens: the (query, key) pairs
+    attention scores, pads excluded (for the FLOP count)."""
+    from lstmmt.tokenizer import PAD
+
+    tgt_lengths = (batch.tgt_out != PAD).sum(dim=1)
+    return int((tgt_lengths * batch.src_lengths.to(tgt_lengths.device)).sum())
 
 
 def main() -> None:
@@ -83,7 +102,7 @@ def main() -> None:
     import torch
 
     from lstmmt.config import Config
-    from lstmmt.device import resolve_device
+    from lstmmt.device import prepare_device, resolve_device
     from lstmmt.model import count_parameters
     from lstmmt.rundir import RunDir
     from lstmmt.train import Trainer
@@ -93,6 +112,7 @@ def main() -> None:
     run = RunDir(run_dir)
     config = Config.load(run.config).with_overrides(COMPARISON_MODEL + args.sets)
     device = resolve_device(args.device)
+    prepare_device(device)  # as `lstmmt train` does: TF32 on CUDA
     trainer = Trainer(run, config, device)
     trainer.model.train()
     batches = trainer.batches()
@@ -106,7 +126,7 @@ def main() -> None:
     rss_reset = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    totals = {"sentences": 0, "src_tokens": 0, "tgt_tokens": 0, "padded_src": 0, "padded_tgt": 0}
+    totals = {"sentences": 0, "src_tokens": 0, "tgt_tokens": 0, "padded_src": 0, "padded_tgt": 0, "attended": 0}
     loss, collate_s = torch.zeros((), device=device), 0.0
     load_before = machine()["loadavg_1_5_15"]
     cpu0, start = cpu_seconds(), time.perf_counter()
@@ -119,6 +139,7 @@ def main() -> None:
         totals["tgt_tokens"] += batch.tgt_tokens
         totals["padded_src"] += batch.src.numel()
         totals["padded_tgt"] += batch.tgt_out.numel()
+        totals["attended"] += attended_positions(batch)
         loss += trainer.train_step(batch, weight)[0]
     sync(device)
     seconds = time.perf_counter() - start
@@ -151,6 +172,14 @@ def main() -> None:
     if device.type == "cuda":
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     result["peak_rss_mb" if rss_reset else "peak_rss_mb_process_lifetime"] = round(peak_rss_mb(), 1)
+    if args.peak_size >= 0:
+        flops = flops_per_tgt_token(config.model, trainer.tokenizer.tgt_vocab_size, totals["src_tokens"] / totals["tgt_tokens"],
+                                    totals["attended"] / totals["tgt_tokens"])
+        size = args.peak_size or (4096 if device.type == "cuda" else 2048)
+        result["precision_run"] = trainer.precision.name
+        result["efficiency"] = efficiency(flops, result["tgt_tokens_per_s"], trainer.precision.name, device, size, args.peak_repeats)
+        log(f"{result['efficiency']['achieved_gflops']:,.1f} GFLOP/s achieved, {result['efficiency']['efficiency']:.1%} of the "
+            f"measured {trainer.precision.name} peak")
     if args.profile:
         result["profile_top_ops"] = profile_steps(trainer, batches, args.profile, device)
     result["loadavg_after"] = machine()["loadavg_1_5_15"]
