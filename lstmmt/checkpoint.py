@@ -8,7 +8,9 @@ training exactly (optimizer, step, data position, RNG states, early-stopping sta
 
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,27 @@ FORMAT = 1
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+    """Write a checkpoint atomically; a failed write (disk full, read-only folder) is a UserError
+    naming the file, and the previous file of that name stays intact."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError (basic_ios::clear, unexpected pos)
+        if isinstance(exc, RuntimeError) and not _disk_nearly_full(path.parent):
+            raise
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no space left on device"
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        advice = "free some space" if cause == "no space left on device" or getattr(exc, "errno", None) == errno.ENOSPC \
+            else "make the folder writable"
+        raise UserError(f"cannot write checkpoint {path}: {cause}{kept}; {advice} and run again") from None
+
+
+def _disk_nearly_full(directory: Path) -> bool:
+    """Whether the file system of `directory` has too little space left for a checkpoint to fit (< 64 MiB)."""
+    try:
+        return shutil.disk_usage(directory).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -94,7 +116,8 @@ def resolve(run: RunDir, name: str) -> Path:
     if name in ("best", "last", "averaged"):
         path = run.checkpoint(name)
         if not path.exists():
-            raise UserError(f"{run.root} has no {name} checkpoint: run `lstmmt train {run.root}` first")
+            step = f"average {run.root} --last N" if name == "averaged" else f"train {run.root}"
+            raise UserError(f"{run.root} has no {name} checkpoint: run `lstmmt {step}` first")
         return path
     return Path(name)
 
@@ -149,9 +172,17 @@ def load_model(path: Path, tokenizer: "Tokenizer") -> tuple["Seq2Seq", "Config",
 
 def select_for_average(run: RunDir, last: int | None = None, best: int | None = None) -> list[Path]:
     """The `last` newest step checkpoints, or the `best` ones by the validation BLEU stored in each."""
+    if (last is None) == (best is None):
+        raise UserError("pass exactly one of --last N or --best N")
+    option, count = ("--last", last) if last is not None else ("--best", best)
+    if count < 1:
+        raise UserError(f"{option} must be >= 1, got {count}")
     kept = step_checkpoints(run)
     if not kept:
         raise UserError(f"{run.checkpoints} has no step-N.pt checkpoints to average")
+    if count > len(kept):
+        raise UserError(f"{option} {count} asks for more checkpoints than {run.checkpoints} keeps ({len(kept)}: "
+                        f"{', '.join(p.name for p in kept)}): pass {option} {len(kept)} or fewer")
     if last is not None:
         return kept[:last]
     scored = [(load(p).get("valid", {}).get("bleu", float("-inf")), p) for p in kept]

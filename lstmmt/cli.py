@@ -1,6 +1,7 @@
 """The `lstmmt` command: thin Typer commands that parse options and call the steps.
 
-A UserError anywhere below becomes one red line on stderr and exit status 1. Any other
+A UserError anywhere below becomes one red line on stderr and exit status 1, and so does an
+OSError (disk full, read-only file system, no permission: the path and the cause). Any other
 exception is a bug: it prints one short line naming it and exits 1, and with
 LSTMMT_TRACEBACK=1 in the environment the full traceback instead.
 """
@@ -22,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lstmmt.config import Config, read_yaml
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, io_error_message
 from lstmmt.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ def friendly(command: Callable) -> Callable:
         except BrokenPipeError:  # `lstmmt translate ... | head`
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except OSError as exc:  # no space, read-only, permission: the one place they become a line
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            stderr.print(Text.assemble(("error: ", "bold red"), io_error_message(exc)), soft_wrap=True)
+            raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise  # exit statuses and usage errors the command chose; click reports them
         except Exception as exc:
@@ -108,12 +114,12 @@ def preprocess(
 ) -> None:
     """Read, clean and tokenize a parallel corpus; train SentencePiece; store the encoded corpus."""
     from lstmmt.corpus import dataset_source, file_source
-    from lstmmt.preprocess import preprocess as run_preprocess
+    from lstmmt.preprocess import kept_settings, preprocess as run_preprocess
 
     sets = [f"data.src_lang={src_lang}", f"data.tgt_lang={tgt_lang}", *(overrides or [])]
     sets += [f"tokenizer.vocab_size={vocab_size}"] * (vocab_size is not None)
     sets += [f"tokenizer.model_type={model_type}"] * (model_type is not None)
-    config = build_config(Config(), config_file, sets)
+    config = build_config(kept_settings(RunDir(run_dir), force), config_file, sets)
     if dataset is not None:
         if train or valid or test:
             raise UserError("use either --dataset or --train/--valid/--test files, not both")
@@ -148,13 +154,15 @@ def train(
 
     For several GPUs or machines, launch it with torchrun: `torchrun --nproc_per_node N -m lstmmt train RUN`.
     """
+    run = RunDir(run_dir)
+    run.require_preprocessed()
+    if os.environ.get("RANK", "0") == "0":  # before the slow imports, so a second train fails at once
+        run.check_unlocked("train")
     from lstmmt.train import FAILED_STOPS, train as run_train
 
     from lstmmt.device import resolve_device
     from lstmmt.distributed import check_gpus_for
 
-    run = RunDir(run_dir)
-    run.require_preprocessed()
     sets = list(overrides or [])
     sets += [f"train.max_steps={max_steps}"] * (max_steps is not None)
     sets += [f"train.max_time={max_time}"] * (max_time is not None)
@@ -314,18 +322,20 @@ def evaluate(
     beam: Optional[int] = typer.Option(None, "--beam", help="With --split: beam size for the translation."),
     checkpoint: str = typer.Option("best", help="With --split: best, last, averaged, or a checkpoint path."),
     device: str = typer.Option("auto", help="With --split: auto, cpu, cuda or cuda:N."),
+    name: Optional[str] = typer.Option(None, "--name", help="With --hyp: save as RUN/scores/NAME.json (default: "
+                                       "hyp-STEM.HASH.json, from the whole hypothesis path). Never replaces another hypothesis's score."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
 ) -> None:
-    """BLEU, chrF and TER with sacrebleu; saved to RUN/scores/NAME.json with the metric signatures."""
+    """BLEU, chrF and TER with sacrebleu; saved under RUN/scores/ (split-SPLIT.json for --split) with the metric signatures."""
     from lstmmt.evaluate import evaluate_files, evaluate_split
 
     run = RunDir(run_dir)
     if split is not None:
-        if hyp or ref:
-            raise UserError("use either --split or --hyp/--ref, not both")
+        if hyp or ref or name:
+            raise UserError("use either --split or --hyp/--ref [--name], not both")
         result = evaluate_split(run, split, checkpoint, beam, device)
     elif hyp is not None and ref is not None:
-        result = evaluate_files(run, hyp, ref)
+        result = evaluate_files(run, hyp, ref, name=name)
     else:
         raise UserError("pass --hyp FILE --ref FILE, or --split test")
     if as_json:
@@ -356,10 +366,9 @@ def average(
 
     run = RunDir(run_dir)
     run.require_checkpoint()
-    if (last is None) == (best is None):
-        raise UserError("pass exactly one of --last N or --best N")
-    paths = checkpoint.select_for_average(run, last=last, best=best)
-    result = average_checkpoints(run, paths, output or run.checkpoint("averaged"), device, check)
+    with run.lock("average"):
+        paths = checkpoint.select_for_average(run, last=last, best=best)
+        result = average_checkpoints(run, paths, output or run.checkpoint("averaged"), device, check)
     stderr.print(Text(result.summary()), soft_wrap=True)
 
 
@@ -372,7 +381,7 @@ def plot(
     """Plot validation BLEU and loss against step and training time as a PNG (needs matplotlib)."""
     from lstmmt.plot import plot_learning_curve
 
-    stderr.print(f"Wrote {plot_learning_curve(RunDir(run_dir), output)}")
+    stderr.print(f"Wrote {plot_learning_curve(RunDir(run_dir), output)}", markup=False)
 
 
 @app.command()

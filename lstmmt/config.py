@@ -160,23 +160,11 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def validate(self) -> "Config":
-        """Cross-field checks, run before any data is touched."""
-        checks = [
-            (self.tokenizer.vocab_size >= 8, "tokenizer.vocab_size must be at least 8"),
-            (self.model.hidden_size % 2 == 0, "model.hidden_size must be even (each encoder direction gets half)"),
-            (self.model.encoder_layers >= 1 and self.model.decoder_layers >= 1, "model.*_layers must be >= 1"),
-            (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
-            (self.model.init_range > 0, "model.init_range must be positive"),
-            (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
-            ((self.train.batch_tokens or 1) > 0, "train.batch_tokens must be positive"),
-            (self.train.window_sentences > 0, "train.window_sentences must be positive"),
-            (self.train.lr > 0, "train.lr must be positive"),
-            (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
-            (self.data.max_tokens >= 1, "data.max_tokens must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        """Range and cross-field checks, run before any data is touched or any file written."""
+        for section in (self.data, self.tokenizer, self.model, self.train):
+            _check_ranges(section)
+        if self.model.hidden_size % 2:
+            raise UserError(f"model.hidden_size must be even (each encoder direction gets half), got {self.model.hidden_size}")
         self.decode.check()
         for duration in (self.train.max_time, self.train.valid_every_time):
             if duration is not None:
@@ -242,6 +230,59 @@ def _moved_keys(raw: Any) -> Any:
             if isinstance(target, dict):
                 target.setdefault(key, value)
     return raw
+
+
+INF = float("inf")
+RANGES: dict[str, tuple[float, float, str]] = {
+    # key: (low, high, how the bounds read); None values (optional fields) are not checked
+    "data.max_tokens": (1, INF, ">= 1"),
+    "data.max_ratio": (1, INF, ">= 1"),
+    "tokenizer.vocab_size": (8, INF, ">= 8"),
+    "tokenizer.character_coverage": (0, 1, "in (0, 1]"),
+    "tokenizer.input_sentence_size": (1, INF, ">= 1"),
+    "model.embed_size": (1, INF, ">= 1"),
+    "model.hidden_size": (2, INF, ">= 2 and even"),
+    "model.encoder_layers": (1, INF, ">= 1"),
+    "model.decoder_layers": (1, INF, ">= 1"),
+    "model.dropout": (0, 1, "in [0, 1)"),
+    "model.init_range": (0, INF, "> 0"),
+    "train.seed": (0, 2**32 - 1, "in [0, 4294967295]"),
+    "train.batch_tokens": (1, INF, ">= 1 (or null: chosen by the device)"),
+    "train.window_sentences": (1, INF, ">= 1"),
+    "train.lr": (0, INF, "> 0"),
+    "train.warmup_steps": (0, INF, ">= 0"),
+    "train.lr_decay_factor": (0, 1, "in (0, 1]"),
+    "train.lr_min": (0, INF, ">= 0"),
+    "train.clip_norm": (0, INF, "> 0"),
+    "train.label_smoothing": (0, 1, "in [0, 1)"),
+    "train.max_steps": (1, INF, ">= 1"),
+    "train.max_epochs": (1, INF, ">= 1"),
+    "train.valid_every": (1, INF, ">= 1"),
+    "train.patience": (0, INF, ">= 0 (0 = never stop early)"),
+    "train.keep_checkpoints": (0, INF, ">= 0"),
+    "train.log_every": (1, INF, ">= 1"),
+    "train.threads": (0, INF, ">= 0 (0 = torch's default)"),
+}
+"""The allowed range of every numeric field of the data, tokenizer, model and train sections:
+the one place they are checked, so --set, --config, config.yaml and command-line options such
+as --max-steps all meet the same check before anything is written."""
+_OPEN_LOW = {"tokenizer.character_coverage", "model.init_range", "train.lr", "train.lr_decay_factor", "train.clip_norm"}
+_OPEN_HIGH = {"model.dropout", "train.label_smoothing"}
+
+
+def _check_ranges(section: Any) -> None:
+    name = {DataConfig: "data", TokenizerConfig: "tokenizer", ModelConfig: "model", TrainConfig: "train"}[type(section)]
+    for item in dataclasses.fields(section):
+        key, value = f"{name}.{item.name}", getattr(section, item.name)
+        if value is None or isinstance(value, (str, bool)):
+            continue
+        if key not in RANGES:
+            raise AssertionError(f"numeric config field {key} has no range in config.RANGES")
+        low, high, allowed = RANGES[key]
+        too_low = value <= low if key in _OPEN_LOW else value < low
+        too_high = value >= high if key in _OPEN_HIGH else value > high
+        if too_low or too_high or not math.isfinite(value):  # NaN compares false both ways
+            raise UserError(f"{key} must be {allowed}, got {value}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -1,9 +1,41 @@
 """The one exception type for mistakes a user can fix.
 
-The CLI prints its message on one line and exits non-zero; anything else is a bug
-and keeps its traceback.
+The CLI prints its message on one line and exits non-zero; an OSError (disk full, read-only, no permission) becomes one line
+from io_error_message; anything else is a bug.
 """
+
+import errno
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class UserError(Exception):
     """A problem with the user's input, files or order of steps; the message says what to do."""
+
+
+_IO_ADVICE = {
+    errno.ENOSPC: "free some space and run again",
+    errno.EDQUOT: "free some space and run again",
+    errno.EROFS: "the file system is read-only: use a writable location",
+    errno.EACCES: "check the permissions",
+    errno.EPERM: "check the permissions",
+}
+
+
+def io_error_message(exc: OSError) -> str:
+    """One line for an I/O failure: the path, the cause and what to do."""
+    path = exc.filename if exc.filename is not None else "a file"
+    cause = exc.strerror or str(exc)
+    advice = _IO_ADVICE.get(exc.errno or 0)
+    return f"cannot write or read {path}: {cause}" + (f"; {advice}" if advice else "")
+
+
+@contextmanager
+def io_context(path: object) -> Iterator[None]:
+    """Name `path` in OSErrors raised without a file name (a write() on a full disk has none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise

@@ -38,11 +38,25 @@ def read_lines(path: Path) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def evaluate_files(run: RunDir, hyp: Path, ref: Path, name: Optional[str] = None) -> dict[str, Any]:
-    """Score hyp against ref and save the result as RUN/scores/NAME.json (NAME defaults to hyp's stem)."""
+def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: Optional[str] = None, name: Optional[str] = None) -> dict[str, Any]:
+    """Score hyp against ref and save the result: scores/split-SPLIT.json for a stored split,
+    else scores/NAME.json, NAME given or derived from the whole hypothesis path (RunDir.hyp_score).
+    A named file holding another hypothesis's score is never replaced."""
+    target = run.split_score(split) if split is not None else run.hyp_score(hyp, name)
+    if split is None and name is not None:
+        _refuse_other_hypothesis(target, hyp)
     result = score(read_lines(hyp), read_lines(ref)) | {"hypothesis": str(hyp), "reference": str(ref)}
-    atomic_write_text(run.scores / f"{name or Path(hyp).stem}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _refuse_other_hypothesis(target: Path, hyp: Path) -> None:
+    try:
+        previous = json.loads(target.read_text(encoding="utf-8")).get("hypothesis")
+    except (OSError, ValueError, AttributeError):
+        return  # missing (or unreadable: nothing worth keeping)
+    if previous is not None and Path(previous).resolve() != Path(hyp).resolve():
+        raise UserError(f"{target} already holds the score of {previous}: choose another --name, or delete it first")
 
 
 def evaluate_split(run: RunDir, split: str, checkpoint_name: str, beam_size: Optional[int], device: str) -> dict[str, Any]:

@@ -7,16 +7,19 @@ from pathlib import Path
 
 from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from lstmmt.config import Config
+from lstmmt.metrics import read_metrics
 from lstmmt.rundir import RunDir
 
 
 def describe(run: RunDir) -> RenderableType:
     run.require_preprocessed()
     config = Config.load(run.config)
-    meta = json.loads(run.meta.read_text(encoding="utf-8"))
-    parts: list[RenderableType] = [f"[bold]{run.root}[/]: {config.data.src_lang} -> {config.data.tgt_lang}"]
+    meta = run.read_meta()
+    title = Text.assemble((str(run.root), "bold"), f": {config.data.src_lang} -> {config.data.tgt_lang}")
+    parts: list[RenderableType] = [title]
     parts.append(_settings(config))
     parts.append(_splits(meta))
     parts.append(_checkpoints(run))
@@ -60,16 +63,13 @@ def _checkpoints(run: RunDir) -> Table | None:
 
 
 def _validation(run: RunDir) -> str | None:
-    metrics = run.logs / "metrics.jsonl"
-    if not metrics.exists():
-        return None
-    valid = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if '"valid"' in line]
+    valid = [r for r in read_metrics(run.metrics, "valid") if isinstance(r.get("bleu"), (int, float))]
     if not valid:
         return None
     best = max(valid, key=lambda r: r["bleu"])
     last = valid[-1]
     return (f"validation: {len(valid)} runs, best BLEU {best['bleu']:.2f} at step {best['step']}, "
-            f"last at step {last['step']} (BLEU {last['bleu']:.2f}, {last['elapsed']:.0f}s of training)")
+            f"last at step {last['step']} (BLEU {last['bleu']:.2f}, {last.get('elapsed', 0):.0f}s of training)")
 
 
 def _scores(run: RunDir) -> Table | None:
@@ -80,6 +80,10 @@ def _scores(run: RunDir) -> Table | None:
     for column in ("name", "BLEU", "chrF", "TER", "lines"):
         table.add_column(column)
     for path in files:
-        score = json.loads(path.read_text(encoding="utf-8"))
-        table.add_row(path.stem, f"{score['bleu']:.2f}", f"{score['chrf']:.2f}", f"{score['ter']:.2f}", str(score["lines"]))
+        try:
+            score = json.loads(path.read_text(encoding="utf-8"))
+            row = [f"{score['bleu']:.2f}", f"{score['chrf']:.2f}", f"{score['ter']:.2f}", str(score["lines"])]
+        except (OSError, ValueError, TypeError, KeyError):
+            row = ["damaged", "", "", ""]
+        table.add_row(path.stem, *row)
     return table

@@ -6,20 +6,18 @@ matplotlib is an optional extra (`pip install 'lstmmt[plot]'`), imported only he
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from lstmmt.errors import UserError
+from lstmmt.metrics import read_metrics
 from lstmmt.rundir import RunDir, atomic_write
 
 
 def read_events(run: RunDir, event: str) -> list[dict]:
-    metrics = run.logs / "metrics.jsonl"
-    if not metrics.exists():
+    if not run.metrics.exists():
         raise UserError(f"{run.root} has no training log: run `lstmmt train {run.root}` first")
-    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if r["event"] == event]
+    return read_metrics(run.metrics, event)
 
 
 def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
@@ -49,7 +47,7 @@ def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
     best = max(valid, key=lambda r: r["bleu"])
     figure.suptitle(f"{run.root.name}: best validation BLEU {best['bleu']:.2f} at step {best['step']}")
     figure.tight_layout()
-    target = Path(output) if output else run.logs / "learning_curve.png"
+    target = Path(output) if output else run.learning_curve
     atomic_write(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)
     return target

@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -55,9 +56,34 @@ Problem = Callable[[Any, Any], str | None]
 
 
 def preprocess(run: RunDir, config: Config, sources: dict[str, Source], force: bool = False) -> dict:
-    """Build RUN/config.yaml, RUN/tokenizer/ and RUN/data/ from the given splits; return the meta dict."""
+    """Build RUN/config.yaml, RUN/tokenizer/ and RUN/data/ from the given splits; return the meta dict.
+
+    Holds the run's lock throughout."""
     _check_split_names(sources)
+    with run.lock("preprocess"):
+        return _preprocess_locked(run, config, sources, force)
+
+
+def kept_settings(run: RunDir, force: bool) -> Config:
+    """The base config of a preprocess: the defaults, or when --force redoes a run, the defaults
+    with the run's model, train and decode sections kept (said on stderr), so redoing the data
+    never silently resets how the run trains and translates."""
+    if not (force and run.config.exists()):
+        return Config()
+    try:
+        old = Config.load(run.config)
+    except UserError as exc:
+        console.print(f"[yellow]warning:[/] not keeping the settings of {escape(str(run.config))} ({escape(str(exc))}); "
+                      "model, train and decode settings start from the defaults")
+        return Config()
+    console.print(f"keeping the model, train and decode settings of {escape(str(run.config))} "
+                  "(change them with --set or --config)")
+    return replace(Config(), model=old.model, train=old.train, decode=old.decode)
+
+
+def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], force: bool) -> dict:
     _clear_previous(run, force)
+    run.remove_stale_temporaries()  # of a killed preprocess: no other one runs, we hold the lock
     run.data_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict] = {}
     # The references first: they are small, so a mistake in them shows before the long train pass.

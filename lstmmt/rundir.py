@@ -12,18 +12,26 @@ Layout (documented in README.md):
     RUN/train.json                  written when training ends (not when interrupted): why, step, best BLEU
     RUN/logs/train.log, metrics.jsonl
     RUN/translations/NAME.hyp       translate output
-    RUN/scores/NAME.json            evaluate output
+    RUN/scores/NAME.json            evaluate output (split-SPLIT.json for --split, hyp-STEM.HASH.json or --name for --hyp)
+    RUN/.lock                       held (flock) by preprocess, train and average; holds the holder's PID
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
 import os
+import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, io_context
 
 SIDES = ("src", "tgt")
 
@@ -80,6 +88,91 @@ class RunDir:
     def scores(self) -> Path:
         return self.root / "scores"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.logs / "learning_curve.png"
+
+    def split_score(self, split: str) -> Path:
+        """scores/split-SPLIT.json: the score of a stored split (`evaluate --split`)."""
+        return self.scores / f"split-{split}.json"
+
+    def hyp_score(self, hyp: Path, name: str | None = None) -> Path:
+        """scores/NAME.json for `evaluate --hyp`: the given name, else one derived from the whole
+        hypothesis path (its stem and a hash of its absolute path), so two files never share one."""
+        if name is not None:
+            if not re.fullmatch(r"[\w.+-]+", name) or name.startswith("."):
+                raise UserError(f"--name {name!r}: use letters, digits and . _ + - only")
+            return self.scores / f"{name}.json"
+        digest = hashlib.sha256(str(Path(hyp).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        stem = re.sub(r"[^\w.+-]", "_", Path(hyp).stem) or "hyp"
+        return self.scores / f"hyp-{stem}.{digest}.json"
+
+    def stale_temporaries(self) -> list[Path]:
+        """What a killed preprocess leaves: its cleaned training text and half-trained tokenizers."""
+        return [*self.data_dir.glob(".train-text.*"), *(p for name in ("spm", "src", "tgt")
+                                                         for p in self.tokenizer_dir.glob(f".{name}.*"))]
+
+    def remove_stale_temporaries(self) -> None:
+        """Remove stale_temporaries(); call it only while holding the lock of a step that writes them."""
+        for path in self.stale_temporaries():
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+    def read_meta(self) -> dict[str, Any]:
+        """data/meta.json, checked to be what preprocess writes; a damaged one is a UserError."""
+        try:
+            meta = json.loads(self.meta.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{self.root} has no preprocessed data: run `lstmmt preprocess {self.root} ...` first") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            meta = None
+        if not (isinstance(meta, dict) and isinstance(meta.get("splits"), dict)
+                and all(isinstance(v, dict) for v in meta["splits"].values())):
+            raise UserError(f"{self.meta} is damaged (not the JSON preprocess writes): "
+                            f"redo `lstmmt preprocess {self.root} ... --force`")
+        return meta
+
+    def check_unlocked(self, command: str) -> None:
+        """Fail at once, as lock() would, if another process holds the run (a quick look before a
+        command's slow start-up; the lock itself is taken later, by the step)."""
+        if self.lock_file.exists():
+            with self.lock(command):
+                pass
+
+    @contextmanager
+    def lock(self, command: str, held: bool = True, writable: Path | None = None) -> Iterator[None]:
+        """Hold RUN/.lock (an exclusive flock) while `command` writes the run; a second writer fails at
+        once, naming the PID that holds it. The kernel drops the lock when its holder exits, so a
+        killed process never leaves the run locked. held=False (other torchrun ranks) takes nothing.
+        `writable`: a folder checked to be writable once the lock is held. An OSError without a
+        file name raised inside is reported against the run directory."""
+        if not held:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+                who = f"`lstmmt {holder[1]}` (PID {holder[0]})" if len(holder) >= 2 else "another lstmmt process"
+                raise UserError(f"{self.root} is in use by {who}: wait for it to finish or stop it, "
+                                f"then run `lstmmt {command}` again") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+            if writable is not None:
+                require_writable(writable)
+            with io_context(self.root):
+                yield
+        finally:
+            os.close(fd)
+
     def ids(self, split: str, side: str) -> Path:
         return self.data_dir / f"{split}.{side}.ids.npy"
 
@@ -97,11 +190,24 @@ class RunDir:
             raise UserError(f"run directory {self.root} does not exist: run `lstmmt preprocess {self.root} ...` first")
         if not (self.config.exists() and self.meta.exists()):
             raise UserError(f"{self.root} has no preprocessed data: run `lstmmt preprocess {self.root} ...` first")
+        self.read_meta()
 
     def require_checkpoint(self) -> None:
         self.require_preprocessed()
         if not any(self.checkpoints.glob("*.pt")):
             raise UserError(f"{self.root} has no trained model: run `lstmmt train {self.root}` first")
+
+
+def require_writable(directory: Path) -> None:
+    """Create `directory` if needed and check a file can be written in it (before hours of work
+    that end in a save); a read-only or full folder is a UserError naming it."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write in {directory}: {exc.strerror or exc}; make it writable and run again") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

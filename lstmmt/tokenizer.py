@@ -146,4 +146,11 @@ class Tokenizer:
 
 
 def _processor(path: Path) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=str(path))
+    """A SentencePiece model file; a damaged one (e.g. "could not parse ModelProto") is a UserError."""
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        run = Path(path).parent.parent
+        raise UserError(f"{path} is not a readable SentencePiece model (corrupt or truncated: {reason}): "
+                        f"redo `lstmmt preprocess {run} ... --force`") from None

@@ -61,7 +61,7 @@ def test_pipeline_learns_held_out_sentences(trained_run):
     scores = json.loads(result.stdout)
     assert scores["bleu"] > 60, scores
     assert scores["signatures"]["bleu"].startswith("nrefs:1|case:mixed")
-    assert (trained_run / "scores/test.json").exists() and (trained_run / "translations/test.hyp").exists()
+    assert (trained_run / "scores/split-test.json").exists() and (trained_run / "translations/test.hyp").exists()
     metrics = [json.loads(line) for line in (trained_run / "logs/metrics.jsonl").read_text().splitlines()]
     assert any(m["event"] == "valid" for m in metrics) and any(m["event"] == "train" for m in metrics)
 
