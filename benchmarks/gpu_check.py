@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from common import CACHE, DEFAULT_DATA, REPO, emit, log, machine
 

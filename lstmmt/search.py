@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,13 +114,16 @@ def beam_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: Dec
 
 
 class _BeamState:
-    """Bookkeeping of one beam search: live hypotheses as tensors, finished ones as lists."""
+    """Bookkeeping of one beam search: live hypotheses as device tensors, finished ones as
+    lists. Which sentences are in the batch, their length limits and the finished lists live
+    on the host, so a step copies from the device once (see `advance`): on a GPU every
+    copy to the host waits for all queued work."""
 
     def __init__(self, batch: int, beam: int, limits: Tensor, device: torch.device):
-        self.beam = beam
-        self.active = torch.arange(batch, device=device)  # corpus rows of the sentences in the batch
+        self.beam, self.device = beam, device
+        self.active = list(range(batch))  # corpus rows of the sentences in the batch
+        self.limits = limits.tolist()  # max output length incl. EOS, per corpus row
         self.searching = batch  # sentences not done (the others stay only as padding)
-        self.limits = limits.to(device)  # (batch,) max output length incl. EOS
         self.tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
         scores = torch.full((batch, beam), float("-inf"), device=device)
         scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
@@ -129,9 +133,12 @@ class _BeamState:
     def advance(self, log_probs: Tensor, length_penalty: float) -> tuple[Tensor, Tensor | None]:
         """Take one step; returns the row order for the decoder state and, if sentences
         finished, the rows of memory (sentences) to keep (None when all are still active)."""
-        n, beam, vocab = self.active.numel(), self.beam, log_probs.size(-1)
+        n, beam, vocab = len(self.active), self.beam, log_probs.size(-1)
         step = self.tokens.size(1)  # tokens generated after this step, EOS included
-        log_probs = self._force_eos_at_limit(log_probs.view(n, beam, vocab), step)
+        at_limit = [self.limits[row] <= step for row in self.active]
+        log_probs = log_probs.view(n, beam, vocab)
+        if any(at_limit):
+            log_probs = self._force_eos(log_probs, at_limit)
         candidates = log_probs.add_(self.scores.unsqueeze(-1)).view(n, beam * vocab)  # in place: one pass less over beam x vocab
         top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=-1)  # (n, 2*beam)
         top_beams, top_tokens = top_ids // vocab, top_ids % vocab
@@ -139,56 +146,57 @@ class _BeamState:
 
         self._finish(top_scores, top_beams, is_eos, step, length_penalty)
         # Both conditions only ever turn on, so sentences kept as padding stay done.
-        full = torch.tensor([len(self.finished[i]) >= beam for i in self.active.tolist()], device=self.active.device)
-        done = full | (self.limits.index_select(0, self.active) <= step)
+        done = [len(self.finished[row]) >= beam or limit for row, limit in zip(self.active, at_limit)]
+        done_mask = torch.tensor(done, device=self.device)
 
         # Continue with the best `beam` candidates that did not end (none for finished sentences).
-        alive_scores, pick = top_scores.masked_fill(is_eos | done.unsqueeze(1), float("-inf")).topk(beam, dim=-1)
+        alive_scores, pick = top_scores.masked_fill(is_eos | done_mask.unsqueeze(1), float("-inf")).topk(beam, dim=-1)
         alive_beams, alive_tokens = top_beams.gather(1, pick), top_tokens.gather(1, pick)
-        rows = (torch.arange(n, device=pick.device).unsqueeze(1) * beam + alive_beams)  # (n, beam) old row ids
-        self.searching = int((~done).sum())
-        keep = self._rows_to_keep(done)
+        rows = (torch.arange(n, device=self.device).unsqueeze(1) * beam + alive_beams)  # (n, beam) old row ids
+        self.searching = done.count(False)
+        kept = self._rows_to_keep(done)
+        keep = torch.tensor(kept, dtype=torch.long, device=self.device)
         reorder = rows.index_select(0, keep).view(-1)
         self.tokens = torch.cat([self.tokens.index_select(0, reorder), alive_tokens.index_select(0, keep).view(-1, 1)], dim=1)
         self.scores = alive_scores.index_select(0, keep)
-        self.active = self.active.index_select(0, keep)
-        return reorder, keep if len(keep) < n else None
+        self.active = [self.active[i] for i in kept]
+        return reorder, keep if len(kept) < n else None
 
-    def _rows_to_keep(self, done: Tensor) -> Tensor:
+    def _rows_to_keep(self, done: list[bool]) -> list[int]:
         """The sentences to keep in the batch: all still searching, plus finished ones as padding
         up to the next of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... rows. oneDNN compiles kernels per
         batch shape, and a batch that shrank by one sentence at a time would meet hundreds of
         shapes (and overflow its cache); this way it meets a few, at most a third of rows idle."""
         size = _bucket(self.searching)
-        if size >= done.numel():
-            return torch.arange(done.numel(), device=done.device)
-        searching_first = torch.argsort(done.to(torch.int8), stable=True)
-        return searching_first[:size].sort().values
+        if size >= len(done):
+            return list(range(len(done)))
+        searching_first = [i for i, d in enumerate(done) if not d] + [i for i, d in enumerate(done) if d]
+        return sorted(searching_first[:size])
 
-    def _force_eos_at_limit(self, log_probs: Tensor, step: int) -> Tensor:
+    def _force_eos(self, log_probs: Tensor, at_limit: list[bool]) -> Tensor:
         """At a sentence's last allowed position, EOS is the only choice."""
-        at_limit = self.limits.index_select(0, self.active) <= step
-        if bool(at_limit.any()):
-            forced = torch.full_like(log_probs, float("-inf"))
-            forced[..., EOS] = log_probs[..., EOS]
-            log_probs = torch.where(at_limit.view(-1, 1, 1), forced, log_probs)
-        return log_probs
+        forced = torch.full_like(log_probs, float("-inf"))
+        forced[..., EOS] = log_probs[..., EOS]
+        return torch.where(torch.tensor(at_limit, device=self.device).view(-1, 1, 1), forced, log_probs)
 
     def _finish(self, top_scores: Tensor, top_beams: Tensor, is_eos: Tensor, step: int, length_penalty: float) -> None:
-        """Set aside hypotheses ending in EOS that rank within the top `beam` candidates."""
-        ended = is_eos[:, : self.beam] & torch.isfinite(top_scores[:, : self.beam])
-        if not bool(ended.any()):
-            return
-        positions = ended.nonzero().tolist()
-        scores = top_scores[:, : self.beam][ended].tolist()
-        beams = top_beams[:, : self.beam][ended].tolist()
-        active = self.active.tolist()
-        for (row, _), beam_id, log_prob in zip(positions, beams, scores):
-            sentence = active[row]
-            if len(self.finished[sentence]) >= self.beam:
+        """Set aside hypotheses ending in EOS that rank within the top `beam` candidates.
+
+        The one copy to the host of the step: for the top `beam` candidates of every
+        sentence, whether it ends, its score and its tokens so far (n x beam x step ids, a few
+        kilobytes), so that finishing never goes back to the device."""
+        n, beam, step_tokens = top_scores.size(0), self.beam, self.tokens.size(1)
+        histories = self.tokens.view(n, beam, step_tokens).gather(1, top_beams[:, :beam, None].expand(n, beam, step_tokens))
+        packed = torch.cat([top_scores[:, :beam, None].double(), is_eos[:, :beam, None].double(), histories.double()], dim=2)
+        host = packed.cpu().numpy()  # (n, beam, 2 + step)
+        ended = (host[:, :, 1] > 0) & np.isfinite(host[:, :, 0])
+        for row, candidate in zip(*np.nonzero(ended)):
+            sentence = self.finished[self.active[row]]
+            if len(sentence) >= beam:
                 continue
-            tokens = self.tokens[row * self.beam + beam_id, 1:].tolist()
-            self.finished[sentence].append(Hypothesis(tokens, log_prob / step**length_penalty, log_prob))
+            log_prob = float(host[row, candidate, 0])
+            tokens = host[row, candidate, 3:].astype(np.int64).tolist()  # without the leading BOS
+            sentence.append(Hypothesis(tokens, log_prob / step**length_penalty, log_prob))
 
 
 def _bucket(count: int) -> int:

@@ -126,6 +126,7 @@ class Trainer:
         if config.train.batch_tokens is None:  # the device's choice, recorded in config.yaml by train()
             config = replace(config, train=replace(config.train, batch_tokens=default_batch_tokens(device, training=True)))
         self.run, self.config, self.device, self.ranks = run, config, device, ranks
+        prepare_device(device)
         self.precision = choose_precision(config.train.precision, device, "train.precision", training=True)
         self.tokenizer = Tokenizer.load(run.tokenizer_dir)
         self.train_src = EncodedSide.open(run, "train", "src")
@@ -401,7 +402,6 @@ def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     ranks, device = distributed.setup(config.train.device)
-    prepare_device(device)
     try:  # rank 0 holds the run's lock; the checkpoints folder must be writable before training starts
         with run.lock("train", held=ranks.is_main, writable=run.checkpoints):
             trainer = Trainer(run, config, device, ranks)
