@@ -1,9 +1,10 @@
 """The translate and score steps: text in, text out, exactly one output line per input line, in order.
 
-Input is read as it becomes available: whatever lines are there (up to a chunk of 5,000)
-are translated, written and flushed before reading on. From a file that means large chunks,
-sorted by length into well-filled batches; from a terminal or a pipe whose writer pauses
-it means each line is answered at once (an interactive filter).
+Input is read as it becomes available: whatever lines are there (up to a chunk of 64
+lines at first, doubling to 5,000) are translated, written and flushed before reading on.
+From a file that means large chunks, sorted by length into well-filled batches (and the
+first output soon); from a terminal or a pipe whose writer pauses it means each line is
+answered at once (an interactive filter).
 
 Lines end at "\n" only (CRLF works). The other characters str.splitlines() breaks on
 (\r \v \f \x1c-\x1e \x85 \u2028 \u2029) become spaces inside an input line, as preprocess
@@ -39,6 +40,8 @@ stderr = Console(stderr=True)
 
 CHUNK_LINES = 5000
 """Most lines translated at once: enough to sort into full batches, bounded memory on big inputs."""
+FIRST_CHUNK = 64
+"""Most lines of the first chunk; chunks double from it up to CHUNK_LINES, so output starts soon."""
 FORMATS = ("text", "jsonl")
 
 
@@ -57,36 +60,46 @@ def decode_line(raw: bytes, number: int) -> str:
 
 
 def read_chunks(stream: BinaryIO, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, lines) of the input as it becomes available, at most chunk_lines at a time.
+    """(first line number, lines) of the input as it becomes available, in chunks of at most
+64, 128, ... up to chunk_lines lines.
 
     Splitting on b"\n" only, so "\r\n" files count their lines right and a stray form feed
     or U+2028 inside a line cannot split it (the Translator turns it into a space).
     """
     number = 1
-    for raws in _raw_chunks(stream, chunk_lines):
+    for raws in _raw_chunks(stream, _chunk_sizes(chunk_lines)):
         yield number, [decode_line(raw, number + i) for i, raw in enumerate(raws)]
         number += len(raws)
 
 
-def _raw_chunks(stream: BinaryIO, chunk_lines: int) -> Iterator[list[bytes]]:
-    """Raw lines in chunks: from a file descriptor as they arrive; from an in-memory stream
-    (no descriptor: everything is there already) in chunks of chunk_lines."""
+def _chunk_sizes(most: int) -> Iterator[int]:
+    """FIRST_CHUNK, twice that, ... up to `most`, then `most` for ever."""
+    size = min(FIRST_CHUNK, most)
+    while True:
+        yield size
+        size = min(2 * size, most)
+
+
+def _raw_chunks(stream: BinaryIO, sizes: Iterator[int]) -> Iterator[list[bytes]]:
+    """Raw lines in chunks of at most the next of `sizes` lines: from a file descriptor as
+    they arrive; from an in-memory stream (no descriptor: everything is there already) full."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
         chunk: list[bytes] = []
+        size = next(sizes)
         for raw in stream:
             chunk.append(raw.removesuffix(b"\n"))
-            if len(chunk) == chunk_lines:
+            if len(chunk) == size:
                 yield chunk
-                chunk = []
+                chunk, size = [], next(sizes)
         if chunk:
             yield chunk
         return
-    yield from _available_lines(fd, chunk_lines)
+    yield from _available_lines(fd, sizes)
 
 
-def _available_lines(fd: int, chunk_lines: int) -> Iterator[list[bytes]]:
+def _available_lines(fd: int, sizes: Iterator[int]) -> Iterator[list[bytes]]:
     """Complete lines read from `fd`, handed on whenever no more input is ready at once (or a
     chunk is full). os.read blocks only while there is nothing to hand on; poll(0) tells
     whether more input is ready (always, for regular files; for a pipe or terminal, not once
@@ -95,10 +108,11 @@ def _available_lines(fd: int, chunk_lines: int) -> Iterator[list[bytes]]:
     poller.register(fd, select.POLLIN)
     lines: list[bytes] = []
     partial: list[bytes] = []  # pieces of a line whose end has not arrived yet
+    size = next(sizes)
     while True:
-        if lines and (len(lines) >= chunk_lines or not poller.poll(0)):
-            yield lines[:chunk_lines]
-            lines = lines[chunk_lines:]
+        if lines and (len(lines) >= size or not poller.poll(0)):
+            yield lines[:size]
+            lines, size = lines[size:], next(sizes)
             continue
         data = os.read(fd, 1 << 16)
         if not data:
@@ -113,8 +127,8 @@ def _available_lines(fd: int, chunk_lines: int) -> Iterator[list[bytes]]:
     if partial:
         lines.append(b"".join(partial))
     while lines:
-        yield lines[:chunk_lines]
-        lines = lines[chunk_lines:]
+        yield lines[:size]
+        lines, size = lines[size:], next(sizes)
 
 
 def format_output(translation: Translation, n_best: int, line_index: int, output_format: str = "text") -> list[str]:

@@ -100,13 +100,13 @@ def test_a_pipe_gets_each_answer_before_the_next_line_is_written(tiny_run):
     try:
         process.stdin.write(b"seven\n")
         process.stdin.flush()
-        ready, _, _ = select.select([process.stdout], [], [], 120)
+        ready, _, _ = select.select([process.stdout], [], [], 300)
         assert ready, "no translation of the first line while the pipe stayed open"
         first = process.stdout.readline().decode("utf-8").rstrip("\n")
         process.stdin.write(b"half past seven\n")
         process.stdin.close()
         rest = process.stdout.read().decode("utf-8").splitlines()
-        assert process.wait(60) == 0, process.stderr.read()
+        assert process.wait(300) == 0, process.stderr.read()
     finally:
         process.kill()
     expected = [t.text for t in Translator.load(tiny_run, device="cpu", beam_size=2).translate(["seven", "half past seven"])]
@@ -128,10 +128,10 @@ def test_sigterm_leaves_no_temporary_output(tiny_run, tmp_path):
     fifo, target = tmp_path / "in.fifo", tmp_path / "out.txt"
     os.mkfifo(fifo)
     process = translate_process(tiny_run, "-i", fifo, "-o", target, "--beam", "1")
-    writer = open_fifo_writer(fifo, time.monotonic() + 120)
+    writer = open_fifo_writer(fifo, time.monotonic() + 300)
     try:
         os.write(writer, b"seven\n")  # one line translated into the temporary file, then the input stays open
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not any(p.stat().st_size for p in tmp_path.glob(".out.txt.*.tmp")):
             assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
             time.sleep(0.1)
