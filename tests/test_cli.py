@@ -154,5 +154,6 @@ def test_an_average_that_hurts_keeps_best_weights(trained_run, tmp_path):
     assert "below best.pt" in result.output and "holds best.pt's weights" in result.output
     kept = checkpoint.load(run / "checkpoints/averaged.pt")["model"]
     assert all(torch.equal(kept[k], best["model"][k]) for k in kept)
+    (run / "checkpoints/step-2.pt").unlink()
     result = invoke("average", run, "--last", "1")  # the best model alone: no worse, so the average stays
     assert result.exit_code == 0 and "Averaged 1 checkpoints" in result.output, result.output
