@@ -65,7 +65,11 @@ def evaluate_split(run: RunDir, split: str, checkpoint_name: str, beam_size: Opt
     run.require_preprocessed()
     source, reference = run.text(split, "src"), run.text(split, "tgt")
     if not source.exists():
-        raise UserError(f"{run.root} has no stored {split} split: pass --{split} to `lstmmt preprocess`, or use --hyp/--ref")
+        stored = sorted(s for s in ("valid", "test") if run.text(s, "src").exists())
+        if split not in ("valid", "test"):
+            raise UserError(f"unknown split {split!r}: --split takes valid or test (stored in {run.root}: "
+                            f"{', '.join(stored) or 'none'}), or score a file with --hyp/--ref")
+        raise UserError(f"{run.root} has no stored {split} split: preprocess with --{split} PREFIX to store one, or use --hyp/--ref")
     overrides = {} if beam_size is None else {"beam_size": beam_size}
     run_decode = Config.load(run.config).decode
     hyp = split_hypothesis(run, split, checkpoint_name, run_decode.updated(**overrides).beam_size, run_decode.beam_size)

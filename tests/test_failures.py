@@ -376,3 +376,9 @@ def test_io_error_is_one_line_naming_the_path(trained, tmp_path):
     assert_one_line_error(invoke("average", run, "--last", "1"), str(run / ".lock"))
     message = io_error_message(OSError(28, "No space left on device", "/x/y"))
     assert message == "cannot write or read /x/y: No space left on device; free some space and run again"
+
+
+def test_unknown_split_names_the_splits_there_are(trained, tmp_path):
+    result = lstmmt("evaluate", trained, "--split", "nosuch")
+    assert_one_line_error(result, "unknown split 'nosuch'", "valid or test")
+    assert "--nosuch" not in result.stdout + result.stderr
