@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
+import torch
+
 from lstmmt.config import DecodeConfig
 from lstmmt.errors import UserError
 from lstmmt.translator import Translation, Translator, as_dict
@@ -107,6 +109,7 @@ class Worker:
         self.pending = 0  # jobs submitted and not yet answered
         self.lock = threading.Lock()
         self.seconds_per_batch = 0.0  # moving average, for Retry-After
+        self.threads = torch.get_num_threads()  # OpenMP thread counts are per thread: the worker sets its own
 
     def start(self) -> None:
         self.thread.start()
@@ -138,6 +141,7 @@ class Worker:
         return self.queue.qsize()
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)
         stopping = False
         while not stopping:
             first = self.queue.get()
@@ -389,6 +393,10 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
             raise ServeError(400, f"Invalid request: {exc}") from None
         if decode.beam_size > max(limits.max_beam, translator.decode.beam_size):
             raise ServeError(400, f"Invalid request: beam_size {decode.beam_size} is above this server's limit of {limits.max_beam}")
+        for key in ("max_len_a", "max_len_b"):  # a request may lower the output length limit, not raise it
+            if getattr(decode, key) > getattr(translator.decode, key):
+                raise ServeError(400, f"Invalid request: {key} {getattr(decode, key)} is above this server's "
+                                 f"{getattr(translator.decode, key)} (lstmmt serve --set decode.{key}=...)")
         translations = await translated(worker, sentences, decode, alignment) if sentences else []
         return {"translations": [as_dict(t) for t in translations]}
 

@@ -195,6 +195,8 @@ BAD_REQUESTS = [
      "decode.n_best"),
     ("beam above the limit", "/v1/translate", {"sentences": ["x"], "beam_size": 500}, "application/json", None, 400,
      "limit of 16"),
+    ("longer outputs than the server's", "/v1/translate", {"sentences": ["x"], "max_len_b": 1000}, "application/json", None,
+     400, "max_len_b 1000 is above"),
     ("string beam", "/v1/translate", {"sentences": ["x"], "beam_size": "5"}, "application/json", None, 400, "beam_size"),
     ("unknown path", "/translator/translate", {"q": "x"}, "application/json", None, 404, "Not Found"),
     ("wrong method", "/translate", None, None, "GET", 405, "Method Not Allowed"),
