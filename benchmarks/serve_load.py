@@ -173,8 +173,9 @@ def main() -> None:
         try:
             for i in range(args.warmup):
                 client(served, sentences, 10_000 + i, 1, time.monotonic() + args.time_limit, args.timeout, [], [])
-            result["server"] = {"health": {k: v for k, v in served.health().items() if k not in ("queue", "served")},
-                                "stderr_head": served.stderr[:2]}
+            result.setdefault("servers", {})[mode] = {
+                "health": {k: v for k, v in served.health().items() if k not in ("queue", "served")},
+                "stderr_head": served.stderr[:2]}
             for clients in args.clients:
                 log(f"batching {mode}: {clients} clients x {args.requests} requests")
                 figures = {"batching": mode, **measure(served, sentences, clients, args)}
