@@ -314,6 +314,59 @@ def plot_attention(
 
 @app.command()
 @friendly
+def serve(
+    run_dir: Path = RunArg,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 or :: for every interface (the API has no "
+                             "authentication: put it behind a proxy before exposing it)."),
+    port: int = typer.Option(5000, help="TCP port; 0 picks a free one (the address is printed)."),
+    beam: Optional[int] = BeamOpt,
+    n_best: Optional[int] = typer.Option(None, "--n-best", help="Candidates per sentence in native answers unless a request "
+                                         "asks otherwise (decode.n_best)."),
+    length_penalty: Optional[float] = LengthPenaltyOpt,
+    precision: Optional[str] = PrecisionOpt,
+    batch_tokens: Optional[int] = BatchTokensOpt,
+    checkpoint: List[str] = CheckpointsOpt,
+    device: str = DeviceOpt,
+    config_file: Optional[Path] = DecodeConfigOpt,
+    overrides: Optional[List[str]] = DecodeSetOpt,
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the search (torch.set_num_threads; default: torch's choice)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Search the sentences of requests that wait together "
+                                  "as one batch (answers do not change), or one request at a time."),
+    batch_sentences: int = typer.Option(64, help="The most sentences searched together across requests (a larger request "
+                                        "is still searched whole)."),
+    queue_size: int = typer.Option(64, help="Requests that may wait for the model; beyond that the answer is 503 with Retry-After."),
+    max_body: int = typer.Option(1_048_576, help="Largest request body in bytes; larger ones get 413."),
+    max_sentences: int = typer.Option(100, help="Most sentences (lines) in one request; more get 400."),
+    max_beam: int = typer.Option(16, help="Largest beam_size a request of the native API may ask for."),
+    shutdown_timeout: float = typer.Option(60.0, help="On SIGTERM or Ctrl-C, seconds to wait for requests in flight."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per request on stderr."),
+) -> None:
+    """Serve translations over HTTP: LibreTranslate's API, a native API with n-best and alignments, a web page (docs/serve.md).
+
+    Needs the serve extra: pip install 'lstmmt[serve]'. SIGTERM stops accepting, answers the
+    requests in flight and exits 0.
+    """
+    from lstmmt import serve as server
+
+    limits = server.Limits(max_body, max_sentences, queue_size, batch_sentences, max_beam, batching)
+    server.require_extra()
+    limits.check()
+    server.listen(host, port).close()  # a busy port or unknown host fails before the model loads
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    translator = load_translator("Serving", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
+                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens)
+    config = Config.load(RunDir(run_dir).config)
+    model = server.Model(config.data.src_lang, config.data.tgt_lang, list(checkpoint))
+    server.serve(translator, model, limits, host, port, shutdown_timeout, access_log, server.stderr_log)
+
+
+@app.command()
+@friendly
 def evaluate(
     run_dir: Path = RunArg,
     hyp: Optional[Path] = typer.Option(None, help="Hypothesis file (detokenized, one line per reference line)."),
