@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from lstmmt.metrics import read_metrics
 from lstmmt.rundir import RunDir, atomic_write_text
 
 console = Console(stderr=True, soft_wrap=True)
@@ -58,17 +59,10 @@ class TrainingOutput:
 
     def forget_after(self, step: int) -> None:
         """Drop metrics.jsonl records of steps a resumed run will redo, so each step appears once;
-        a line torn by a kill mid-write is dropped too."""
-        if not (self.enabled and self.run.metrics.exists()):
-            return
-        kept = []
-        for line in self.run.metrics.read_text(encoding="utf-8").splitlines(keepends=True):
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue
-        atomic_write_text(self.run.metrics, "".join(kept))
+        a line torn by a kill mid-write is dropped too (lstmmt/metrics.py reads the file)."""
+        if self.enabled and self.run.metrics.exists():
+            kept = [record for record in read_metrics(self.run.metrics) if record.get("step", 0) <= step]
+            atomic_write_text(self.run.metrics, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """RUN/train.json marks finished training (a file target for recipes); absent after an interruption."""
