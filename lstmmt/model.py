@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lstmmt.config import ModelConfig
+from lstmmt.output_loss import output_loss
 from lstmmt.tokenizer import PAD
 
 
@@ -277,11 +278,16 @@ class Seq2Seq(nn.Module):
         context = self.attention(hidden, memory)
         return torch.tanh(self.combine(torch.cat([hidden, context], dim=-1)))
 
-    def _logits(self, attentional: Tensor) -> Tensor:
+    def _output_layer(self, attentional: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attentional states (..., H) -> what the output layer multiplies: the states after
+        dropout (and the projection to E when tied), the weight (V, H or E) and the bias (V,)."""
         x = self.dropout(attentional)
         if self.config.tie_embeddings:
-            return F.linear(self.pre_output(x), self.tgt_embed.weight, self.output_bias)
-        return self.output(x)
+            return self.pre_output(x), self.tgt_embed.weight, self.output_bias
+        return x, self.output.weight, self.output.bias
+
+    def _logits(self, attentional: Tensor) -> Tensor:
+        return F.linear(*self._output_layer(attentional))
 
     def _decode(self, embedded: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Embedded target (B, T, E) -> attentional states (B, T, H) and the state after the last step."""
@@ -297,11 +303,22 @@ class Seq2Seq(nn.Module):
             outputs.append(attentional)
         return torch.cat(outputs, dim=1), DecoderState(h, c, feed)
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Summed label-smoothed cross-entropy of the target tokens tgt_out (B, T) under
+        teacher forcing (PAD positions count zero): the training loss, through
+        `output_loss`, which never holds the logits of the whole batch."""
+        hidden, weight, bias = self._output_layer(self._teacher_forced(src, src_lengths, tgt_in))
+        return output_loss(hidden.flatten(0, 1), weight, bias, tgt_out.flatten(), label_smoothing)
+
+    def logits(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T) that start with BOS."""
+        return self._logits(self._teacher_forced(src, src_lengths, tgt_in))
+
+    def _teacher_forced(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Attentional states (B, T, H) for target inputs tgt_in (B, T)."""
         memory, state = self.encode(src, src_lengths)
         attentional, _ = self._decode(self.dropout(self.tgt_embed(tgt_in)), memory, state)
-        return self._logits(attentional)
+        return attentional
 
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """One step for search: previous tokens (N,) -> log-probabilities (N, V) and the next state."""

@@ -23,7 +23,6 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import sacrebleu
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from lstmmt import checkpoint, distributed
@@ -36,7 +35,7 @@ from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq, count_parameters
 from lstmmt.rundir import RunDir
 from lstmmt.schedule import learning_rate
-from lstmmt.tokenizer import PAD, Tokenizer
+from lstmmt.tokenizer import Tokenizer
 from lstmmt.trainlog import TrainingOutput
 from lstmmt.translator import Translator
 
@@ -65,9 +64,7 @@ class TrainState:
 def token_loss(model: torch.nn.Module, batch: Batch, precision: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """Summed cross-entropy of a batch's target tokens under teacher forcing (a device scalar)."""
     with autocast(batch.src.device, precision):
-        logits = model(batch.src, batch.src_lengths, batch.tgt_in)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.tgt_out.view(-1),
-                           ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
+        return model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, label_smoothing)
 
 
 class StopSignal:

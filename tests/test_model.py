@@ -63,7 +63,7 @@ def test_teacher_forcing_equals_step_by_step_decoding(input_feeding):
     src, lengths = batch_of([5, 6, 7, 8], [9, 10])
     tgt_in = torch.tensor([[BOS, 11, 12, 13], [BOS, 14, 15, 16]])
     with torch.no_grad():
-        logits = model(src, lengths, tgt_in)
+        logits = model.logits(src, lengths, tgt_in)
         memory, state = model.encode(src, lengths)
         steps = []
         for t in range(tgt_in.size(1)):
@@ -76,7 +76,7 @@ def test_untied_and_separate_vocabularies_build_and_run():
     config = ModelConfig(embed_size=8, hidden_size=12, encoder_layers=1, decoder_layers=1, tie_embeddings=False)
     model = Seq2Seq(config, 30, 50, joint_vocab=False)
     src, lengths = batch_of([5, 6])
-    logits = model(src, lengths, torch.tensor([[BOS, 7]]))
+    logits = model.logits(src, lengths, torch.tensor([[BOS, 7]]))
     assert logits.shape == (1, 2, 50)
     assert model.src_embed is not model.tgt_embed
 
