@@ -5,16 +5,20 @@ What is the same for every system:
     unigram SentencePiece model (lstmmt's, from the preprocessed run): the peers get the
     pieces as space-separated tokens and a vocabulary file of the same pieces, so all three
     see identical token sequences and an 8,000-entry vocabulary;
-  * model: embeddings 256 shared by source and target, BiLSTM encoder 2 layers x 256 per
+  * model: embeddings 256 shared by source and target, BiLSTM encoder 1 layer x 256 per
     direction, one 512 decoder layer, Luong (general) attention, bridge, untied 512x8000
-    output layer, dropout 0.3; input feeding for the peers (their default); lstmmt both
-    without (`lstmmt`) and with input feeding (`lstmmt-if`), and without it under bf16
-    autocast (`lstmmt-bf16`, training and search; the peers and the other two use fp32);
+    output layer, dropout 0.3; lstmmt and OpenNMT-py each without input feeding (`lstmmt`,
+    `opennmt-noif`: one LSTM call over the whole target) and with it (`lstmmt-if`,
+    `opennmt`, its default), JoeyNMT with it (its only decoder); and lstmmt without it under
+    bf16 autocast (`lstmmt-bf16`, training and search; every other system runs fp32);
   * training: Adam, constant lr 1e-3 (no warm-up), label smoothing 0.1, clip norm 1.0,
     4096-token batches, loss normalised by target tokens, one step logged per step;
   * threads: OMP_NUM_THREADS=MKL_NUM_THREADS=--threads (2), CPU;
   * translation: test_2016_flickr (1,000 lines), beam 5, a 1,600-source-token batch budget
     (lstmmt's default decode.batch_tokens 8000 / beam 5), outputs capped at about 100 tokens.
+
+The `ratios` part compares like with like first (LIKE_WITH_LIKE: the same architecture and
+precision on both sides), then each toolkit's fastest setting that ran (BEST_SETTINGS).
 
 Each system trains once for --train-steps steps (default 60). Training throughput is
 read from the system's own per-step log over the window of steps W+1..W+N (--warmup,
@@ -65,7 +69,15 @@ from typing import Any, Callable, Optional
 from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
                     read_test_source, run_measured, thread_env)
 
-SYSTEMS = ("lstmmt", "lstmmt-bf16", "lstmmt-if", "opennmt", "joeynmt")
+SYSTEMS = ("lstmmt", "lstmmt-bf16", "lstmmt-if", "opennmt", "opennmt-noif", "joeynmt")
+LIKE_WITH_LIKE = {
+    # the same architecture and precision (fp32) on both sides
+    "without_input_feeding": ("lstmmt", "opennmt-noif"),
+    "with_input_feeding": ("lstmmt-if", "opennmt"),
+    "with_input_feeding_joeynmt": ("lstmmt-if", "joeynmt"),
+}
+BEST_SETTINGS = {"lstmmt": ("lstmmt-bf16", "lstmmt", "lstmmt-if"), "opennmt": ("opennmt-noif", "opennmt")}
+"""Each toolkit's candidates for its best-setting row: the fastest that ran (bf16 needs a CPU with bf16 units)."""
 TORCH_SPEC = "torch==2.13.0"
 RECIPES = {
     # OpenNMT-py 3.5.1 pins torch<2.3: install it without dependencies next to torch 2.13,
@@ -77,6 +89,10 @@ RECIPES = {
     "joeynmt": [["joeynmt==2.3.0", "importlib_metadata", "sentencepiece==0.2.0"]],
 }
 PEER_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # OpenNMT-py 3.5.1 checkpoints hold pickled options
+ENCODER_LAYERS = 1
+"""OpenNMT-py's decoder without input feeding takes the encoder's final states as its own, so
+it needs as many encoder layers as decoder layers (a 2-layer encoder fails with "Expected
+hidden[0] size (1, B, 512), got [2, B, 512]"): one of each for every system."""
 TRAINING_SETTINGS = ("train_steps", "warmup", "steps", "threads", "device")
 """What --translate-only needs to match to reuse a trained model."""
 MAX_OUTPUT = 100
@@ -302,9 +318,12 @@ class System:
 
     def prepare(self) -> None: ...
 
+    venv: Optional[str] = None
+    """The RECIPES entry of the virtualenv this system runs in (None: this interpreter)."""
+
     def reuse(self) -> None:
         """Set up to translate with the model an earlier run of this script trained."""
-        self.python = ensure_venv(self.name, self.args.work, self.args.torch) if self.name in RECIPES else None
+        self.python = ensure_venv(self.venv, self.args.work, self.args.torch) if self.venv else None
 
     def fresh_dir(self) -> None:
         """An empty working folder for this system (a remeasure starts from nothing)."""
@@ -346,7 +365,7 @@ class Lstmmt(System):
     def train_cmd(self) -> list[str]:
         steps = self.args.train_steps
         sets = [
-            "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
+            "model.embed_size=256", "model.hidden_size=512", f"model.encoder_layers={ENCODER_LAYERS}", "model.decoder_layers=1",
             "model.attention=luong", f"model.input_feeding={str(self.input_feeding).lower()}", "model.dropout=0.3",
             "model.tie_embeddings=false",  # an untied 512x8000 output layer, as the peers have
             "train.batch_tokens=4096", "train.lr=0.001", "train.lr_schedule=constant", "train.warmup_steps=0",
@@ -388,9 +407,11 @@ class LstmmtBF16(Lstmmt):
 
 class OpenNMT(System):
     name = "opennmt"
+    venv = "opennmt"
+    input_feed = 1
 
     def prepare(self) -> None:
-        self.python = ensure_venv("opennmt", self.args.work, self.args.torch)
+        self.python = ensure_venv(self.venv, self.args.work, self.args.torch)
         self.fresh_dir()
         config = {
             "save_data": str(self.dir), "src_vocab": str(self.data / "vocab.txt"), "tgt_vocab": str(self.data / "vocab.txt"),
@@ -398,9 +419,9 @@ class OpenNMT(System):
             "data": {"corpus_1": {"path_src": str(self.data / "train.sp.en"), "path_tgt": str(self.data / "train.sp.de")}},
             "save_model": str(self.dir / "model"), "save_checkpoint_steps": self.args.train_steps,
             "train_steps": self.args.train_steps, "valid_steps": 10**9, "report_every": 1, "seed": 1,
-            "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "LSTM", "enc_layers": 2, "dec_layers": 1,
+            "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "LSTM", "enc_layers": ENCODER_LAYERS, "dec_layers": 1,
             "hidden_size": 512, "word_vec_size": 256, "share_embeddings": True, "global_attention": "general",
-            "input_feed": 1, "bridge": True, "dropout": 0.3, "label_smoothing": 0.1,
+            "input_feed": self.input_feed, "bridge": True, "dropout": 0.3, "label_smoothing": 0.1,
             "optim": "adam", "learning_rate": 0.001, "max_grad_norm": 1.0,
             "batch_type": "tokens", "batch_size": 4096, "normalization": "tokens",
             "num_workers": 0,  # two cores: a loader process would compete with the two compute threads
@@ -433,11 +454,20 @@ class OpenNMT(System):
         return int(match.group(1)) if match else None
 
 
+class OpenNMTNoIF(OpenNMT):
+    """OpenNMT-py's decoder without input feeding (`input_feed: 0`: its StdRNNDecoder runs the
+    LSTM over the whole target in one call), the like-with-like peer of `lstmmt`."""
+
+    name = "opennmt-noif"
+    input_feed = 0
+
+
 class JoeyNMT(System):
     name = "joeynmt"
+    venv = "joeynmt"
 
     def prepare(self) -> None:
-        self.python = ensure_venv("joeynmt", self.args.work, self.args.torch)
+        self.python = ensure_venv(self.venv, self.args.work, self.args.torch)
         self.fresh_dir()
         side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": str(self.data / "vocab.txt")}  # noqa: E731
         config = {
@@ -458,7 +488,7 @@ class JoeyNMT(System):
             "model": {
                 "initializer": "xavier_uniform", "tied_embeddings": True,
                 "encoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256}, "hidden_size": 256,
-                            "bidirectional": True, "num_layers": 2, "dropout": 0.3},
+                            "bidirectional": True, "num_layers": ENCODER_LAYERS, "dropout": 0.3},
                 "decoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256}, "hidden_size": 512,
                             "attention": "luong", "input_feeding": True, "init_hidden": "bridge", "num_layers": 1, "dropout": 0.3},
             },
@@ -487,7 +517,8 @@ class JoeyNMT(System):
         return int(match.group(1)) if match else None
 
 
-CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-bf16": LstmmtBF16, "lstmmt-if": LstmmtIF, "opennmt": OpenNMT, "joeynmt": JoeyNMT}
+CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-bf16": LstmmtBF16, "lstmmt-if": LstmmtIF, "opennmt": OpenNMT,
+                                           "opennmt-noif": OpenNMTNoIF, "joeynmt": JoeyNMT}
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -568,16 +599,25 @@ def repeated(path: Path, copies: int) -> Path:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """lstmmt's figures over the peer's: like with like first (LIKE_WITH_LIKE), then each
+    toolkit's best setting that ran (BEST_SETTINGS)."""
     figures = {"train_tgt_tokens_per_s": ("train", "tgt_tokens_per_s"), "translate_sentences_per_s": ("translate", "sentences_per_s")}
-    for mine in ("lstmmt", "lstmmt-bf16", "lstmmt-if"):
-        for peer in ("opennmt", "joeynmt"):
-            if "train" not in results.get(mine, {}) or "train" not in results.get(peer, {}):
-                continue
-            for label, (part, key) in figures.items():
-                a, b = results[mine][part].get(key), results[peer][part].get(key)
-                if a and b:
-                    out[f"{mine}/{peer}:{label}"] = round(a / b, 3)
+
+    def value(name: str, part: str, key: str) -> Optional[float]:
+        return results.get(name, {}).get(part, {}).get(key) or None
+
+    def compare(mine: str, peer: str, part: str, key: str) -> Optional[dict[str, Any]]:
+        a, b = value(mine, part, key), value(peer, part, key)
+        return {"lstmmt": mine, "peer": peer, "ratio": round(a / b, 3)} if a and b else None
+
+    out: dict[str, Any] = {}
+    for label, (part, key) in figures.items():
+        rows = {pair: compare(*systems, part, key) for pair, systems in LIKE_WITH_LIKE.items()}
+        best = {toolkit: max((s for s in names if value(s, part, key)), key=lambda s: value(s, part, key), default=None)
+                for toolkit, names in BEST_SETTINGS.items()}
+        if best["lstmmt"] and best["opennmt"]:
+            rows["best_settings"] = compare(best["lstmmt"], best["opennmt"], part, key)
+        out[label] = {pair: row for pair, row in rows.items() if row}
     return out
 
 

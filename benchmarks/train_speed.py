@@ -22,9 +22,10 @@ prepared as `lstmmt train` prepares it (TF32 matmuls), and so is the fp32 peak.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from common import (CACHE, DEFAULT_DATA, cpu_seconds, efficiency, emit, ensure_preprocessed, flops_per_tgt_token, log, machine,
                     peak_rss_mb, reset_peak_rss)
@@ -46,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="after timing, profile K more steps and report the top ops")
+    ap.add_argument("--profile-json", type=Path, default=None, metavar="FILE", help="with --profile: every op's self time to FILE")
     ap.add_argument("--peak-size", type=int, default=0, metavar="N",
                     help="N x N matmuls for the measured peak (0: 4096 on a GPU, 2048 on a CPU); -1 skips the efficiency figure")
     ap.add_argument("--peak-repeats", type=int, default=5, help="timed matmuls per dtype (the best counts)")
@@ -59,15 +61,24 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int = 15) -> list[dict[str, Any]]:
-    """Top ops by self time over `steps` training steps (self CPU time; CUDA time too on a GPU)."""
+def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int = 15, raw_json: Optional[Path] = None) -> list[dict[str, Any]]:
+    """Top ops by self time over `steps` training steps (self CPU time; CUDA time too on a GPU).
+    With `raw_json`, every op's self time and calls, the steps' wall time and target tokens
+    go to that file too (profile_peers.py reads it)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tokens, start = 0, time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            trainer.train_step(*next(batches)[:2])
+            batch, weight, _ = next(batches)
+            tokens += batch.tgt_tokens
+            trainer.train_step(batch, weight)
         sync(device)
+    wall_s = time.perf_counter() - start
+    if raw_json is not None:
+        ops = [{"op": e.key, "self_us": e.self_cpu_time_total, "calls": e.count} for e in prof.key_averages()]
+        raw_json.write_text(json.dumps({"steps": steps, "wall_s": wall_s, "tgt_tokens": tokens, "ops": ops}))
     return top_ops(prof, steps, device, top)
 
 
@@ -181,7 +192,7 @@ def main() -> None:
         log(f"{result['efficiency']['achieved_gflops']:,.1f} GFLOP/s achieved, {result['efficiency']['efficiency']:.1%} of the "
             f"measured {trainer.precision.name} peak")
     if args.profile:
-        result["profile_top_ops"] = profile_steps(trainer, batches, args.profile, device)
+        result["profile_top_ops"] = profile_steps(trainer, batches, args.profile, device, raw_json=args.profile_json)
     result["loadavg_after"] = machine()["loadavg_1_5_15"]
     log(f"{result['tgt_tokens_per_s']:,.0f} target tokens/s, {result['steps_per_s']:.3f} steps/s")
     emit(result)

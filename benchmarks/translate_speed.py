@@ -238,6 +238,7 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
 
     from lstmmt import Translator
     from lstmmt.batching import token_batches
+    from lstmmt.device import default_batch_tokens
 
     from train_speed import top_ops
 
@@ -246,7 +247,8 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
     lines = input_path.read_text(encoding="utf-8").splitlines()[:1000]
     sentences = [np.asarray(ids, dtype=np.int32) for ids in translator.tokenizer.encode_src(lines)]
     lengths = np.array([len(s) + 1 for s in sentences])
-    chosen = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, translator.decode.batch_tokens // beam))
+    budget = translator.decode.batch_tokens or default_batch_tokens(device, training=False)  # None: the device's default
+    chosen = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // beam))
     chosen = chosen[len(chosen) // 2 : len(chosen) // 2 + batches]  # middle-length batches
     translator.search([sentences[i] for i in chosen[0]])  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
