@@ -310,8 +310,10 @@ class Seq2Seq(nn.Module):
         """Whether the (untied) output layer is a quantised module, which has no weight attribute to multiply."""
         return not self.config.tie_embeddings and not isinstance(self.output, nn.Linear)
 
+    @torch.no_grad()
     def output_rows(self, ids: Tensor) -> OutputRows:
-        """The output layer restricted to the sorted target ids `ids` (see decode_step)."""
+        """The output layer restricted to the sorted target ids `ids` (see decode_step); for
+        search only, so no gradient reaches the sliced copies."""
         weight, bias = self._output_weights()
         return OutputRows(ids, weight.index_select(0, ids), bias.index_select(0, ids))
 
