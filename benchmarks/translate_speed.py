@@ -21,6 +21,16 @@ after the previous answer arrived plus a --pause, and the time from writing a li
 reading its translation is reported (median, max). translate must answer a line while
 its stdin stays open, so a version that waits for more input times out (--latency-timeout).
 
+With --variants (issue 13) each beam size is measured once per variant, in one run:
+`fp32` (the full vocabulary, the default row), `shortlist` (translate --shortlist),
+`int8` (translate --quantize int8) and `shortlist+int8`. Rows other than fp32 go under
+"variants" in the JSON; every row has BLEU against the input's references (the repeated
+test_2016_flickr.de, or --ref FILE), so speed and quality sit side by side. A run without
+RUN/shortlist.npz gets one first (`lstmmt shortlist RUN`, untimed, default settings); to
+measure other settings, run `lstmmt shortlist RUN --per-source K --frequent N` before. The
+shortlist's settings are recorded in the JSON. Start-up is measured per variant (int8
+quantises the model at load time).
+
 Without --run, a model of the comparison size (issue 4) is trained for --train-steps
 steps into benchmarks/.cache (once; reused after): quality does not matter for speed,
 but output lengths do, so a slightly trained model is better than a random one.
@@ -29,6 +39,7 @@ but output lengths do, so a slightly trained model is better than a random one.
     python benchmarks/translate_speed.py --run runs/en-de --lines 100000 --beams 5
     python benchmarks/translate_speed.py --profile 1              # + torch profiler of one beam-5 batch
     python benchmarks/translate_speed.py --run runs/en-de --latency 20 --beams 5   # pipe latency
+    python benchmarks/translate_speed.py --beams 5 --variants fp32,shortlist,int8,shortlist+int8
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ from typing import Any, Optional
 
 from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
                     peak_rss_mb, read_test_source, reset_peak_rss, run_measured, thread_env)
+
+VARIANTS = {"fp32": [], "shortlist": ["--shortlist"], "int8": ["--quantize", "int8"], "shortlist+int8": ["--shortlist", "--quantize", "int8"]}
+"""translate options of each --variants row."""
 
 QUICK_MODEL = [
     "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
@@ -68,7 +82,51 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--latency", type=int, default=0, metavar="N", help="measure pipe latency over N lines instead of throughput")
     ap.add_argument("--pause", type=float, default=0.5, help="with --latency: seconds between an answer and the next line")
     ap.add_argument("--latency-timeout", type=float, default=60.0, help="with --latency: give up on a line after this many seconds")
-    return ap.parse_args()
+    ap.add_argument("--variants", default="fp32", help=f"comma-separated rows per beam: {', '.join(VARIANTS)}")
+    ap.add_argument("--ref", type=Path, default=None, help="references of the input for BLEU (default: test_2016_flickr.de of --data-dir)")
+    args = ap.parse_args()
+    args.variants = args.variants.split(",")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def decode_options(variant: str) -> dict[str, Any]:
+    """The variant as Translator.load keywords (in-process mode)."""
+    return {"shortlist": "shortlist" in variant.split("+"), "quantize": "int8" if "int8" in variant.split("+") else "none"}
+
+
+def read_references(args: argparse.Namespace, lines: int) -> Optional[list[str]]:
+    """The references of the repeated input, or None when there are none to read."""
+    import gzip
+
+    path = args.ref
+    if path is None:
+        for candidate in (args.data_dir / "test_2016_flickr.de", args.data_dir / "test_2016_flickr.de.gz"):
+            if candidate.exists():
+                path = candidate
+                break
+    if path is None or not Path(path).exists():
+        return None
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        refs = handle.read().splitlines()
+    return [refs[i % len(refs)] for i in range(lines)]
+
+
+def ensure_shortlist(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """RUN/shortlist.npz's settings, writing it first (untimed) when the run has none."""
+    import json
+
+    import numpy as np
+
+    path = run / "shortlist.npz"
+    if not path.exists():
+        log(f"writing {path} (lstmmt shortlist, default settings; untimed)")
+        run_measured(lstmmt_cmd("shortlist", str(run)), CACHE / "logs" / "shortlist.err", env=thread_env(args.threads))
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
 
 
 def quick_model(args: argparse.Namespace) -> Path:
@@ -117,12 +175,12 @@ def count_tokens(run: Path, lines: list[str]) -> int:
     return sum(len(ids) + 1 for ids in sp.encode(lines))
 
 
-def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespace, variant: str = "fp32") -> tuple[dict[str, Any], list[str]]:
     cmd = lstmmt_cmd("translate", str(run), "-i", str(input_path), "-o", "-", "--beam", str(beam),
-                     "--device", args.device, "--checkpoint", args.checkpoint)
+                     "--device", args.device, "--checkpoint", args.checkpoint, *VARIANTS[variant])
     if args.batch_tokens:
         cmd += ["--batch-tokens", str(args.batch_tokens)]
-    err_path = CACHE / "logs" / f"translate-beam{beam}.err"
+    err_path = CACHE / "logs" / f"translate-beam{beam}-{variant}.err"
     err_path.parent.mkdir(parents=True, exist_ok=True)
     out: list[str] = []
     first: Optional[float] = None
@@ -155,7 +213,8 @@ class _Sink(io.StringIO):
         return super().write(text)
 
 
-def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argparse.Namespace,
+                        variant: str = "fp32") -> tuple[dict[str, Any], list[str]]:
     import torch
 
     from lstmmt import Translator
@@ -163,7 +222,7 @@ def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argpa
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args))
+    translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args), **decode_options(variant))
     device = translator.device
     reset_peak_rss()
     if device.type == "cuda":
@@ -222,13 +281,15 @@ def answer_seconds(proc: subprocess.Popen, line: str, pause: float, timeout: flo
     return time.perf_counter() - start
 
 
-def startup_seconds(run: Path, args: argparse.Namespace) -> float:
-    """Wall time of the translate command on a one-line input: interpreter, imports, model load."""
+def startup_seconds(run: Path, args: argparse.Namespace, variant: str = "fp32") -> float:
+    """Wall time of the translate command on a one-line input: interpreter, imports, model load
+    (and for int8 its quantisation, for a shortlist reading it)."""
     one = CACHE / "inputs" / "one_line.en"
     one.parent.mkdir(parents=True, exist_ok=True)
     one.write_text("A man is riding a bicycle.\n", encoding="utf-8")
-    cmd = lstmmt_cmd("translate", str(run), "-i", str(one), "-o", "-", "--beam", "1", "--device", args.device, "--checkpoint", args.checkpoint)
-    return run_measured(cmd, CACHE / "logs" / "startup.err", env=thread_env(args.threads))["wall_s"]
+    cmd = lstmmt_cmd("translate", str(run), "-i", str(one), "-o", "-", "--beam", "1", "--device", args.device,
+                     "--checkpoint", args.checkpoint, *VARIANTS[variant])
+    return run_measured(cmd, CACHE / "logs" / f"startup-{variant}.err", env=thread_env(args.threads))["wall_s"]
 
 
 def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -260,6 +321,38 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
     return top_ops(prof, len(chosen), device, 15)
 
 
+def measure(run: Path, input_path: Path, beam: int, variant: str, source_lines: list[str], references: Optional[list[str]],
+            startup: Optional[float], args: argparse.Namespace) -> dict[str, Any]:
+    """One row: translate the input with this beam and variant; speed, memory and (with references) BLEU."""
+    log(f"beam {beam}, {variant}: translating {len(source_lines):,} lines ({args.mode})")
+    load = machine()["loadavg_1_5_15"]
+    figures, output = (translate_cli if args.mode == "cli" else translate_inprocess)(run, input_path, beam, args, variant)
+    if len(output) != len(source_lines):
+        raise SystemExit(f"beam {beam}, {variant}: {len(output)} output lines for {len(source_lines)} input lines")
+    tgt_tokens = count_tokens(run, output)
+    wall = figures["wall_s"]
+    entry = {
+        **figures,
+        "loadavg_before": load,
+        "sentences_per_s": round(len(output) / wall, 2),
+        "tgt_tokens_per_s": round(tgt_tokens / wall, 1),
+        "tgt_tokens": tgt_tokens,
+        "mean_output_tokens": round(tgt_tokens / len(output), 2),
+    }
+    if startup is not None:
+        entry["startup_s"] = startup
+        if wall > startup:
+            entry["sentences_per_s_after_startup"] = round(len(output) / (wall - startup), 2)
+    if references is not None:
+        import sacrebleu
+
+        entry["bleu"] = round(sacrebleu.corpus_bleu(output, [references]).score, 2)
+    log(f"beam {beam}, {variant}: {entry['sentences_per_s']:.1f} sentences/s, {entry['tgt_tokens_per_s']:.0f} tokens/s, "
+        f"first line after {entry['first_line_s']:.2f}s, peak RSS {entry['peak_rss_mb']:.0f} MiB"
+        + (f", BLEU {entry['bleu']:.2f}" if "bleu" in entry else ""))
+    return entry
+
+
 def main() -> None:
     args = parse_args()
     exit_on_sigterm()
@@ -286,30 +379,19 @@ def main() -> None:
             log(f"beam {beam}: pipe latency median {entry['median_s']:.3f}s, max {entry['max_s']:.3f}s over {entry['lines']} lines")
         emit(result)
         return
+    references = read_references(args, len(source_lines))
+    if any("shortlist" in v for v in args.variants):
+        result["shortlist"] = ensure_shortlist(run, args)
+    startup: dict[str, float] = {}
     if args.mode == "cli":
-        result["startup_s"] = startup_seconds(run, args)
-        log(f"start-up (one-line translate): {result['startup_s']:.2f}s")
+        for variant in args.variants:
+            startup[variant] = startup_seconds(run, args, variant)
+            log(f"start-up (one-line translate, {variant}): {startup[variant]:.2f}s")
+        result["startup_s"] = startup.get("fp32", next(iter(startup.values())))
     for beam in beams:
-        log(f"beam {beam}: translating {len(source_lines):,} lines ({args.mode})")
-        load = machine()["loadavg_1_5_15"]
-        figures, output = (translate_cli if args.mode == "cli" else translate_inprocess)(run, input_path, beam, args)
-        if len(output) != len(source_lines):
-            raise SystemExit(f"beam {beam}: {len(output)} output lines for {len(source_lines)} input lines")
-        tgt_tokens = count_tokens(run, output)
-        wall = figures["wall_s"]
-        entry = {
-            **figures,
-            "loadavg_before": load,
-            "sentences_per_s": round(len(output) / wall, 2),
-            "tgt_tokens_per_s": round(tgt_tokens / wall, 1),
-            "tgt_tokens": tgt_tokens,
-            "mean_output_tokens": round(tgt_tokens / len(output), 2),
-        }
-        if "startup_s" in result and wall > result["startup_s"]:
-            entry["sentences_per_s_after_startup"] = round(len(output) / (wall - result["startup_s"]), 2)
-        result["beams"][str(beam)] = entry
-        log(f"beam {beam}: {entry['sentences_per_s']:.1f} sentences/s, {entry['tgt_tokens_per_s']:.0f} tokens/s, "
-            f"first line after {entry['first_line_s']:.2f}s, peak RSS {entry['peak_rss_mb']:.0f} MiB")
+        for variant in args.variants:
+            entry = measure(run, input_path, beam, variant, source_lines, references, startup.get(variant), args)
+            (result["beams"] if variant == "fp32" else result.setdefault("variants", {}).setdefault(variant, {}))[str(beam)] = entry
     if args.profile:
         result["profile_beam5_top_ops"] = profile_beam(run, input_path, 5, args.profile, args)
     result["loadavg_after"] = machine()["loadavg_1_5_15"]

@@ -201,6 +201,10 @@ LengthPenaltyOpt = typer.Option(None, help="Rank hypotheses by log-probability /
 PrecisionOpt = typer.Option(None, help="auto, fp32 or bf16 (decode.precision): auto searches in bf16 where the device runs it "
                             "natively (GPUs, CPUs with AVX512-BF16 or AMX), else fp32.")
 BatchTokensOpt = typer.Option(None, help="Source tokens x beam per batch, >= 1 (decode.batch_tokens).")
+ShortlistOpt = typer.Option(None, "--shortlist/--no-shortlist", help="Search over the vocabulary shortlist in RUN/shortlist.npz "
+                            "(write it with `lstmmt shortlist RUN`): faster on CPUs, may change translations (decode.shortlist).")
+QuantizeOpt = typer.Option(None, "--quantize", help="none or int8 (decode.quantize): int8 weights for the LSTMs and Linear layers, "
+                           "CPU only.")
 DecodeConfigOpt = typer.Option(None, "--config", help="YAML file with a decode section laid over the run's decode settings.")
 DecodeSetOpt = typer.Option(None, "--set", help="Override one decode key, e.g. --set decode.max_len_a=1.2 (repeatable; see docs/config.md).")
 
@@ -222,7 +226,8 @@ def load_translator(doing: str, run_dir: Path, checkpoints: List[str], device: s
     decode = build_config(Config.load(run.config), config_file, overrides).decode
     chosen = {key: value for key, value in options.items() if value is not None}
     translator = Translator.load(run_dir, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
-    stderr.print(f"{doing} on {translator.device} in {translator.precision}", soft_wrap=True, markup=False)
+    narrowed = f", over the shortlist ({translator.shortlist.summary()})" if translator.shortlist is not None else ""
+    stderr.print(f"{doing} on {translator.device} in {translator.precision}{narrowed}", soft_wrap=True, markup=False)
     return translator
 
 
@@ -247,16 +252,46 @@ def translate(
                                       "(one JSON object per line: text, score, log_prob, n_best; see docs/api.md)."),
     alignment: bool = typer.Option(False, "--alignment", help="With --format jsonl: add the attention weights over source and "
                                    "target pieces and a hard word alignment."),
+    shortlist: Optional[bool] = ShortlistOpt,
+    quantize: Optional[str] = QuantizeOpt,
 ) -> None:
     """Translate text with beam search: one output line per input line, in order."""
     from lstmmt.translate import check_paths, translate_file
 
     check_paths([input], output)
     translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
-                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens)
+                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens,
+                                 shortlist=shortlist, quantize=quantize)
     lines = translate_file(translator, input, output, output_format, alignment)
     if output != "-":
         stderr.print(f"Translated {lines:,} lines into {output}", soft_wrap=True, markup=False)
+
+
+@app.command()
+@friendly
+def shortlist(
+    run_dir: Path = RunArg,
+    per_source: int = typer.Option(50, "--per-source", min=0, help="Candidate target pieces kept per source piece (best Dice score first)."),
+    frequent: int = typer.Option(200, "--frequent", min=0, help="Most frequent target pieces, always allowed."),
+) -> None:
+    """Write RUN/shortlist.npz, the vocabulary shortlist of `translate --shortlist`, from the run's training data.
+
+    A batch may produce the specials, the --frequent most frequent target pieces and the
+    --per-source candidates of each of its source pieces, by Dice score of sentence-pair
+    co-occurrence counts (see lstmmt/shortlist.py). Run it again after preprocess --force.
+    """
+    from lstmmt.encoded import EncodedSide
+    from lstmmt import shortlist as shortlists
+
+    run = RunDir(run_dir)
+    built = shortlists.build(run, per_source, frequent)
+    built.save(run.shortlist)
+    stderr.print(f"Wrote {run.shortlist}: {built.summary()} (Dice over {built.meta['train_pairs']:,} training pairs; "
+                 f"{built.meta['src_vocab']:,} source pieces)", soft_wrap=True, markup=False)
+    if run.has_split("valid"):
+        size, covered = shortlists.coverage(built, EncodedSide.open(run, "valid", "src"), EncodedSide.open(run, "valid", "tgt"))
+        stderr.print(f"On the valid split, batches of 64 sentences allow {size:,.0f} of {built.meta['tgt_vocab']:,} target pieces "
+                     f"on average and cover {100 * covered:.2f}% of the reference tokens", soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -340,6 +375,8 @@ def serve(
     max_beam: int = typer.Option(16, help="Largest beam_size a request of the native API may ask for."),
     shutdown_timeout: float = typer.Option(60.0, help="On SIGTERM or Ctrl-C, seconds to wait for requests in flight."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request on stderr."),
+    shortlist: Optional[bool] = ShortlistOpt,
+    quantize: Optional[str] = QuantizeOpt,
 ) -> None:
     """Serve translations over HTTP: LibreTranslate's API, a native API with n-best and alignments, a web page (docs/serve.md).
 
@@ -359,7 +396,8 @@ def serve(
 
         torch.set_num_threads(threads)
     translator = load_translator("Serving", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
-                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens)
+                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens,
+                                 shortlist=shortlist, quantize=quantize)
     config = Config.load(RunDir(run_dir).config)
     model = server.Model(config.data.src_lang, config.data.tgt_lang, list(checkpoint))
     server.serve(translator, model, limits, host, port, shutdown_timeout, access_log, server.stderr_log)

@@ -123,6 +123,10 @@ class DecodeConfig:
     """auto: bf16 where the device runs it natively, else fp32. bf16 searches in bf16 (weights cast once on CPU, autocast on GPUs); see docs/performance.md for its BLEU cost."""
     max_source_tokens: int = 250
     """Longer inputs are truncated at translation time, with a warning."""
+    shortlist: bool = False
+    """Search over a vocabulary shortlist (RUN/shortlist.npz, written by `lstmmt shortlist RUN`): the output layer covers only the target pieces the batch's source pieces allow, which is faster on CPUs and may change translations. Read by Translator.load."""
+    quantize: Literal["none", "int8"] = "none"
+    """int8: dynamic int8 quantisation of the LSTMs and Linear layers for CPU search (fp32 activations; not on GPUs). Read by Translator.load."""
 
     def check(self) -> None:
         """Each setting's allowed range, named with its key (UserError otherwise)."""

@@ -1,15 +1,16 @@
 """Driving search and forced decoding over many sentences, and ensembles as one step model.
 
 Everything here works on token ids and any `StepModel` (lstmmt/search.py): sentences are
-sorted by length into token-budget batches, searched or force-decoded in the decode
-precision, and the results put back in input order. Text, files and checkpoints are the
+sorted by length into token-budget batches, searched (over a vocabulary shortlist when
+given: `Restricted`, `search_batch`) or force-decoded in the decode precision, and the
+results put back in input order. Text, files and checkpoints are the
 business of lstmmt/translator.py and the steps above it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -21,13 +22,19 @@ from lstmmt.config import DecodeConfig
 from lstmmt.device import autocast, default_batch_tokens
 from lstmmt.model import Seq2Seq
 from lstmmt.search import Hypothesis, StepModel, search
+from lstmmt.shortlist import Shortlist
 from lstmmt.tokenizer import BOS, PAD
 
 
-def for_search(model: Seq2Seq, device: torch.device, precision: str) -> Seq2Seq:
+def for_search(model: Seq2Seq, device: torch.device, precision: str, quantize: str = "none") -> Seq2Seq:
     """The model on `device` in eval mode. For bf16 search on CPU its weights become bf16
     once, where autocast alone casts each weight again at every decoder step (a fifth of
-    beam-search time); on GPUs autocast keeps the LSTM on its usual cuDNN path."""
+    beam-search time); on GPUs autocast keeps the LSTM on its usual cuDNN path. quantize
+    "int8": an int8 copy for CPU search (lstmmt/quantize.py; int8_precision checked the device)."""
+    if quantize == "int8":
+        from lstmmt.quantize import quantize_int8
+
+        return quantize_int8(model)
     model = model.to(device).eval()
     return model.to(torch.bfloat16) if precision == "bf16" and device.type == "cpu" else model
 
@@ -65,12 +72,56 @@ def step_model(models: Sequence[StepModel]) -> StepModel:
     return models[0] if len(models) == 1 else Ensemble(models)
 
 
+class Restricted:
+    """One model whose output layer covers only the target ids `ids` of a batch's shortlist.
+
+    Search runs in positions of `ids` and never knows: the log-probabilities have V' columns,
+    and the tokens it feeds back are positions, mapped to full ids here for the embedding.
+    The specials lead `ids` (lstmmt/shortlist.py), so BOS and EOS are their own positions.
+    The output weight and bias are sliced once per batch (model.output_rows), not per step.
+    """
+
+    def __init__(self, model: Seq2Seq, ids: Tensor):
+        self.model, self.ids = model, ids
+        self.rows = model.output_rows(ids)
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Any, Any]:
+        return self.model.encode(src, src_lengths)
+
+    def decode_step(self, prev_tokens: Tensor, memory: Any, state: Any) -> tuple[Tensor, Any]:
+        """prev_tokens (N,) positions in ids -> log-probabilities (N, V') over ids, the next state."""
+        return self.model.decode_step(self.ids[prev_tokens], memory, state, self.rows)
+
+
+def restricted(model: StepModel, ids: Tensor) -> StepModel:
+    """`model` (a Seq2Seq, or an Ensemble of them) with every output layer cut down to `ids`;
+    an ensemble averages its members' distributions over the same ids."""
+    if isinstance(model, Ensemble):
+        return Ensemble([restricted(member, ids) for member in model.members])
+    if isinstance(model, Seq2Seq):
+        return Restricted(model, ids)
+    raise TypeError(f"a vocabulary shortlist needs Seq2Seq models (or an Ensemble of them), not {type(model).__name__}")
+
+
+def search_batch(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig,
+                 shortlist: Optional[Shortlist] = None) -> list[list[Hypothesis]]:
+    """search() of one batch; with a shortlist, over the target ids it allows for this batch's
+    source pieces (the one place search is narrowed), and the hypotheses' tokens mapped back to full ids."""
+    if shortlist is None:
+        return search(model, src, src_lengths, options)
+    ids = shortlist.allowed(src)
+    found = search(restricted(model, ids), src, src_lengths, options)
+    full = ids.tolist()
+    return [[replace(hyp, tokens=[full[t] for t in hyp.tokens]) for hyp in hyps] for hyps in found]
+
+
 def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], options: DecodeConfig, device: torch.device,
-                  precision: str) -> list[list[Hypothesis]]:
+                  precision: str, shortlist: Optional[Shortlist] = None) -> list[list[Hypothesis]]:
     """Search every sentence (source ids without EOS); results in input order.
 
     Sorting by length keeps padding low; the batch budget counts source tokens x beams.
-    Each sentence's result does not depend on the batch it lands in.
+    Each sentence's result does not depend on the batch it lands in, except with a
+    shortlist, whose allowed ids are the union over the batch (see search_batch).
     """
     lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
     results: list[list[Hypothesis]] = [[] for _ in sentences]
@@ -78,7 +129,7 @@ def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], options: De
     for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // options.beam_size)):
         batch = collate(indices, sentences).to(device)
         with autocast(device, precision):
-            for index, hyps in zip(indices, search(model, batch.src, batch.src_lengths, options)):
+            for index, hyps in zip(indices, search_batch(model, batch.src, batch.src_lengths, options, shortlist)):
                 results[index] = hyps
     return results
 

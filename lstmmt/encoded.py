@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -171,6 +171,14 @@ class EncodedSide:
         starts = np.concatenate([o[:-1] for o in offsets])
         lengths = np.concatenate([np.diff(o) for o in offsets]).astype(np.int32)
         return Sentences(self._ids, starts, lengths)
+
+    def blocks(self, sentences: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, lengths) of consecutive blocks of at most `sentences` sentences: the block's
+        ids concatenated and each sentence's length, two reads a block (for whole-corpus
+        statistics such as the shortlist, where one read per sentence would be slow)."""
+        for start in range(0, len(self), sentences):
+            offsets = self._offsets.read(start, min(start + sentences, len(self)) + 1)
+            yield self._ids.read(int(offsets[0]), int(offsets[-1])), np.diff(offsets)
 
     def all(self) -> Sentences:
         """Every sentence (validation and test splits, which are small)."""

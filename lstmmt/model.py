@@ -53,6 +53,15 @@ class DecoderState(NamedTuple):
         return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index), feed)
 
 
+class OutputRows(NamedTuple):
+    """The output layer cut down to some target ids (a batch's vocabulary shortlist,
+    lstmmt/shortlist.py), sliced once per batch rather than at every step."""
+
+    ids: Tensor  # (V',) sorted full-vocabulary target ids
+    weight: Tensor  # (V', E or H) their rows of the output weight
+    bias: Tensor  # (V',)
+
+
 class Attention(nn.Module):
     """Global attention over encoder outputs: Luong dot/general or Bahdanau MLP scores."""
 
@@ -281,12 +290,39 @@ class Seq2Seq(nn.Module):
     def _output_layer(self, attentional: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Attentional states (..., H) -> what the output layer multiplies: the states after
         dropout (and the projection to E when tied), the weight (V, H or E) and the bias (V,)."""
-        x = self.dropout(attentional)
-        if self.config.tie_embeddings:
-            return self.pre_output(x), self.tgt_embed.weight, self.output_bias
-        return x, self.output.weight, self.output.bias
+        return (self._output_input(attentional), *self._output_weights())
 
-    def _logits(self, attentional: Tensor) -> Tensor:
+    def _output_input(self, attentional: Tensor) -> Tensor:
+        x = self.dropout(attentional)
+        return self.pre_output(x) if self.config.tie_embeddings else x
+
+    def _output_weights(self) -> tuple[Tensor, Tensor]:
+        """The output weight (V, H or E) and bias (V,). An int8 output Linear (lstmmt/quantize.py)
+        keeps them packed, so for it they are unpacked and dequantised: a copy, not a view."""
+        if self.config.tie_embeddings:
+            return self.tgt_embed.weight, self.output_bias
+        if self._packed_output:
+            return self.output.weight().dequantize(), self.output.bias()
+        return self.output.weight, self.output.bias
+
+    @property
+    def _packed_output(self) -> bool:
+        """Whether the (untied) output layer is a quantised module, which has no weight attribute to multiply."""
+        return not self.config.tie_embeddings and not isinstance(self.output, nn.Linear)
+
+    @torch.no_grad()
+    def output_rows(self, ids: Tensor) -> OutputRows:
+        """The output layer restricted to the sorted target ids `ids` (see decode_step); for
+        search only, so no gradient reaches the sliced copies."""
+        weight, bias = self._output_weights()
+        return OutputRows(ids, weight.index_select(0, ids), bias.index_select(0, ids))
+
+    def _logits(self, attentional: Tensor, rows: Optional[OutputRows] = None) -> Tensor:
+        """Logits over every target id (..., V), or over rows.ids only (..., V')."""
+        if rows is not None:
+            return F.linear(self._output_input(attentional), rows.weight, rows.bias)
+        if self._packed_output:
+            return self.output(self._output_input(attentional))  # the int8 kernel, on the packed weight
         return F.linear(*self._output_layer(attentional))
 
     def _decode(self, embedded: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
@@ -320,11 +356,16 @@ class Seq2Seq(nn.Module):
         attentional, _ = self._decode(self.dropout(self.tgt_embed(tgt_in)), memory, state)
         return attentional
 
-    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """One step for search: previous tokens (N,) -> log-probabilities (N, V) and the next state."""
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: DecoderState,
+                    rows: Optional[OutputRows] = None) -> tuple[Tensor, DecoderState]:
+        """One step for search: previous tokens (N,) -> log-probabilities (N, V) and the next state.
+
+        With `rows` (a vocabulary shortlist) the distribution covers rows.ids only (N, V'):
+        normalised over them, as if the other pieces did not exist. prev_tokens are full ids either way.
+        """
         embedded = self.dropout(self.tgt_embed(prev_tokens)).unsqueeze(1)
         attentional, state = self._decode(embedded, memory, state)
-        return torch.log_softmax(self._logits(attentional.squeeze(1)), dim=-1, dtype=torch.float32), state
+        return torch.log_softmax(self._logits(attentional.squeeze(1), rows), dim=-1, dtype=torch.float32), state
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,6 +10,7 @@ Layout (documented in README.md):
     RUN/data/meta.json              line counts, filters applied, input files and their hashes
     RUN/checkpoints/                last.pt, best.pt, step-N.pt
     RUN/train.json                  written when training ends (not when interrupted): why, step, best BLEU
+    RUN/shortlist.npz               vocabulary shortlist for search (`lstmmt shortlist`; lstmmt/shortlist.py)
     RUN/logs/train.log, metrics.jsonl
     RUN/translations/NAME.hyp       translate output
     RUN/scores/NAME.json            evaluate output (split-SPLIT.json for --split, hyp-STEM.HASH.json or --name for --hyp)
@@ -79,6 +80,18 @@ class RunDir:
     def checkpoint(self, name: str) -> Path:
         """checkpoints/NAME.pt: last, best, averaged or step-N."""
         return self.checkpoints / f"{name}.pt"
+
+    @property
+    def shortlist(self) -> Path:
+        """shortlist.npz: target-piece candidates per source piece, for `decode.shortlist`."""
+        return self.root / "shortlist.npz"
+
+    def tokenizer_digest(self) -> str:
+        """sha256 over the SentencePiece model files: equal only for the same tokenizer."""
+        digest = hashlib.sha256()
+        for model in sorted(self.tokenizer_dir.glob("*.model")):
+            digest.update(model.name.encode() + b"\0" + model.read_bytes())
+        return digest.hexdigest()
 
     @property
     def translations(self) -> Path:

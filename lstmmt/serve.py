@@ -196,7 +196,8 @@ class Worker:
         key = dataclasses.astuple(decode)
         if key not in self.translators:
             base = self.base
-            self.translators[key] = Translator(base.models, base.tokenizer, decode, base.device, base.precision, self._warn)
+            self.translators[key] = Translator(base.models, base.tokenizer, decode, base.device, base.precision, self._warn,
+                                               base.shortlist)
             while len(self.translators) > 32:
                 self.translators.popitem(last=False)
         self.translators.move_to_end(key)

@@ -12,7 +12,6 @@ around the in-memory model) and servers. Its one DecodeConfig holds every search
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,9 @@ from lstmmt.device import Precision, choose_precision, resolve_device
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
 from lstmmt.rundir import RunDir
+from lstmmt.quantize import int8_precision
 from lstmmt.search import Hypothesis
+from lstmmt.shortlist import Shortlist
 from lstmmt.tokenizer import Tokenizer
 
 WORD_START = "\u2581"
@@ -90,13 +91,15 @@ class Translator:
 
     def __init__(self, models: Union[Seq2Seq, Sequence[Seq2Seq]], tokenizer: Tokenizer, decode: DecodeConfig,
                  device: torch.device, precision: Union[str, Precision] = "fp32",
-                 warn: Callable[[str], None] = default_warn):
+                 warn: Callable[[str], None] = default_warn, shortlist: Optional[Shortlist] = None):
         self.models = [models] if isinstance(models, Seq2Seq) else list(models)
         self.tokenizer = tokenizer
         self.decode = decode
         self.device = device
         self.precision = precision if isinstance(precision, Precision) else Precision(precision, "given")
         self.warn = warn
+        self.shortlist = shortlist
+        """Search narrows the output layer to it when given; `load` reads RUN/shortlist.npz for decode.shortlist."""
         self.step_model = step_model(self.models)
 
     @classmethod
@@ -105,18 +108,24 @@ class Translator:
         """The model of a run directory (best, last, averaged or a checkpoint path; several
         for an ensemble of checkpoints that share this run's tokenizer) on `device`, with the
         run's decode settings (config.yaml) updated by `decode_overrides` (decode keys such
-        as beam_size=5, n_best=3, precision="fp32"), each checked; `warn` as in the constructor."""
+        as beam_size=5, n_best=3, precision="fp32", shortlist=True, quantize="int8"), each
+        checked; `warn` as in the constructor. decode.shortlist reads RUN/shortlist.npz (a
+        UserError naming `lstmmt shortlist` when missing); decode.quantize int8 needs the CPU."""
         run = RunDir(Path(run_dir))
         run.require_checkpoint()
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         decode = Config.load(run.config).decode.updated(**decode_overrides)
         resolved = resolve_device(device)
-        precision = choose_precision(decode.precision, resolved, "decode.precision", training=False)
+        if decode.quantize == "int8":
+            precision = int8_precision(resolved, decode.precision)
+        else:
+            precision = choose_precision(decode.precision, resolved, "decode.precision", training=False)
         names = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
         if not names:
             raise UserError("no checkpoint given")
-        models = [for_search(load_member(run, name, tokenizer), resolved, precision.name) for name in names]
-        return cls(models, tokenizer, decode, resolved, precision, warn)
+        shortlist = Shortlist.load(run, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size) if decode.shortlist else None
+        models = [for_search(load_member(run, name, tokenizer), resolved, precision.name, decode.quantize) for name in names]
+        return cls(models, tokenizer, decode, resolved, precision, warn, shortlist)
 
     def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1) -> list[Translation]:
         """Translations of `lines`, in order, one per line (`first_line` numbers the lines in warnings)."""
@@ -141,10 +150,11 @@ class Translator:
                 for f in forced]
 
     def search(self, sentences: Sequence[np.ndarray]) -> list[list[Hypothesis]]:
-        """The decode.n_best hypotheses of each sentence (source ids without EOS), in input order."""
+        """The decode.n_best hypotheses of each sentence (source ids without EOS), in input order;
+        over the shortlist when there is one (forced decoding, `score`, always uses the full vocabulary)."""
         for model in self.models:
             model.eval()
-        return search_corpus(self.step_model, sentences, self.decode, self.device, self.precision.name)
+        return search_corpus(self.step_model, sentences, self.decode, self.device, self.precision.name, self.shortlist)
 
     def translate_encoded(self, sentences: Sequence[np.ndarray]) -> list[str]:
         """Detokenized best translations of encoded sentences (what validation scores with BLEU)."""
@@ -197,16 +207,9 @@ def _check_same_tokenizer(run: RunDir, path: Path) -> None:
     other = RunDir(Path(path).resolve().parent.parent)
     if other.root == run.root.resolve() or not other.tokenizer_dir.is_dir():
         return
-    if _tokenizer_digest(other) != _tokenizer_digest(run):
+    if other.tokenizer_digest() != run.tokenizer_digest():
         raise UserError(f"{path} belongs to {other.root}, whose tokenizer differs from {run.root}'s: "
                         "an ensemble needs checkpoints of runs that share one tokenizer")
-
-
-def _tokenizer_digest(run: RunDir) -> str:
-    digest = hashlib.sha256()
-    for model in sorted(run.tokenizer_dir.glob("*.model")):
-        digest.update(model.name.encode() + b"\0" + model.read_bytes())
-    return digest.hexdigest()
 
 
 def word_alignment(source: list[str], target: list[str], weights: Any) -> list[tuple[int, int]]:
