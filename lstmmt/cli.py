@@ -413,6 +413,8 @@ def evaluate(
     beam: Optional[int] = typer.Option(None, "--beam", help="With --split: beam size for the translation."),
     checkpoint: str = typer.Option("best", help="With --split: best, last, averaged, or a checkpoint path."),
     device: str = typer.Option("auto", help="With --split: auto, cpu, cuda or cuda:N."),
+    shortlist: Optional[bool] = ShortlistOpt,
+    quantize: Optional[str] = QuantizeOpt,
     name: Optional[str] = typer.Option(None, "--name", help="With --hyp: save as RUN/scores/NAME.json (default: "
                                        "hyp-STEM.HASH.json, from the whole hypothesis path). Never replaces another hypothesis's score."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
@@ -424,7 +426,7 @@ def evaluate(
     if split is not None:
         if hyp or ref or name:
             raise UserError("use either --split or --hyp/--ref [--name], not both")
-        result = evaluate_split(run, split, checkpoint, beam, device)
+        result = evaluate_split(run, split, checkpoint, device, beam_size=beam, shortlist=shortlist, quantize=quantize)
     elif hyp is not None and ref is not None:
         result = evaluate_files(run, hyp, ref, name=name)
     else:

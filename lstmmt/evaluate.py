@@ -9,7 +9,7 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.text import Text
 
-from lstmmt.config import Config
+from lstmmt.config import Config, DecodeConfig
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir, atomic_write_text
 from lstmmt.scoring import score
@@ -59,9 +59,9 @@ def _refuse_other_hypothesis(target: Path, hyp: Path) -> None:
         raise UserError(f"{target} already holds the score of {previous}: choose another --name, or delete it first")
 
 
-def evaluate_split(run: RunDir, split: str, checkpoint_name: str, beam_size: Optional[int], device: str) -> dict[str, Any]:
+def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, **overrides: Any) -> dict[str, Any]:
     """Score a stored split, translating its source first unless a translation with the same
-    options exists (see `split_hypothesis`)."""
+    options exists (see `split_hypothesis`); `overrides` are decode settings (beam_size, shortlist, quantize)."""
     run.require_preprocessed()
     source, reference = run.text(split, "src"), run.text(split, "tgt")
     if not source.exists():
@@ -70,9 +70,9 @@ def evaluate_split(run: RunDir, split: str, checkpoint_name: str, beam_size: Opt
             raise UserError(f"unknown split {split!r}: --split takes valid or test (stored in {run.root}: "
                             f"{', '.join(stored) or 'none'}), or score a file with --hyp/--ref")
         raise UserError(f"{run.root} has no stored {split} split: preprocess with --{split} PREFIX to store one, or use --hyp/--ref")
-    overrides = {} if beam_size is None else {"beam_size": beam_size}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     run_decode = Config.load(run.config).decode
-    hyp = split_hypothesis(run, split, checkpoint_name, run_decode.updated(**overrides).beam_size, run_decode.beam_size)
+    hyp = split_hypothesis(run, split, checkpoint_name, run_decode.updated(**overrides), run_decode.beam_size)
     if not hyp.exists():
         translator = Translator.load(run.root, checkpoint_name, device, warn=warn, **overrides)
         stderr.print(Text(f"Translating the {split} split into {hyp} on {translator.device} in {translator.precision}"), soft_wrap=True)
@@ -80,11 +80,13 @@ def evaluate_split(run: RunDir, split: str, checkpoint_name: str, beam_size: Opt
     return evaluate_files(run, hyp, reference, split) | {"checkpoint": checkpoint_name}
 
 
-def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, beam_size: int, run_beam_size: int) -> Path:
+def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, decode: DecodeConfig, run_beam_size: int) -> Path:
     """Where the translation of a split with these options lives: RUN/translations/SPLIT.hyp
-    for the best checkpoint with the run's decode settings (what `translate --checkpoint best`
-    writes there in the recipes), else SPLIT.CHECKPOINT.beamK.hyp, so a translation made with
-    other options is never scored in place of the one asked for."""
-    if checkpoint_name == "best" and beam_size == run_beam_size:
+    for the best checkpoint with the run's beam over the full vocabulary in full precision
+    (what `translate --checkpoint best` writes there in the recipes), else
+    SPLIT.CHECKPOINT.beamK[.shortlist][.int8].hyp, so a translation made with other options
+    is never scored in place of the one asked for."""
+    variant = "".join(f".{tag}" for tag, used in (("shortlist", decode.shortlist), ("int8", decode.quantize == "int8")) if used)
+    if checkpoint_name == "best" and decode.beam_size == run_beam_size and not variant:
         return run.translations / f"{split}.hyp"
-    return run.translations / f"{split}.{Path(checkpoint_name).stem}.beam{beam_size}.hyp"
+    return run.translations / f"{split}.{Path(checkpoint_name).stem}.beam{decode.beam_size}{variant}.hyp"

@@ -166,3 +166,7 @@ def test_evaluate_split_translates_again_for_other_options(tiny_run, tmp_path):
     assert result.exit_code == 0 and hyp.read_text(encoding="utf-8") == (tmp_path / "beam2.txt").read_text(encoding="utf-8")
     result = invoke("evaluate", tiny_run, "--split", "test", "--beam", "0")
     assert result.exit_code == 1 and "decode.beam_size" in result.stderr
+    assert invoke("shortlist", tiny_run).exit_code == 0
+    result = invoke("evaluate", tiny_run, "--split", "test", "--shortlist", "--quantize", "int8", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["hypothesis"] == str(tiny_run / "translations/test.best.beam5.shortlist.int8.hyp")
