@@ -49,6 +49,10 @@ still come from pip (PIP_INDEX_URL / PIP_FIND_LINKS point it at a mirror or a wh
     python benchmarks/peers.py > peers.json
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --remeasure
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --translate-only
+    python benchmarks/peers.py --systems lstmmt,opennmt-noif --train-steps 300 --translate-only --variants shortlist,int8
+
+--variants also translates with lstmmt's shortlist and/or int8 options on the same model, by
+the same method (`translate:VARIANT` in its results; ratios against the like-with-like peer).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
                     read_test_source, run_measured, thread_env)
@@ -115,12 +119,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--torch", choices=["auto", "pip", "current"], default="auto",
                     help=f"peers' torch: pip ({TORCH_SPEC}), current (this interpreter's, no download), auto (current for a "
                          "CUDA build with --device cuda, else pip)")
+    ap.add_argument("--variants", default="", help="comma-separated translation variants of lstmmt to measure too, on the same "
+                    "model: shortlist, int8, shortlist+int8 (the shortlist is built untimed when missing)")
     ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
     ap.add_argument("--translate-only", action="store_true", help="keep the trained models and training figures; translate again")
     args = ap.parse_args()
     if args.train_steps < args.warmup + args.steps:
         ap.error("--train-steps must be at least --warmup + --steps")
     args.torch = torch_source(args.torch, args.device)
+    args.variants = [v for v in args.variants.split(",") if v]
+    if set(args.variants) - set(Lstmmt.variants):
+        ap.error(f"unknown variant(s) {', '.join(sorted(set(args.variants) - set(Lstmmt.variants)))}; choose from {', '.join(Lstmmt.variants)}")
     unknown = set(args.systems.split(",")) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
@@ -334,9 +343,16 @@ class System:
 
     def steps(self) -> list[tuple[int, float, float]]: ...
 
-    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
-        """The command, the file to feed its stdin (or None) and the file its stdout goes to (or None)."""
+    variants: dict[str, list[str]] = {}
+    """Translation variants measured with --variants: their extra translate options."""
+
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
+        """The command (with the `extra` options of a variant), the file to feed its stdin (or
+        None) and the file its stdout goes to (or None)."""
         ...
+
+    def prepare_variant(self, variant: str) -> None:
+        """What a variant needs besides the trained model (built untimed)."""
 
     def reported_translate_s(self, log_text: str) -> Optional[float]:
         return None
@@ -380,10 +396,17 @@ class Lstmmt(System):
     def source_for(self, kind: str) -> Path:
         return self.data / ("test.raw.en" if kind == "test" else "one.raw.en")
 
-    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+    variants = {"shortlist": ["--shortlist"], "int8": ["--quantize", "int8"], "shortlist+int8": ["--shortlist", "--quantize", "int8"]}
+
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
         return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output), "--beam", str(self.args.beam),
                           "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", self.args.device,
-                          "--precision", self.precision), None, None
+                          "--precision", self.precision, *extra), None, None
+
+    def prepare_variant(self, variant: str) -> None:
+        """The shortlist variants need RUN/shortlist.npz: `lstmmt shortlist` with its defaults, once."""
+        if "shortlist" in variant and not (self.dir / "shortlist.npz").exists():
+            subprocess.run(lstmmt_cmd("shortlist", str(self.dir)), check=True, env=self.env, stdout=subprocess.DEVNULL)
 
     def hypotheses(self, output: Path) -> list[str]:
         return output.read_text(encoding="utf-8").splitlines()
@@ -403,6 +426,7 @@ class LstmmtBF16(Lstmmt):
 
     name = "lstmmt-bf16"
     precision = "bf16"
+    variants = {"shortlist": ["--shortlist"]}  # int8 computes in fp32
 
 
 class OpenNMT(System):
@@ -439,7 +463,7 @@ class OpenNMT(System):
     def steps(self) -> list[tuple[int, float, float]]:
         return steps_opennmt((self.dir / "train.log").read_text(errors="replace"))
 
-    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
         model = self.dir / f"model_step_{self.args.train_steps}.pt"
         return [str(self.python.parent / "onmt_translate"), "-model", str(model), "-src", str(source), "-output", str(output),
                 "-beam_size", str(self.args.beam), "-batch_type", "tokens", "-batch_size", str(TEST_BATCH_TOKENS),
@@ -503,7 +527,7 @@ class JoeyNMT(System):
     def steps(self) -> list[tuple[int, float, float]]:
         return steps_joeynmt((self.dir / "train.log").read_text(errors="replace"))
 
-    def translate_cmd(self, source: Path, output: Path) -> tuple[list[str], Optional[Path], Optional[Path]]:
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
         # stdin to stdout: JoeyNMT 2.3.0's `translate -o FILE` fails after decoding
         # (AttributeError: 'BaseConfig' object has no attribute 'n_best', prediction.py).
         return [str(self.python), "-m", "joeynmt", "translate", str(self.dir / "config.yaml")], source, output
@@ -534,6 +558,10 @@ def measure(system: System, args: argparse.Namespace, references: list[str], tra
         system.reuse()
         result["train"] = trained
     result["translate"] = measure_translation(system, args, references)
+    for variant in args.variants:
+        if variant in system.variants:
+            system.prepare_variant(variant)
+            result[f"translate:{variant}"] = measure_translation(system, args, references, variant)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return result
 
@@ -549,21 +577,24 @@ def measure_training(system: System, args: argparse.Namespace) -> dict[str, Any]
     return figures
 
 
-def measure_translation(system: System, args: argparse.Namespace, references: list[str]) -> dict[str, Any]:
-    """Beam search over the test set repeated --repeat times, less the same command on one line."""
+def measure_translation(system: System, args: argparse.Namespace, references: list[str], variant: Optional[str] = None) -> dict[str, Any]:
+    """Beam search over the test set repeated --repeat times, less the same command on one line
+    (with a variant's extra options, e.g. lstmmt's shortlist)."""
     import sacrebleu
 
     timings = {}
+    suffix = f".{variant}" if variant else ""
+    extra = system.variants[variant] if variant else []
     with LoadSampler() as load:
         for kind in ("one", "test"):
-            output = system.dir / f"translate.{kind}.out"
+            output = system.dir / f"translate.{kind}{suffix}.out"
             source = system.source_for(kind)
             if kind == "test":
                 source = repeated(source, args.repeat)
-            cmd, stdin, stdout = system.translate_cmd(source, output)
-            timings[kind] = run_measured(cmd, system.dir / f"translate.{kind}.log", env=system.env, stdin_path=stdin, stdout_path=stdout)
-    test_log = (system.dir / "translate.test.log").read_text(errors="replace")
-    outputs = system.hypotheses(system.dir / "translate.test.out")
+            cmd, stdin, stdout = system.translate_cmd(source, output, extra)
+            timings[kind] = run_measured(cmd, system.dir / f"translate.{kind}{suffix}.log", env=system.env, stdin_path=stdin, stdout_path=stdout)
+    test_log = (system.dir / f"translate.test{suffix}.log").read_text(errors="replace")
+    outputs = system.hypotheses(system.dir / f"translate.test{suffix}.out")
     lines = len(references) * args.repeat
     if len(outputs) != lines:
         raise RuntimeError(f"{system.name}: {len(outputs)} translations for {lines} input lines")
@@ -583,7 +614,7 @@ def measure_translation(system: System, args: argparse.Namespace, references: li
         "copies_identical": all(outputs[i] == outputs[i % len(references)] for i in range(lines)),
         "loadavg_1min": load.summary(),
     }
-    log(f"{system.name}: {figures['sentences_per_s']} sentences/s (beam {args.beam}), "
+    log(f"{system.name}{' ' + variant if variant else ''}: {figures['sentences_per_s']} sentences/s (beam {args.beam}), "
         f"BLEU {figures['bleu']}, {figures['mean_output_words']} words/line")
     return figures
 
@@ -617,6 +648,12 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 for toolkit, names in BEST_SETTINGS.items()}
         if best["lstmmt"] and best["opennmt"]:
             rows["best_settings"] = compare(best["lstmmt"], best["opennmt"], part, key)
+        if part == "translate":  # lstmmt's variants against OpenNMT-py's like-with-like system
+            for mine, peer in (LIKE_WITH_LIKE["without_input_feeding"], LIKE_WITH_LIKE["with_input_feeding"]):
+                for variant in Lstmmt.variants:
+                    a, b = value(mine, f"translate:{variant}", key), value(peer, part, key)
+                    if a and b:
+                        rows[f"{mine}:{variant}/{peer}"] = {"lstmmt": f"{mine} {variant}", "peer": peer, "ratio": round(a / b, 3)}
         out[label] = {pair: row for pair, row in rows.items() if row}
     return out
 
