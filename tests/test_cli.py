@@ -67,6 +67,25 @@ def test_pipeline_learns_held_out_sentences(trained_run):
 
 
 @pytest.mark.slow
+def test_a_trained_model_still_translates_the_toy_task_in_int8_and_over_a_shortlist(trained_run):
+    """A model that learnt the toy task (BLEU > 60 in test_cli.py) keeps most of its test BLEU."""
+    import sacrebleu
+
+    from lstmmt import Translator
+
+    assert invoke("shortlist", trained_run).exit_code == 0
+    sources = (trained_run / "data/test.src.txt").read_text(encoding="utf-8").splitlines()
+    references = (trained_run / "data/test.tgt.txt").read_text(encoding="utf-8").splitlines()
+    bleu = {}
+    for name, options in {"fp32": {}, "int8": {"quantize": "int8"}, "shortlist": {"shortlist": True},
+                          "both": {"quantize": "int8", "shortlist": True}}.items():
+        translator = Translator.load(trained_run, device="cpu", beam_size=3, **options)
+        bleu[name] = sacrebleu.corpus_bleu([t.text for t in translator.translate(sources)], [references]).score
+    assert bleu["fp32"] > 60, bleu
+    assert all(score > bleu["fp32"] - 5 for score in bleu.values()), bleu
+
+
+@pytest.mark.slow
 def test_translate_keeps_line_count_and_order(trained_run, tmp_path):
     lines = ["twenty-one", "", "on Monday", "   ", "", "half past seven", "\t"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

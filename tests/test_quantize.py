@@ -11,10 +11,9 @@ from lstmmt.config import ModelConfig
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
 from lstmmt.quantize import int8_precision, quantize_int8
-from lstmmt.shortlist import SPECIALS, Shortlist
+from lstmmt.shortlist import Shortlist
 from lstmmt.tokenizer import BOS
 
-from tests.test_cli import trained_run  # noqa: F401  (a model that has learnt the toy task; slow)
 from tests.test_search import random_batch
 from tests.test_translator import LINES
 
@@ -77,20 +76,3 @@ def test_int8_is_refused_where_it_cannot_run():
 def test_unknown_quantisation_is_one_line(tiny_run):
     result = runner.invoke(app, ["translate", str(tiny_run), "--quantize", "int4"], input="seven\n")
     assert result.exit_code == 1 and "decode.quantize must be one of none, int8, got 'int4'" in result.output
-
-
-@pytest.mark.slow
-def test_a_trained_model_still_translates_the_toy_task_in_int8_and_over_a_shortlist(trained_run):  # noqa: F811
-    """A model that learnt the toy task (BLEU > 60 in test_cli.py) keeps most of its test BLEU."""
-    import sacrebleu
-
-    assert runner.invoke(app, ["shortlist", str(trained_run)]).exit_code == 0
-    sources = (trained_run / "data/test.src.txt").read_text(encoding="utf-8").splitlines()
-    references = (trained_run / "data/test.tgt.txt").read_text(encoding="utf-8").splitlines()
-    bleu = {}
-    for name, options in {"fp32": {}, "int8": {"quantize": "int8"}, "shortlist": {"shortlist": True},
-                          "both": {"quantize": "int8", "shortlist": True}}.items():
-        translator = Translator.load(trained_run, device="cpu", beam_size=3, **options)
-        bleu[name] = sacrebleu.corpus_bleu([t.text for t in translator.translate(sources)], [references]).score
-    assert bleu["fp32"] > 60, bleu
-    assert all(score > bleu["fp32"] - 5 for score in bleu.values()), bleu
