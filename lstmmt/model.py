@@ -58,8 +58,9 @@ class OutputRows(NamedTuple):
     lstmmt/shortlist.py), sliced once per batch rather than at every step."""
 
     ids: Tensor  # (V',) sorted full-vocabulary target ids
-    weight: Tensor  # (V', E or H) their rows of the output weight
-    bias: Tensor  # (V',)
+    weight: Optional[Tensor]  # (V', E or H) their rows of the output weight (None with int8)
+    bias: Optional[Tensor]  # (V',)
+    int8: Optional[nn.Module] = None  # with an int8 output layer: its rows as an int8 Linear of their own
 
 
 class Attention(nn.Module):
@@ -297,12 +298,9 @@ class Seq2Seq(nn.Module):
         return self.pre_output(x) if self.config.tie_embeddings else x
 
     def _output_weights(self) -> tuple[Tensor, Tensor]:
-        """The output weight (V, H or E) and bias (V,). An int8 output Linear (lstmmt/quantize.py)
-        keeps them packed, so for it they are unpacked and dequantised: a copy, not a view."""
+        """The output weight (V, H or E) and bias (V,) of a float output layer."""
         if self.config.tie_embeddings:
             return self.tgt_embed.weight, self.output_bias
-        if self._packed_output:
-            return self.output.weight().dequantize(), self.output.bias()
         return self.output.weight, self.output.bias
 
     @property
@@ -313,14 +311,21 @@ class Seq2Seq(nn.Module):
     @torch.no_grad()
     def output_rows(self, ids: Tensor) -> OutputRows:
         """The output layer restricted to the sorted target ids `ids` (see decode_step); for
-        search only, so no gradient reaches the sliced copies."""
+        search only, so no gradient reaches the sliced copies. An int8 output Linear
+        (lstmmt/quantize.py) gives an int8 Linear of the same kind over its rows `ids`
+        (their int8 weights packed once per batch), so the product stays an int8 one."""
+        if self._packed_output:
+            rows = type(self.output)(self.output.in_features, len(ids), dtype=torch.qint8)
+            rows.set_weight_bias(self.output.weight().index_select(0, ids), self.output.bias().index_select(0, ids))
+            return OutputRows(ids, None, None, rows)
         weight, bias = self._output_weights()
         return OutputRows(ids, weight.index_select(0, ids), bias.index_select(0, ids))
 
     def _logits(self, attentional: Tensor, rows: Optional[OutputRows] = None) -> Tensor:
         """Logits over every target id (..., V), or over rows.ids only (..., V')."""
         if rows is not None:
-            return F.linear(self._output_input(attentional), rows.weight, rows.bias)
+            x = self._output_input(attentional)
+            return rows.int8(x) if rows.int8 is not None else F.linear(x, rows.weight, rows.bias)
         if self._packed_output:
             return self.output(self._output_input(attentional))  # the int8 kernel, on the packed weight
         return F.linear(*self._output_layer(attentional))

@@ -8,8 +8,8 @@ What becomes int8: every LSTM (encoder, decoder), the bridges, the attention and
 projections, pre_output and, with untied embeddings, the output Linear. With tied embeddings
 (the default) the output projection multiplies by the target embedding matrix itself, which is
 no Linear module and stays fp32; a vocabulary shortlist (decode.shortlist) is what shrinks it.
-Embeddings stay fp32. Both options together work: the shortlist slices the output weight,
-dequantised once per batch when the output Linear is int8.
+Embeddings stay fp32. Both options together work: the shortlist slices the int8 output layer
+into an int8 Linear of the batch's rows, packed once per batch (Seq2Seq.output_rows).
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ def test_int8_layers_give_nearly_the_fp32_distribution(tied):
         narrowed, _ = quantized.decode_step(prev, *quantized.encode(src, lengths), quantized.output_rows(ids))
     assert found.dtype == torch.float32 and found.shape == expected.shape
     assert (found.exp() - expected.exp()).abs().max() < 0.02
-    assert torch.allclose(narrowed, found[:, ids] - torch.logsumexp(found[:, ids], dim=-1, keepdim=True), atol=1e-3)
+    # The same int8 product over fewer rows (untied: an int8 Linear of those rows), renormalised.
+    assert torch.allclose(narrowed, found[:, ids] - torch.logsumexp(found[:, ids], dim=-1, keepdim=True), atol=1e-5)
+    assert (quantized.output_rows(ids).int8 is None) == tied
 
 
 def test_quantised_translation_gives_output_of_the_same_kind(tiny_run, tmp_path):
