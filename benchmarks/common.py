@@ -277,3 +277,20 @@ def efficiency(flops_per_token: float, tgt_tokens_per_s: float, precision: str, 
                       "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)},
         "efficiency": round(achieved / peak, 4) if peak else None,
     }
+
+
+TRANSLATE_VARIANTS = {"fp32": [], "shortlist": ["--shortlist"], "int8": ["--quantize", "int8"],
+                      "shortlist+int8": ["--shortlist", "--quantize", "int8"]}
+"""lstmmt translation variants the benchmarks measure: their extra `lstmmt translate` options."""
+
+
+def ensure_shortlist(run: Path, threads: Optional[int]) -> dict[str, Any]:
+    """RUN/shortlist.npz's settings, writing it first (`lstmmt shortlist`, defaults, untimed) when the run has none."""
+    import numpy as np
+
+    path = run / "shortlist.npz"
+    if not path.exists():
+        log(f"writing {path} (lstmmt shortlist, default settings; untimed)")
+        run_measured(lstmmt_cmd("shortlist", str(run)), CACHE / "logs" / "shortlist.err", env=thread_env(threads))
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))

@@ -70,8 +70,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
-                    read_test_source, run_measured, thread_env)
+from common import (CACHE, DEFAULT_DATA, TRANSLATE_VARIANTS, emit, ensure_preprocessed, ensure_shortlist, exit_on_sigterm, log,
+                    lstmmt_cmd, machine, read_test_source, run_measured, thread_env)
 
 SYSTEMS = ("lstmmt", "lstmmt-bf16", "lstmmt-if", "opennmt", "opennmt-noif", "joeynmt")
 LIKE_WITH_LIKE = {
@@ -396,7 +396,7 @@ class Lstmmt(System):
     def source_for(self, kind: str) -> Path:
         return self.data / ("test.raw.en" if kind == "test" else "one.raw.en")
 
-    variants = {"shortlist": ["--shortlist"], "int8": ["--quantize", "int8"], "shortlist+int8": ["--shortlist", "--quantize", "int8"]}
+    variants = {name: flags for name, flags in TRANSLATE_VARIANTS.items() if flags}
 
     def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
         return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output), "--beam", str(self.args.beam),
@@ -405,8 +405,8 @@ class Lstmmt(System):
 
     def prepare_variant(self, variant: str) -> None:
         """The shortlist variants need RUN/shortlist.npz: `lstmmt shortlist` with its defaults, once."""
-        if "shortlist" in variant and not (self.dir / "shortlist.npz").exists():
-            subprocess.run(lstmmt_cmd("shortlist", str(self.dir)), check=True, env=self.env, stdout=subprocess.DEVNULL)
+        if "shortlist" in variant:
+            ensure_shortlist(self.dir, self.args.threads)
 
     def hypotheses(self, output: Path) -> list[str]:
         return output.read_text(encoding="utf-8").splitlines()

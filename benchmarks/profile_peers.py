@@ -84,6 +84,11 @@ def peer_args(args: argparse.Namespace) -> argparse.Namespace:
                               device="cpu", torch="pip", beam=5)
 
 
+def per_1k_tokens(ops: list[dict[str, Any]], tgt_tokens: int) -> dict[str, float]:
+    """Each op's self time in ms per 1,000 target tokens."""
+    return {op["op"]: op["self_us"] / 1000 * 1000.0 / tgt_tokens for op in ops}
+
+
 def summarise(ops: list[dict[str, Any]], wall_s: float, tgt_tokens: int, top: int) -> dict[str, Any]:
     """Per-1,000-target-token figures: top ops, the time inside ops and outside them."""
     per_k = 1000.0 / tgt_tokens
@@ -96,11 +101,10 @@ def summarise(ops: list[dict[str, Any]], wall_s: float, tgt_tokens: int, top: in
         "tgt_tokens_per_s": round(tgt_tokens / wall_s, 1),
         "top_ops": [{"op": op["op"], "ms": round(op["self_us"] / 1000 * per_k, 1), "calls_per_1k": round(op["calls"] * per_k, 1)}
                     for op in ranked[:top]],
-        "_all": {op["op"]: op["self_us"] / 1000 * per_k for op in ops},
     }
 
 
-def profile_opennmt(system: peers.OpenNMT, args: argparse.Namespace) -> dict[str, Any]:
+def profile_opennmt(system: peers.OpenNMT, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float]]:
     system.prepare()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.json"
@@ -109,10 +113,10 @@ def profile_opennmt(system: peers.OpenNMT, args: argparse.Namespace) -> dict[str
         if not out.exists():
             raise RuntimeError(f"OpenNMT-py profile failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
         raw = json.loads(out.read_text())
-    return summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top)
+    return summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top), per_1k_tokens(raw["ops"], raw["tgt_tokens"])
 
 
-def profile_lstmmt(system: peers.Lstmmt, args: argparse.Namespace) -> dict[str, Any]:
+def profile_lstmmt(system: peers.Lstmmt, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float]]:
     """train_speed.py with the peers' lstmmt settings and --profile; its raw profile ops."""
     sets = system.train_cmd()
     sets = [sets[i + 1] for i, a in enumerate(sets) if a == "--set"]
@@ -125,7 +129,7 @@ def profile_lstmmt(system: peers.Lstmmt, args: argparse.Namespace) -> dict[str, 
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"lstmmt profile failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
         raw = json.loads(out.read_text())
-    return summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top)
+    return summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top), per_1k_tokens(raw["ops"], raw["tgt_tokens"])
 
 
 def main() -> None:
@@ -137,10 +141,10 @@ def main() -> None:
     mine = (peers.LstmmtIF if args.input_feeding else peers.Lstmmt)(pargs, data, base_run)
     theirs = (peers.OpenNMT if args.input_feeding else peers.OpenNMTNoIF)(pargs, data, base_run)
     log(f"profiling {mine.name}")
-    result = {mine.name: profile_lstmmt(mine, args)}
+    result: dict[str, Any] = {}
+    result[mine.name], a = profile_lstmmt(mine, args)
     log(f"profiling {theirs.name}")
-    result[theirs.name] = profile_opennmt(theirs, args)
-    a, b = result[mine.name].pop("_all"), result[theirs.name].pop("_all")
+    result[theirs.name], b = profile_opennmt(theirs, args)
     differences = sorted(((op, a.get(op, 0.0) - b.get(op, 0.0)) for op in set(a) | set(b)), key=lambda kv: -abs(kv[1]))
     emit({
         "benchmark": "profile_peers", "machine": machine("cpu"), "input_feeding": args.input_feeding,

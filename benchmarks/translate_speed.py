@@ -53,10 +53,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from common import (CACHE, DEFAULT_DATA, emit, ensure_preprocessed, exit_on_sigterm, log, lstmmt_cmd, machine,
-                    peak_rss_mb, read_test_source, reset_peak_rss, run_measured, thread_env)
+from common import (CACHE, DEFAULT_DATA, TRANSLATE_VARIANTS, emit, ensure_preprocessed, ensure_shortlist, exit_on_sigterm, log,
+                    lstmmt_cmd, machine, peak_rss_mb, read_test_source, reset_peak_rss, run_measured, thread_env)
 
-VARIANTS = {"fp32": [], "shortlist": ["--shortlist"], "int8": ["--quantize", "int8"], "shortlist+int8": ["--shortlist", "--quantize", "int8"]}
+VARIANTS = TRANSLATE_VARIANTS
 """translate options of each --variants row."""
 
 QUICK_MODEL = [
@@ -113,20 +113,6 @@ def read_references(args: argparse.Namespace, lines: int) -> Optional[list[str]]
     with opener(path, "rt", encoding="utf-8") as handle:
         refs = handle.read().splitlines()
     return [refs[i % len(refs)] for i in range(lines)]
-
-
-def ensure_shortlist(run: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """RUN/shortlist.npz's settings, writing it first (untimed) when the run has none."""
-    import json
-
-    import numpy as np
-
-    path = run / "shortlist.npz"
-    if not path.exists():
-        log(f"writing {path} (lstmmt shortlist, default settings; untimed)")
-        run_measured(lstmmt_cmd("shortlist", str(run)), CACHE / "logs" / "shortlist.err", env=thread_env(args.threads))
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(str(data["meta"]))
 
 
 def quick_model(args: argparse.Namespace) -> Path:
@@ -381,7 +367,7 @@ def main() -> None:
         return
     references = read_references(args, len(source_lines))
     if any("shortlist" in v for v in args.variants):
-        result["shortlist"] = ensure_shortlist(run, args)
+        result["shortlist"] = ensure_shortlist(run, args.threads)
     startup: dict[str, float] = {}
     if args.mode == "cli":
         for variant in args.variants:
