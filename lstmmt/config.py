@@ -80,6 +80,8 @@ class TrainConfig:
     warmup_steps: int = 500
     lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "budget"] = "plateau"
     """After warm-up: keep lr, decay with 1/sqrt(step), halve on a validation BLEU plateau, or (budget) decay linearly to lr_min at the end of the budget (max_time or max_steps, whichever is nearer)."""
+    decay_share: float = 1.0
+    """With lr_schedule budget: the final share of the budget over which the rate decays to lr_min; before it the rate holds at lr (1.0: decay from the start; 0.3: warm-up, stable, then decay over the last 30%)."""
     lr_decay_factor: float = 0.5
     lr_min: float = 1e-5
     clip_norm: float = 1.0
@@ -255,6 +257,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "train.window_sentences": (1, INF, ">= 1"),
     "train.lr": (0, INF, "> 0"),
     "train.warmup_steps": (0, INF, ">= 0"),
+    "train.decay_share": (0, 1, "in (0, 1]"),
     "train.lr_decay_factor": (0, 1, "in (0, 1]"),
     "train.lr_min": (0, INF, ">= 0"),
     "train.clip_norm": (0, INF, "> 0"),
@@ -270,7 +273,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
 """The allowed range of every numeric field of the data, tokenizer, model and train sections:
 the one place they are checked, so --set, --config, config.yaml and command-line options such
 as --max-steps all meet the same check before anything is written."""
-_OPEN_LOW = {"tokenizer.character_coverage", "model.init_range", "train.lr", "train.lr_decay_factor", "train.clip_norm"}
+_OPEN_LOW = {"tokenizer.character_coverage", "model.init_range", "train.lr", "train.decay_share", "train.lr_decay_factor", "train.clip_norm"}
 _OPEN_HIGH = {"model.dropout", "train.label_smoothing"}
 
 

@@ -18,8 +18,9 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed
     - constant: config.lr;
     - inverse_sqrt: config.lr * sqrt(warmup / step);
     - plateau: config.lr * lr_scale (halved by validations without a better BLEU), >= lr_min;
-    - budget: linear decay from config.lr to lr_min over the budget, so a run of any length
-      ends on a low rate (warm-up ends at the latest after BUDGET_WARMUP_SHARE of it);
+    - budget: config.lr, then linear decay to lr_min over the last `decay_share` of the
+      budget, so a run of any length ends on a low rate (warm-up ends at the latest after
+      BUDGET_WARMUP_SHARE of it);
       `elapsed` is the training time of all sessions so far, so a resumed run continues the
       same schedule.
     """
@@ -27,7 +28,8 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed
     if config.lr_schedule == "budget":
         spent = budget_spent(config, step, elapsed)
         warm = max(warm, min(1.0, spent / BUDGET_WARMUP_SHARE))  # a short budget warms up sooner
-        return warm * (config.lr + (config.lr_min - config.lr) * spent)
+        decayed = min(1.0, max(0.0, (spent - 1.0 + config.decay_share) / config.decay_share))
+        return warm * (config.lr + (config.lr_min - config.lr) * decayed)
     if step < config.warmup_steps:
         return config.lr * warm
     if config.lr_schedule == "inverse_sqrt":

@@ -24,6 +24,15 @@ def test_budget_rate_falls_linearly_with_the_time_spent():
     assert learning_rate(BUDGET, 700, elapsed=2000.0) == pytest.approx(1e-5)  # never below lr_min
 
 
+def test_budget_with_a_decay_share_holds_the_rate_then_decays_over_the_end():
+    wsd = TrainConfig(lr=1e-3, lr_min=0.0, warmup_steps=10, lr_schedule="budget", decay_share=0.2, max_time="1000s")
+    assert learning_rate(wsd, 0, elapsed=0.0) == pytest.approx(1e-4)  # warm-up as before
+    assert learning_rate(wsd, 100, elapsed=500.0) == pytest.approx(1e-3)  # stable
+    assert learning_rate(wsd, 150, elapsed=800.0) == pytest.approx(1e-3)  # the decay starts at 80%
+    assert learning_rate(wsd, 170, elapsed=900.0) == pytest.approx(0.5e-3)
+    assert learning_rate(wsd, 190, elapsed=1000.0) == pytest.approx(0.0)
+
+
 def test_budget_in_steps_when_steps_end_first():
     steps = TrainConfig(lr=1e-3, lr_min=0.0, warmup_steps=0, lr_schedule="budget", max_steps=1000, max_time="10h")
     assert learning_rate(steps, 250, elapsed=60.0) == pytest.approx(0.75e-3)
