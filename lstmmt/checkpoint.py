@@ -171,7 +171,8 @@ def load_model(path: Path, tokenizer: "Tokenizer") -> tuple["Seq2Seq", "Config",
 
 
 def select_for_average(run: RunDir, last: int | None = None, best: int | None = None) -> list[Path]:
-    """The `last` newest step checkpoints, or the `best` ones by the validation BLEU stored in each."""
+    """The `last` newest step checkpoints, or the `best` ones by the validation BLEU stored in each;
+    all of them when fewer are kept (a short run may have validated once), which the caller reports."""
     if (last is None) == (best is None):
         raise UserError("pass exactly one of --last N or --best N")
     option, count = ("--last", last) if last is not None else ("--best", best)
@@ -180,9 +181,6 @@ def select_for_average(run: RunDir, last: int | None = None, best: int | None = 
     kept = step_checkpoints(run)
     if not kept:
         raise UserError(f"{run.checkpoints} has no step-N.pt checkpoints to average")
-    if count > len(kept):
-        raise UserError(f"{option} {count} asks for more checkpoints than {run.checkpoints} keeps ({len(kept)}: "
-                        f"{', '.join(p.name for p in kept)}): pass {option} {len(kept)} or fewer")
     if last is not None:
         return kept[:last]
     scored = [(load(p).get("valid", {}).get("bleu", float("-inf")), p) for p in kept]

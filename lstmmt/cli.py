@@ -271,8 +271,8 @@ def translate(
 @friendly
 def shortlist(
     run_dir: Path = RunArg,
-    per_source: int = typer.Option(50, "--per-source", min=0, help="Candidate target pieces kept per source piece (best Dice score first)."),
-    frequent: int = typer.Option(200, "--frequent", min=0, help="Most frequent target pieces, always allowed."),
+    per_source: int = typer.Option(20, "--per-source", min=0, help="Candidate target pieces kept per source piece (best Dice score first)."),
+    frequent: int = typer.Option(100, "--frequent", min=0, help="Most frequent target pieces, always allowed."),
 ) -> None:
     """Write RUN/shortlist.npz, the vocabulary shortlist of `translate --shortlist`, from the run's training data.
 
@@ -461,6 +461,8 @@ def average(
     run.require_checkpoint()
     with run.lock("average"):
         paths = checkpoint.select_for_average(run, last=last, best=best)
+        if len(paths) < (last or best or 0):
+            stderr.print(Text(f"{run.checkpoints} keeps {len(paths)} step checkpoints, fewer than the {last or best} asked for: averaging those"), soft_wrap=True)
         result = average_checkpoints(run, paths, output or run.checkpoint("averaged"), device, check)
     stderr.print(Text(result.summary()), soft_wrap=True)
 

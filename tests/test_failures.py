@@ -142,10 +142,18 @@ def test_named_score_refuses_to_replace_another_hypothesis(trained, tmp_path):
     assert json.loads((run / "scores/mine.json").read_text())["hypothesis"] == str(tmp_path / "a.hyp")
 
 
-def test_recipes_target_the_split_score():
+def test_each_recipe_s_score_target_is_the_file_its_evaluate_command_writes():
+    """make runs the score rule again and again if its command writes another name."""
+    root = Path(__file__).resolve().parents[1]
     for recipe in ("toy", "multi30k"):
-        makefile = (Path(__file__).resolve().parents[1] / "recipes" / recipe / "Makefile").read_text()
-        assert "$(RUN)/scores/split-test.json:" in makefile and "scores/test.json" not in makefile
+        dry = subprocess.run(["make", "-n", "-B", "-C", str(root / "recipes" / recipe), "RUN=R", "LSTMMT=lstmmt"],
+                             capture_output=True, text=True, check=True).stdout
+        command = next(line for line in dry.splitlines() if line.startswith("lstmmt evaluate")).split()
+        option = "--split" if "--split" in command else "--name"
+        written = RunDir(Path("R")).split_score(command[command.index("--split") + 1]) if option == "--split" \
+            else RunDir(Path("R")).scores / f"{command[command.index('--name') + 1]}.json"
+        makefile = (root / "recipes" / recipe / "Makefile").read_text()
+        assert f"all: $(RUN)/{written.relative_to('R')}" in makefile, recipe
 
 
 # -- 2. one writer at a time ------------------------------------------------------------------
@@ -214,13 +222,14 @@ def test_nonpositive_max_steps_is_refused_before_config_is_written(trained, tmp_
 # -- 4. average's selection ----------------------------------------------------------------------
 
 
-def test_average_refuses_a_nonpositive_or_too_large_count(trained, tmp_path):
+def test_average_refuses_a_nonpositive_count_and_takes_all_kept_when_asked_for_more(trained, tmp_path):
     run = copy_of(trained, tmp_path)
     assert_one_line_error(invoke("average", run, "--best", "-1"), "--best", ">= 1")
     assert_one_line_error(invoke("average", run, "--last", "0"), "--last", ">= 1")
-    assert_one_line_error(invoke("average", run, "--best", "3"), "--best 3", "2")
     assert not (run / "checkpoints/averaged.pt").exists()
-    assert invoke("average", run, "--best", "2").exit_code == 0
+    result = invoke("average", run, "--best", "3")  # a short recipe run may have validated only twice
+    assert result.exit_code == 0 and "keeps 2 step checkpoints, fewer than the 3 asked for" in " ".join(result.output.split())
+    assert (run / "checkpoints/averaged.pt").exists()
 
 
 # -- 5. leftovers of a killed preprocess -----------------------------------------------------------
