@@ -9,6 +9,7 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.text import Text
 
+from lstmmt import checkpoint as checkpoints
 from lstmmt.config import Config, DecodeConfig
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir, atomic_write_text
@@ -61,7 +62,8 @@ def _refuse_other_hypothesis(target: Path, hyp: Path) -> None:
 
 def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, **overrides: Any) -> dict[str, Any]:
     """Score a stored split, translating its source first unless a translation with the same
-    options exists (see `split_hypothesis`); `overrides` are decode settings (beam_size, shortlist, quantize)."""
+    options exists and is newer than the checkpoint and shortlist it came from (see
+    `split_hypothesis`); `overrides` are decode settings (beam_size, shortlist, quantize)."""
     run.require_preprocessed()
     source, reference = run.text(split, "src"), run.text(split, "tgt")
     if not source.exists():
@@ -72,12 +74,20 @@ def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, *
         raise UserError(f"{run.root} has no stored {split} split: preprocess with --{split} PREFIX to store one, or use --hyp/--ref")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     run_decode = Config.load(run.config).decode
-    hyp = split_hypothesis(run, split, checkpoint_name, run_decode.updated(**overrides), run_decode.beam_size)
-    if not hyp.exists():
+    decode = run_decode.updated(**overrides)
+    hyp = split_hypothesis(run, split, checkpoint_name, decode, run_decode.beam_size)
+    inputs = [checkpoints.resolve(run, checkpoint_name), *([run.shortlist] if decode.shortlist else [])]
+    if not _newer_than(hyp, inputs):
         translator = Translator.load(run.root, checkpoint_name, device, warn=warn, **overrides)
         stderr.print(Text(f"Translating the {split} split into {hyp} on {translator.device} in {translator.precision}"), soft_wrap=True)
         translate_file(translator, str(source), str(hyp))
     return evaluate_files(run, hyp, reference, split) | {"checkpoint": checkpoint_name}
+
+
+def _newer_than(path: Path, inputs: list[Path]) -> bool:
+    """Whether `path` exists and was written after every existing input, as make decides: a
+    retrained checkpoint or a rewritten shortlist makes an old translation stale."""
+    return path.exists() and all(not p.exists() or p.stat().st_mtime_ns <= path.stat().st_mtime_ns for p in inputs)
 
 
 def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, decode: DecodeConfig, run_beam_size: int) -> Path:

@@ -169,4 +169,11 @@ def test_evaluate_split_translates_again_for_other_options(tiny_run, tmp_path):
     assert invoke("shortlist", tiny_run).exit_code == 0
     result = invoke("evaluate", tiny_run, "--split", "test", "--shortlist", "--quantize", "int8", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["hypothesis"] == str(tiny_run / "translations/test.best.beam5.shortlist.int8.hyp")
+    narrowed = tiny_run / "translations/test.best.beam5.shortlist.int8.hyp"
+    assert json.loads(result.stdout)["hypothesis"] == str(narrowed)
+    written = narrowed.stat().st_mtime_ns
+    assert invoke("evaluate", tiny_run, "--split", "test", "--shortlist", "--quantize", "int8").exit_code == 0
+    assert narrowed.stat().st_mtime_ns == written  # the same options again: the stored translation is scored
+    assert invoke("shortlist", tiny_run, "--per-source", "1", "--frequent", "2").exit_code == 0
+    assert invoke("evaluate", tiny_run, "--split", "test", "--shortlist", "--quantize", "int8").exit_code == 0
+    assert narrowed.stat().st_mtime_ns > written  # a rewritten shortlist makes the old translation stale
