@@ -56,9 +56,6 @@ from typing import Any, Optional
 from common import (CACHE, DEFAULT_DATA, TRANSLATE_VARIANTS, emit, ensure_preprocessed, ensure_shortlist, exit_on_sigterm, log,
                     lstmmt_cmd, machine, peak_rss_mb, read_test_source, reset_peak_rss, run_measured, thread_env)
 
-VARIANTS = TRANSLATE_VARIANTS
-"""translate options of each --variants row."""
-
 QUICK_MODEL = [
     "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
     "model.attention=luong", "train.batch_tokens=4096", "train.lr_schedule=constant", "train.warmup_steps=50",
@@ -82,13 +79,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--latency", type=int, default=0, metavar="N", help="measure pipe latency over N lines instead of throughput")
     ap.add_argument("--pause", type=float, default=0.5, help="with --latency: seconds between an answer and the next line")
     ap.add_argument("--latency-timeout", type=float, default=60.0, help="with --latency: give up on a line after this many seconds")
-    ap.add_argument("--variants", default="fp32", help=f"comma-separated rows per beam: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="fp32", help=f"comma-separated rows per beam: {', '.join(TRANSLATE_VARIANTS)}")
     ap.add_argument("--ref", type=Path, default=None, help="references of the input for BLEU (default: test_2016_flickr.de of --data-dir)")
     args = ap.parse_args()
     args.variants = args.variants.split(",")
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in TRANSLATE_VARIANTS]
     if unknown:
-        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(TRANSLATE_VARIANTS)}")
     return args
 
 
@@ -163,7 +160,7 @@ def count_tokens(run: Path, lines: list[str]) -> int:
 
 def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespace, variant: str = "fp32") -> tuple[dict[str, Any], list[str]]:
     cmd = lstmmt_cmd("translate", str(run), "-i", str(input_path), "-o", "-", "--beam", str(beam),
-                     "--device", args.device, "--checkpoint", args.checkpoint, *VARIANTS[variant])
+                     "--device", args.device, "--checkpoint", args.checkpoint, *TRANSLATE_VARIANTS[variant])
     if args.batch_tokens:
         cmd += ["--batch-tokens", str(args.batch_tokens)]
     err_path = CACHE / "logs" / f"translate-beam{beam}-{variant}.err"
@@ -274,7 +271,7 @@ def startup_seconds(run: Path, args: argparse.Namespace, variant: str = "fp32") 
     one.parent.mkdir(parents=True, exist_ok=True)
     one.write_text("A man is riding a bicycle.\n", encoding="utf-8")
     cmd = lstmmt_cmd("translate", str(run), "-i", str(one), "-o", "-", "--beam", "1", "--device", args.device,
-                     "--checkpoint", args.checkpoint, *VARIANTS[variant])
+                     "--checkpoint", args.checkpoint, *TRANSLATE_VARIANTS[variant])
     return run_measured(cmd, CACHE / "logs" / f"startup-{variant}.err", env=thread_env(args.threads))["wall_s"]
 
 

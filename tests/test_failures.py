@@ -149,9 +149,9 @@ def test_each_recipe_s_score_target_is_the_file_its_evaluate_command_writes():
         dry = subprocess.run(["make", "-n", "-B", "-C", str(root / "recipes" / recipe), "RUN=R", "LSTMMT=lstmmt"],
                              capture_output=True, text=True, check=True).stdout
         command = next(line for line in dry.splitlines() if line.startswith("lstmmt evaluate")).split()
-        option = "--split" if "--split" in command else "--name"
-        written = RunDir(Path("R")).split_score(command[command.index("--split") + 1]) if option == "--split" \
-            else RunDir(Path("R")).scores / f"{command[command.index('--name') + 1]}.json"
+        value = {option: command[i + 1] for i, option in enumerate(command[:-1]) if option.startswith("--")}
+        run = RunDir(Path("R"))
+        written = run.split_score(value["--split"]) if "--split" in value else run.hyp_score(Path(value["--hyp"]), value.get("--name"))
         makefile = (root / "recipes" / recipe / "Makefile").read_text()
         assert f"all: $(RUN)/{written.relative_to('R')}" in makefile, recipe
 

@@ -155,6 +155,7 @@ def test_checkpoints_of_one_run_ensemble_and_another_tokenizer_is_refused(tiny_r
 
 
 def test_evaluate_split_translates_again_for_other_options(tiny_run, tmp_path):
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # it writes translations and a shortlist
     result = invoke("evaluate", tiny_run, "--split", "test", "--json")
     assert result.exit_code == 0, result.output
     assert (tiny_run / "translations/test.hyp").exists()
