@@ -311,13 +311,11 @@ class Seq2Seq(nn.Module):
     @torch.no_grad()
     def output_rows(self, ids: Tensor) -> OutputRows:
         """The output layer restricted to the sorted target ids `ids` (see decode_step); for
-        search only, so no gradient reaches the sliced copies. An int8 output Linear
-        (lstmmt/quantize.py) gives an int8 Linear of the same kind over its rows `ids`
-        (their int8 weights packed once per batch), so the product stays an int8 one."""
+        search only, so no gradient reaches the sliced copies. An int8 output layer
+        (lstmmt/quantize.py `Int8Linear`) gives an int8 Linear of its rows `ids`, so the
+        product stays an int8 one."""
         if self._packed_output:
-            rows = type(self.output)(self.output.in_features, len(ids), dtype=torch.qint8)
-            rows.set_weight_bias(self.output.weight().index_select(0, ids), self.output.bias().index_select(0, ids))
-            return OutputRows(ids, None, None, rows)
+            return OutputRows(ids, None, None, self.output.rows(ids))
         weight, bias = self._output_weights()
         return OutputRows(ids, weight.index_select(0, ids), bias.index_select(0, ids))
 
