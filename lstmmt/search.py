@@ -102,8 +102,7 @@ def beam_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: Dec
         raise ValueError("n_best must be between 1 and beam_size")
     memory, state = model.encode(src, src_lengths)
     search = _BeamState(src.size(0), beam_size, max_lengths(src_lengths, options.max_len_a, options.max_len_b), src.device)
-    state = state.select(torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size))
-    while search.searching:
+    while search.searching:  # the first step has one row per sentence; advance widens it to the beam
         log_probs, state = model.decode_step(search.tokens[:, -1], memory, state)
         reorder, keep = search.advance(log_probs, options.length_penalty)
         if keep is not None:
@@ -124,23 +123,24 @@ class _BeamState:
         self.active = list(range(batch))  # corpus rows of the sentences in the batch
         self.limits = limits.tolist()  # max output length incl. EOS, per corpus row
         self.searching = batch  # sentences not done (the others stay only as padding)
-        self.tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
-        scores = torch.full((batch, beam), float("-inf"), device=device)
-        scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
-        self.scores = scores  # (active, beam) summed log-probabilities
+        # Search starts from one hypothesis per sentence (all beams would be the same BOS), so
+        # the first decoder step runs on `batch` rows rather than batch x beam.
+        self.tokens = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
+        self.scores = torch.zeros((batch, 1), device=device)  # (active, width) summed log-probabilities
         self.finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
     def advance(self, log_probs: Tensor, length_penalty: float) -> tuple[Tensor, Tensor | None]:
         """Take one step; returns the row order for the decoder state and, if sentences
         finished, the rows of memory (sentences) to keep (None when all are still active)."""
         n, beam, vocab = len(self.active), self.beam, log_probs.size(-1)
+        width = self.scores.size(1)  # live hypotheses per sentence: 1 at the first step, then beam
         step = self.tokens.size(1)  # tokens generated after this step, EOS included
         at_limit = [self.limits[row] <= step for row in self.active]
-        log_probs = log_probs.view(n, beam, vocab)
+        log_probs = log_probs.view(n, width, vocab)
         if any(at_limit):
             log_probs = self._force_eos(log_probs, at_limit)
-        candidates = log_probs.add_(self.scores.unsqueeze(-1)).view(n, beam * vocab)  # in place: one pass less over beam x vocab
-        top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=-1)  # (n, 2*beam)
+        candidates = log_probs.add_(self.scores.unsqueeze(-1)).view(n, width * vocab)  # in place: one pass less over beam x vocab
+        top_scores, top_ids = candidates.topk(min(2 * beam, width * vocab), dim=-1)  # (n, 2*beam)
         top_beams, top_tokens = top_ids // vocab, top_ids % vocab
         is_eos = top_tokens == EOS
 
@@ -150,9 +150,10 @@ class _BeamState:
         done_mask = torch.tensor(done, device=self.device)
 
         # Continue with the best `beam` candidates that did not end (none for finished sentences).
-        alive_scores, pick = top_scores.masked_fill(is_eos | done_mask.unsqueeze(1), float("-inf")).topk(beam, dim=-1)
+        alive = min(beam, top_scores.size(1))  # fewer only for a vocabulary smaller than the beam
+        alive_scores, pick = top_scores.masked_fill(is_eos | done_mask.unsqueeze(1), float("-inf")).topk(alive, dim=-1)
         alive_beams, alive_tokens = top_beams.gather(1, pick), top_tokens.gather(1, pick)
-        rows = (torch.arange(n, device=self.device).unsqueeze(1) * beam + alive_beams)  # (n, beam) old row ids
+        rows = (torch.arange(n, device=self.device).unsqueeze(1) * width + alive_beams)  # (n, alive) old row ids
         self.searching = done.count(False)
         kept = self._rows_to_keep(done)
         keep = torch.tensor(kept, dtype=torch.long, device=self.device)
@@ -186,8 +187,9 @@ class _BeamState:
         sentence, whether it ends, its score and its tokens so far (n x beam x step ids, a few
         kilobytes), so that finishing never goes back to the device."""
         n, beam, step_tokens = top_scores.size(0), self.beam, self.tokens.size(1)
-        histories = self.tokens.view(n, beam, step_tokens).gather(1, top_beams[:, :beam, None].expand(n, beam, step_tokens))
-        packed = torch.cat([top_scores[:, :beam, None].double(), is_eos[:, :beam, None].double(), histories.double()], dim=2)
+        ranked = min(beam, top_scores.size(1))  # the candidates that rank within the top `beam`
+        histories = self.tokens.view(n, -1, step_tokens).gather(1, top_beams[:, :ranked, None].expand(n, ranked, step_tokens))
+        packed = torch.cat([top_scores[:, :ranked, None].double(), is_eos[:, :ranked, None].double(), histories.double()], dim=2)
         host = packed.cpu().numpy()  # (n, beam, 2 + step)
         ended = (host[:, :, 1] > 0) & np.isfinite(host[:, :, 0])
         for row, candidate in zip(*np.nonzero(ended)):

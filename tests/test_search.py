@@ -42,7 +42,7 @@ class TableModel:
     def decode_step(self, prev, memory, state):
         log_probs = torch.full((prev.size(0), VOCAB), -math.inf)
         for row, token in enumerate(prev.tolist()):
-            for nxt, p in TABLE[token].items():
+            for nxt, p in TABLE.get(token, {}).items():  # a dead (-inf) hypothesis may hold any token
                 log_probs[row, nxt] = math.log(p)
         return log_probs, state
 
@@ -74,6 +74,27 @@ def test_max_length_forces_an_end():
     hyps = beam_search(TableModel(), SRC, LENGTHS, DecodeConfig(beam_size=2, max_len_a=0.0, max_len_b=1))
     assert hyps[0][0].tokens == []
     assert greedy_search(TableModel(), SRC, LENGTHS, DecodeConfig(max_len_a=0.0, max_len_b=1))[0].tokens == []
+
+
+def test_the_first_step_runs_one_row_per_sentence_then_the_beam():
+    """All beams start as the same BOS, so the first decoder step needs one row per sentence;
+    the beam fills from its best candidates, and a vocabulary smaller than the beam still works."""
+
+    class Counting(TableModel):
+        rows: list[int] = []
+
+        def decode_step(self, prev, memory, state):
+            self.rows.append(prev.size(0))
+            return super().decode_step(prev, memory, state)
+
+    model = Counting()
+    src, lengths = torch.cat([SRC, SRC]), torch.cat([LENGTHS, LENGTHS])
+    hyps = beam_search(model, src, lengths, DecodeConfig(beam_size=3, length_penalty=1.0, n_best=3))
+    assert model.rows[:2] == [2, 6]
+    assert [[h.tokens for h in sentence] for sentence in hyps] == [[[B], [A, C], [A]]] * 2
+    model.rows.clear()
+    wide = beam_search(model, SRC, LENGTHS, DecodeConfig(beam_size=VOCAB + 2, length_penalty=1.0))
+    assert model.rows[0] == 1 and wide[0][0].tokens == [B]
 
 
 def random_model(seed: int = 0) -> Seq2Seq:
