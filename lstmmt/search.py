@@ -190,7 +190,7 @@ class _BeamState:
         ranked = min(beam, top_scores.size(1))  # the candidates that rank within the top `beam`
         histories = self.tokens.view(n, -1, step_tokens).gather(1, top_beams[:, :ranked, None].expand(n, ranked, step_tokens))
         packed = torch.cat([top_scores[:, :ranked, None].double(), is_eos[:, :ranked, None].double(), histories.double()], dim=2)
-        host = packed.cpu().numpy()  # (n, beam, 2 + step)
+        host = packed.cpu().numpy()  # (n, ranked, 2 + step)
         ended = (host[:, :, 1] > 0) & np.isfinite(host[:, :, 0])
         for row, candidate in zip(*np.nonzero(ended)):
             sentence = self.finished[self.active[row]]

@@ -81,7 +81,8 @@ def test_the_first_step_runs_one_row_per_sentence_then_the_beam():
     the beam fills from its best candidates, and a vocabulary smaller than the beam still works."""
 
     class Counting(TableModel):
-        rows: list[int] = []
+        def __init__(self):
+            self.rows: list[int] = []  # decoder rows of each step
 
         def decode_step(self, prev, memory, state):
             self.rows.append(prev.size(0))
