@@ -129,6 +129,8 @@ class DecodeConfig:
     """Search over a vocabulary shortlist (RUN/shortlist.npz, written by `lstmmt shortlist RUN`): the output layer covers only the target pieces the batch's source pieces allow, which is faster on CPUs and may change translations. Read by Translator.load."""
     quantize: Literal["none", "int8"] = "none"
     """int8: dynamic int8 quantisation of the LSTMs and Linear layers for CPU search (fp32 activations; not on GPUs). Read by Translator.load."""
+    workers: Optional[int] = None
+    """Batches searched at once on a CPU, each by its own thread with an equal share of torch's threads; null: one per torch thread (never more than there are batches). Translations do not change. GPUs search one batch at a time."""
 
     def check(self) -> None:
         """Each setting's allowed range, named with its key (UserError otherwise)."""
@@ -140,6 +142,7 @@ class DecodeConfig:
             (self.max_len_b >= 0, "decode.max_len_b must be an integer >= 0", self.max_len_b),
             (self.batch_tokens is None or self.batch_tokens >= 1, "decode.batch_tokens must be an integer >= 1 (or null: the device's default)", self.batch_tokens),
             (self.max_source_tokens >= 1, "decode.max_source_tokens must be an integer >= 1", self.max_source_tokens),
+            (self.workers is None or self.workers >= 1, "decode.workers must be an integer >= 1 (or null: one per CPU thread)", self.workers),
         ]
         for ok, message, value in checks:
             if not ok:

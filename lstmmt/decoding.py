@@ -10,8 +10,9 @@ business of lstmmt/translator.py and the steps above it.
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -121,17 +122,56 @@ def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], options: De
 
     Sorting by length keeps padding low; the batch budget counts source tokens x beams.
     Each sentence's result does not depend on the batch it lands in, except with a
-    shortlist, whose allowed ids are the union over the batch (see search_batch).
+    shortlist, whose allowed ids are the union over the batch (see search_batch). On a CPU
+    the batches are shared among decode.workers threads (`search_workers`).
     """
     lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
-    results: list[list[Hypothesis]] = [[] for _ in sentences]
     budget = options.batch_tokens or default_batch_tokens(device, training=False)
-    for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // options.beam_size)):
+    batches = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // options.beam_size))
+
+    def search_one(indices: np.ndarray) -> list[list[Hypothesis]]:
         batch = collate(indices, sentences).to(device)
         with autocast(device, precision):
-            for index, hyps in zip(indices, search_batch(model, batch.src, batch.src_lengths, options, shortlist)):
-                results[index] = hyps
+            return search_batch(model, batch.src, batch.src_lengths, options, shortlist)
+
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    for indices, found in zip(batches, in_threads(search_one, batches, search_workers(options, device, len(batches)))):
+        for index, hyps in zip(indices, found):
+            results[index] = hyps
     return results
+
+
+def search_workers(options: DecodeConfig, device: torch.device, batches: int) -> int:
+    """How many batches to search at once: decode.workers, by default one per torch CPU thread;
+    never more than there are batches, and one on a GPU (its kernels fill it from one thread)."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(options.workers or torch.get_num_threads(), batches))
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def in_threads(work: Callable[[T], U], items: Sequence[T], workers: int) -> list[U]:
+    """work(item) for every item, results in order; with workers > 1 on that many threads,
+    each with an equal share of this thread's torch CPU threads.
+
+    Why: search runs hundreds of small steps per batch, and between its matrix products
+    (Python bookkeeping, top-k, copies) one of two torch threads waits; two batches on one
+    thread each keep both cores busy. torch releases the GIL inside its kernels, and a
+    thread's torch thread count is its own (OpenMP), so the caller's stays as it was.
+    """
+    if workers <= 1:
+        return [work(item) for item in items]
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lstmmt-search",
+                              initializer=torch.set_num_threads, initargs=(max(1, threads // workers),))
+    try:
+        return list(pool.map(work, items))
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, batches not started are dropped
+        torch.set_num_threads(threads)  # threads started later take torch's last setting: make it the caller's again
 
 
 @dataclass

@@ -18,6 +18,7 @@ from lstmmt.errors import UserError
     ({"length_penalty": math.nan}, "decode.length_penalty must be a finite number"),
     ({"batch_tokens": 0}, "decode.batch_tokens must be an integer >= 1"),
     ({"max_source_tokens": 0}, "decode.max_source_tokens must be an integer >= 1"),
+    ({"workers": 0}, "decode.workers must be an integer >= 1"),
     ({"beam_size": 2.5}, "decode.beam_size must be int"),
     ({"beam": 3}, "unknown decode setting(s) beam"),
 ])

@@ -1,6 +1,7 @@
 """Search against a hand-built model whose probabilities are written out, and against a real one."""
 
 import math
+import threading
 from typing import NamedTuple
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from lstmmt.batching import pad
 from lstmmt.config import DecodeConfig, ModelConfig
-from lstmmt.decoding import for_search, search_corpus
+from lstmmt.decoding import for_search, in_threads, search_corpus, search_workers
 from lstmmt.model import Seq2Seq
 from lstmmt.search import beam_search, greedy_search
 from lstmmt.tokenizer import BOS, EOS
@@ -146,3 +147,51 @@ def test_translations_do_not_depend_on_the_batch_size(precision):
     one_by_one, all_at_once = translate(1), translate(100_000)
     assert one_by_one == all_at_once
     assert sum(map(len, all_at_once)) > 40
+
+
+def test_batches_searched_by_two_worker_threads_translate_as_one_thread_does():
+    """decode.workers 2 shares the batches among two threads: the same translations, and the
+    caller keeps its torch thread count."""
+    model = for_search(random_model(seed=3), torch.device("cpu"), "fp32")
+    src, lengths = random_batch(40, seed=5)
+    sentences = [row[: int(n) - 1].numpy() for row, n in zip(src, lengths)]
+    threads = torch.get_num_threads()
+
+    def translate(workers: int) -> list[list[int]]:
+        options = DecodeConfig(beam_size=5, batch_tokens=60, workers=workers)  # about 10 batches
+        return [hyps[0].tokens for hyps in search_corpus(model, sentences, options, torch.device("cpu"), "fp32")]
+
+    assert translate(2) == translate(1)
+    assert torch.get_num_threads() == threads
+
+
+def test_in_threads_keeps_the_order_and_gives_each_worker_its_share_of_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        seen = in_threads(lambda item: (item, threading.get_ident(), torch.get_num_threads()), list(range(12)), 2)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
+    assert [item for item, _, _ in seen] == list(range(12))
+    assert threading.get_ident() not in {ident for _, ident, _ in seen}
+    assert {count for _, _, count in seen} == {2}
+
+
+def test_in_threads_passes_on_a_worker_error():
+    def work(item: int) -> int:
+        if item == 3:
+            raise ValueError("bad batch")
+        return item
+
+    with pytest.raises(ValueError, match="bad batch"):
+        in_threads(work, list(range(8)), 2)
+
+
+def test_search_workers_one_per_cpu_thread_at_most_one_per_batch_and_one_on_a_gpu():
+    threads = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    assert search_workers(DecodeConfig(), cpu, 100) == threads
+    assert search_workers(DecodeConfig(), cpu, 1) == 1
+    assert search_workers(DecodeConfig(workers=3), cpu, 100) == 3
+    assert search_workers(DecodeConfig(workers=3), torch.device("cuda"), 100) == 1
