@@ -2,12 +2,15 @@
 
 `from lstmmt import Translator` gives the Python API (lstmmt/translator.py, docs/api.md);
 it is imported on first use, so the command line starts without loading PyTorch for --help.
+`UserError` is the exception for mistakes a user can fix (lstmmt/errors.py).
 """
 
 from typing import Any
 
+from lstmmt.errors import UserError
+
 __version__ = "0.1.0"
-__all__ = ["Translator", "Translation", "Score"]
+__all__ = ["Translator", "Translation", "Score", "UserError"]
 
 
 def __getattr__(name: str) -> Any:

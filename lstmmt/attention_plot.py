@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from lstmmt.errors import UserError
+from lstmmt.plot import save_png
+from lstmmt.rundir import write_output
 from lstmmt.translator import Alignment
 
 
 def plot_attention(alignment: Alignment, output: Path) -> Path:
-    """Draw target pieces (rows) against source pieces (columns) into a PNG at `output`."""
+    """Draw target pieces (rows) against source pieces (columns) into a PNG at `output`
+    (written as rundir.write_output writes: whole once complete, or streamed into a FIFO or device)."""
     try:
         import matplotlib
 
@@ -27,7 +30,6 @@ def plot_attention(alignment: Alignment, output: Path) -> Path:
     figure.colorbar(image, ax=axes, fraction=0.05)
     figure.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    write_output(output, lambda target: save_png(figure, target, dpi=120))
     plt.close(figure)
     return output

@@ -5,19 +5,27 @@ Averaging the checkpoints of a short run can average a half-trained model into a
 (a 12-minute Multi30k run scored 23 test BLEU averaged, 34 with best.pt alone); so when the
 run has a validation split, both are scored the way validation scores (greedy search,
 BLEU), and if the average is worse, the output holds best.pt's weights and the command says so.
+An average with best.pt's very weights (one checkpoint, the best one) is not scored against itself.
+
+The output is written once, after the comparison, and never replaces what training keeps
+(best.pt, last.pt, step-N.pt), another training checkpoint, one of the averaged checkpoints,
+or the run's data, tokenizer or config.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import sacrebleu
+import torch
 
 from lstmmt import checkpoint
+from lstmmt.errors import UserError
 from lstmmt.evaluate import read_lines
-from lstmmt.rundir import RunDir
+from lstmmt.rundir import RunDir, check_output
+from lstmmt.scoring import bleu
 from lstmmt.translator import Translator
 
 
@@ -27,8 +35,9 @@ class Averaged:
 
     paths: list[Path]
     target: Path
-    averaged_bleu: Optional[float] = None  # None: not checked (no validation split, or --no-check)
+    averaged_bleu: Optional[float] = None  # None: not checked (no validation split, --no-check, or best.pt's weights)
     best_bleu: Optional[float] = None
+    same_as_best: bool = False  # the average holds best.pt's weights: nothing to compare
 
     @property
     def kept_best(self) -> bool:
@@ -36,6 +45,9 @@ class Averaged:
 
     def summary(self) -> str:
         names = ", ".join(p.name for p in self.paths)
+        if self.same_as_best:
+            return (f"Averaged {len(self.paths)} checkpoints ({names}) into {self.target}: the same weights as "
+                    "best.pt, so not compared with it on validation")
         if self.averaged_bleu is None:
             return f"Averaged {len(self.paths)} checkpoints ({names}) into {self.target}"
         if self.kept_best:
@@ -45,23 +57,55 @@ class Averaged:
                 f"{self.averaged_bleu:.2f}, best.pt {self.best_bleu:.2f}")
 
 
-def average_checkpoints(run: RunDir, paths: list[Path], target: Path, device: str = "auto", check: bool = True) -> Averaged:
+def check_target(run: RunDir, target: Path, paths: list[Path]) -> None:
+    """Refuse an output that would replace what training keeps or reads (best.pt, last.pt,
+    step-N.pt: a later train would resume from an average, which has no optimizer state), an
+    existing training checkpoint anywhere, one of the averaged checkpoints, or the run's data,
+    tokenizer or config. averaged.pt, other new names, and an earlier average may be written."""
+    resolved = Path(target).resolve()
+    in_checkpoints = resolved.parent == run.checkpoints.resolve()
+    if in_checkpoints and checkpoint.TRAINING_NAMES.fullmatch(resolved.name):
+        raise UserError(f"{target} is a checkpoint training writes: write the average to {run.checkpoint('averaged')} "
+                        "(the default) or another name")
+    check_output(target, paths, run=None if in_checkpoints else run)  # averaged.pt and new names may go in checkpoints/
+    if resolved.is_file() and checkpoint.is_training_checkpoint(resolved):
+        raise UserError(f"{target} is a training checkpoint: averaging would replace it; choose another -o")
+
+
+def average_checkpoints(run: RunDir, paths: list[Path], target: Path, device: str = "auto",
+                        check: bool = True) -> Averaged:
     """Write the average of `paths` to `target`, or best.pt's model where the average scores lower on val."""
-    checkpoint.save(target, checkpoint.average(paths))
+    check_target(run, target, paths)
+    averaged = checkpoint.average(paths)
     result = Averaged(paths, target)
-    if not (check and run.has_split("valid") and run.checkpoint("best").exists()):
-        return result
-    result.averaged_bleu = valid_bleu(run, str(target), device)
-    result.best_bleu = valid_bleu(run, "best", device)
-    if result.kept_best:
-        best = checkpoint.load(run.checkpoint("best"))
-        kept = {key: best[key] for key in ("config", "vocab", "step", "model") if key in best}
-        checkpoint.save(target, kept | {"averaged_from": [], "kept_best_over": [str(p) for p in paths]})
+    best_path = run.checkpoint("best")
+    if check and run.has_split("valid") and best_path.exists():
+        best = checkpoint.load(best_path)
+        result.same_as_best = _same_weights(averaged["model"], best["model"])
+        if not result.same_as_best:
+            result.averaged_bleu = _average_bleu(run, averaged, device)
+            result.best_bleu = valid_bleu(run, "best", device)
+        if result.kept_best:
+            kept = {key: best[key] for key in ("config", "vocab", "step", "model") if key in best}
+            averaged = kept | {"averaged_from": [], "kept_best_over": [str(p) for p in paths]}
+    checkpoint.save(target, averaged)
     return result
+
+
+def _same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+def _average_bleu(run: RunDir, averaged: dict[str, Any], device: str) -> float:
+    """valid_bleu of an average not written yet, from a temporary copy in the run directory."""
+    with tempfile.TemporaryDirectory(prefix=".average.", dir=run.root) as folder:
+        path = Path(folder) / "averaged.pt"
+        checkpoint.save(path, averaged)
+        return valid_bleu(run, str(path), device)
 
 
 def valid_bleu(run: RunDir, checkpoint_name: str, device: str) -> float:
     """BLEU of greedy translations of the validation split, as training's validation scores it."""
     translator = Translator.load(run.root, checkpoint_name, device, beam_size=1, n_best=1)
     hyps = [t.text for t in translator.translate(read_lines(run.text("valid", "src")))]
-    return sacrebleu.corpus_bleu(hyps, [read_lines(run.text("valid", "tgt"))]).score
+    return bleu(hyps, read_lines(run.text("valid", "tgt")))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lstmmt.errors import UserError
-from lstmmt.rundir import RunDir, atomic_write
+from lstmmt.rundir import RunDir, write_output
 
 if TYPE_CHECKING:
     from lstmmt.config import Config
@@ -28,11 +28,12 @@ FORMAT = 1
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint atomically; a failed write (disk full, read-only folder) is a UserError
-    naming the file, and the previous file of that name stays intact."""
+    """Write a checkpoint atomically (or into a FIFO or device: rundir.write_output); a failed
+    write (disk full, read-only folder) is a UserError naming the file, and the previous file of
+    that name stays intact."""
     path = Path(path)
     try:
-        atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+        write_output(path, lambda target: torch.save({"format": FORMAT, **payload}, target))
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError (basic_ios::clear, unexpected pos)
         if isinstance(exc, RuntimeError) and not _disk_nearly_full(path.parent):
             raise
@@ -64,6 +65,30 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise UserError(f"{path} is not an lstmmt checkpoint")
     return payload
+
+
+def load_training(path: Path) -> dict[str, Any]:
+    """`load` of a checkpoint training can resume from: one without optimizer state (an average)
+    is a UserError naming it."""
+    payload = load(path)
+    if "optimizer" not in payload:
+        raise UserError(f"{path} holds no training state (an averaged model?): training cannot resume from it; "
+                        "move it out of the checkpoints folder")
+    return payload
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """Whether `path` is a checkpoint that training wrote (it holds optimizer state), read lazily
+    (memory-mapped); any other file, checkpoint or not, is not."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint at all: torch raises many types
+        return False
+    return isinstance(payload, dict) and "optimizer" in payload
+
+
+TRAINING_NAMES = re.compile(r"(best|last|step-\d+)\.pt")
+"""The names training writes in checkpoints/ and resumes from or points `--checkpoint best` at."""
 
 
 def step_path(run: RunDir, step: int) -> Path:

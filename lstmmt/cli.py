@@ -8,8 +8,10 @@ LSTMMT_TRACEBACK=1 in the environment the full traceback instead.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import functools
+import io
 import json
 import os
 import sys
@@ -53,6 +55,7 @@ def friendly(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        utf8_stdout()
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -81,6 +84,14 @@ def friendly(command: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def utf8_stdout() -> None:
+    """Write stdout in UTF-8 whatever the locale or PYTHONIOENCODING say: translations are
+    UTF-8 like the files lstmmt writes, and a stdout that cannot encode them (ASCII, a C
+    locale) must neither lose them nor end a command after its work is saved."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and codecs.lookup(sys.stdout.encoding).name != "utf-8":
+        sys.stdout.reconfigure(encoding="utf-8")
 
 
 def build_config(base: Config, config_file: Optional[Path], overrides: Optional[List[str]]) -> Config:
@@ -205,8 +216,21 @@ ShortlistOpt = typer.Option(None, "--shortlist/--no-shortlist", help="Search ove
                             "(write it with `lstmmt shortlist RUN`): faster on CPUs, may change translations (decode.shortlist).")
 QuantizeOpt = typer.Option(None, "--quantize", help="none or int8 (decode.quantize): int8 weights for the LSTMs and Linear layers, "
                            "CPU only.")
+OUTPUT_HELP = ("Output file, FIFO or device; - for stdout (always UTF-8). A file appears only once complete; a symlink "
+               "stays a link; an input or a file of the run is refused.")
 DecodeConfigOpt = typer.Option(None, "--config", help="YAML file with a decode section laid over the run's decode settings.")
 DecodeSetOpt = typer.Option(None, "--set", help="Override one decode key, e.g. --set decode.max_len_a=1.2 (repeatable; see docs/config.md).")
+
+
+def _decode_only(config_file: Optional[Path], overrides: Optional[List[str]]) -> list[str]:
+    """The --set assignments of a command that takes decode settings only; its --config may hold
+    only a decode section."""
+    for assignment in overrides or []:
+        if not assignment.strip().startswith("decode."):
+            raise UserError(f"this command takes decode settings only: --set decode.KEY=VALUE, got {assignment!r}")
+    if config_file is not None and set(read_yaml(config_file)) - {"decode"}:
+        raise UserError(f"{config_file}: this command reads only a decode section, found {', '.join(read_yaml(config_file))}")
+    return list(overrides or [])
 
 
 def load_translator(doing: str, run_dir: Path, checkpoints: List[str], device: str, config_file: Optional[Path],
@@ -218,12 +242,7 @@ def load_translator(doing: str, run_dir: Path, checkpoints: List[str], device: s
 
     run = RunDir(run_dir)
     run.require_checkpoint()
-    for assignment in overrides or []:
-        if not assignment.strip().startswith("decode."):
-            raise UserError(f"this command takes decode settings only: --set decode.KEY=VALUE, got {assignment!r}")
-    if config_file is not None and set(read_yaml(config_file)) - {"decode"}:
-        raise UserError(f"{config_file}: this command reads only a decode section, found {', '.join(read_yaml(config_file))}")
-    decode = build_config(Config.load(run.config), config_file, overrides).decode
+    decode = build_config(Config.load(run.config), config_file, _decode_only(config_file, overrides)).decode
     chosen = {key: value for key, value in options.items() if value is not None}
     translator = Translator.load(run_dir, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
     narrowed = f", over the shortlist ({translator.shortlist.summary()})" if translator.shortlist is not None else ""
@@ -237,7 +256,7 @@ def translate(
     run_dir: Path = RunArg,
     input: str = typer.Option("-", "--input", "-i", help="Input file, pipe or device, one sentence a line; - for stdin. "
                               "Lines are answered as soon as input pauses (an interactive filter)."),
-    output: str = typer.Option("-", "--output", "-o", help="Output file; - for stdout. A file appears only once complete."),
+    output: str = typer.Option("-", "--output", "-o", help=OUTPUT_HELP),
     beam: Optional[int] = BeamOpt,
     n_best: Optional[int] = typer.Option(None, "--n-best", help="Write the K best translations per line (1 <= K <= beam) as "
                                          "`line ||| text ||| score` (decode.n_best)."),
@@ -258,7 +277,7 @@ def translate(
     """Translate text with beam search: one output line per input line, in order."""
     from lstmmt.translate import check_paths, translate_file
 
-    check_paths([input], output)
+    check_paths([input], output, RunDir(run_dir))
     translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
                                  length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens,
                                  shortlist=shortlist, quantize=quantize)
@@ -300,7 +319,7 @@ def score(
     run_dir: Path = RunArg,
     src: str = typer.Option(..., "--src", help="Source sentences, one a line (a file, a pipe, or - for stdin)."),
     tgt: str = typer.Option(..., "--tgt", help="Their translations, line N of --tgt for line N of --src."),
-    output: str = typer.Option("-", "--output", "-o", help="Output file; - for stdout. A file appears only once complete."),
+    output: str = typer.Option("-", "--output", "-o", help=OUTPUT_HELP),
     length_penalty: Optional[float] = LengthPenaltyOpt,
     batch_tokens: Optional[int] = BatchTokensOpt,
     checkpoint: List[str] = CheckpointsOpt,
@@ -315,7 +334,7 @@ def score(
     """
     from lstmmt.translate import check_paths, score_file
 
-    check_paths([src, tgt], output)
+    check_paths([src, tgt], output, RunDir(run_dir))
     translator = load_translator("Scoring", run_dir, checkpoint, device, config_file, overrides, length_penalty=length_penalty,
                                  batch_tokens=batch_tokens)
     lines = score_file(translator, src, tgt, output)
@@ -328,7 +347,8 @@ def score(
 def plot_attention(
     run_dir: Path = RunArg,
     sentence: str = typer.Argument(..., help="The source sentence to translate.", show_default=False),
-    output: Path = typer.Option(Path("attention.png"), "--output", "-o", help="Where to write the PNG."),
+    output: Path = typer.Option(Path("attention.png"), "--output", "-o", help="Where to write the PNG (a file, FIFO or "
+                                "device; a file of the run is refused)."),
     beam: Optional[int] = BeamOpt,
     checkpoint: List[str] = CheckpointsOpt,
     device: str = DeviceOpt,
@@ -337,7 +357,9 @@ def plot_attention(
 ) -> None:
     """Translate one sentence and draw its attention as a heatmap, source and target pieces as labels (needs matplotlib)."""
     from lstmmt.attention_plot import plot_attention as draw
+    from lstmmt.rundir import check_output
 
+    check_output(output, run=RunDir(run_dir))
     translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=1)
     translation = translator.translate([sentence], alignment=True)[0]
     if translation.alignment is None:
@@ -373,6 +395,9 @@ def serve(
     max_body: int = typer.Option(1_048_576, help="Largest request body in bytes; larger ones get 413."),
     max_sentences: int = typer.Option(100, help="Most sentences (lines) in one request; more get 400."),
     max_beam: int = typer.Option(16, help="Largest beam_size a request of the native API may ask for."),
+    timeout: float = typer.Option(30.0, help="Seconds a client has to send a request's headers, and again its body; "
+                                  "then the connection is closed (a late body gets 408)."),
+    max_connections: int = typer.Option(512, help="Open connections served at once; requests on more get 503."),
     shutdown_timeout: float = typer.Option(60.0, help="On SIGTERM or Ctrl-C, seconds to wait for requests in flight."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request on stderr."),
     shortlist: Optional[bool] = ShortlistOpt,
@@ -385,7 +410,7 @@ def serve(
     """
     from lstmmt import serve as server
 
-    limits = server.Limits(max_body, max_sentences, queue_size, batch_sentences, max_beam, batching)
+    limits = server.Limits(max_body, max_sentences, queue_size, batch_sentences, max_beam, batching, timeout, max_connections)
     server.require_extra()
     limits.check()
     server.listen(host, port).close()  # a busy port or unknown host fails before the model loads
@@ -448,7 +473,8 @@ def average(
     run_dir: Path = RunArg,
     last: Optional[int] = typer.Option(None, help="Average the N newest step-N.pt checkpoints."),
     best: Optional[int] = typer.Option(None, help="Average the N checkpoints with the best validation BLEU among the kept ones."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN/checkpoints/averaged.pt)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN/checkpoints/averaged.pt); "
+                                          "best.pt, last.pt, step-N.pt, other training checkpoints and the inputs are refused."),
     check: bool = typer.Option(True, "--check/--no-check", help="Score the average and best.pt on the validation split "
                                "(greedy BLEU) and write best.pt's weights instead if the average scores lower."),
     device: str = typer.Option("auto", help="With --check: auto, cpu, cuda or cuda:N."),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -133,27 +135,29 @@ class DecodeConfig:
     """Batches searched at once on a CPU, each by its own thread with an equal share of torch's threads; null: one per torch thread (never more than there are batches). Translations do not change. GPUs search one batch at a time."""
 
     def check(self) -> None:
-        """Each setting's allowed range, named with its key (UserError otherwise)."""
+        """Each setting's allowed range, named with its key (UserError otherwise). The length
+        settings are bounded so search's arithmetic stays finite: length ** length_penalty for
+        any output length, and max_len_a * source length + max_len_b as a token count."""
         checks = [
             (self.beam_size >= 1, "decode.beam_size must be an integer >= 1 (1 is greedy search)", self.beam_size),
             (1 <= self.n_best <= self.beam_size, f"decode.n_best must be between 1 and decode.beam_size ({self.beam_size})", self.n_best),
-            (math.isfinite(self.length_penalty), "decode.length_penalty must be a finite number", self.length_penalty),
-            (math.isfinite(self.max_len_a) and self.max_len_a >= 0, "decode.max_len_a must be a finite number >= 0", self.max_len_a),
-            (self.max_len_b >= 0, "decode.max_len_b must be an integer >= 0", self.max_len_b),
+            (-10 <= self.length_penalty <= 10, "decode.length_penalty must be a number in [-10, 10]", self.length_penalty),
+            (0 <= self.max_len_a <= 100, "decode.max_len_a must be a number in [0, 100]", self.max_len_a),
+            (0 <= self.max_len_b <= 10_000, "decode.max_len_b must be an integer in [0, 10000]", self.max_len_b),
             (self.batch_tokens is None or self.batch_tokens >= 1, "decode.batch_tokens must be an integer >= 1 (or null: the device's default)", self.batch_tokens),
             (self.max_source_tokens >= 1, "decode.max_source_tokens must be an integer >= 1", self.max_source_tokens),
             (self.workers is None or self.workers >= 1, "decode.workers must be an integer >= 1 (or null: one per CPU thread)", self.workers),
         ]
         for ok, message, value in checks:
-            if not ok:
-                raise UserError(f"{message}, got {value!r}")
+            if not ok:  # NaN fails every comparison
+                raise UserError(f"{message}, got {shown(value)}")
 
     def updated(self, **values: Any) -> "DecodeConfig":
         """These settings with `values` (decode keys) replaced, each type- and range-checked."""
         hints = typing.get_type_hints(DecodeConfig)
         unknown = sorted(set(values) - set(hints))
         if unknown:
-            raise UserError(f"unknown decode setting(s) {', '.join(unknown)}; valid: {', '.join(hints)}")
+            raise UserError(f"unknown decode setting(s) {', '.join(map(cut, unknown))}; valid: {', '.join(hints)}")
         typed = {key: _check_type(value, hints[key], f"decode.{key}") for key, value in values.items()}
         updated = dataclasses.replace(self, **typed)
         updated.check()
@@ -173,12 +177,30 @@ class Config:
         for section in (self.data, self.tokenizer, self.model, self.train):
             _check_ranges(section)
         if self.model.hidden_size % 2:
-            raise UserError(f"model.hidden_size must be even (each encoder direction gets half), got {self.model.hidden_size}")
+            raise UserError("model.hidden_size must be even (each encoder direction gets half), "
+                            f"got {shown(self.model.hidden_size)}")
+        self._check_model_size()
         self.decode.check()
         for duration in (self.train.max_time, self.train.valid_every_time):
             if duration is not None:
                 parse_duration(duration)
         return self
+
+    def _check_model_size(self) -> None:
+        """Refuse a model too large to be meant (a typo such as hidden_size=1000000000 would try
+        to allocate hundreds of gigabytes), from its parameter count before it is built."""
+        from lstmmt.model import parameter_count
+
+        vocab = self.tokenizer.vocab_size  # each side's vocabulary, joint or not
+        count = parameter_count(self.model, vocab, vocab, self.tokenizer.joint)
+        if count > MAX_PARAMETERS:
+            m = self.model
+            sizes = {"tokenizer.vocab_size": vocab, "model.embed_size": m.embed_size,
+                     "model.hidden_size": m.hidden_size, "model.encoder_layers": m.encoder_layers,
+                     "model.decoder_layers": m.decoder_layers}
+            named = ", ".join(f"{key}={shown(value)}" for key, value in sizes.items())
+            raise UserError(f"the model would have {Decimal(count):.3g} parameters, over the limit of "
+                            f"{MAX_PARAMETERS:,} ({named}): lower these sizes")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,9 +223,9 @@ class Config:
         base = self.to_dict()
         for section, values in _moved_keys(raw).items():
             if section not in base:
-                raise UserError(f"unknown config section {section!r}; valid: {', '.join(base)}")
+                raise UserError(f"unknown config section {shown(section)}; valid: {', '.join(base)}")
             if not isinstance(values, dict):
-                raise UserError(f"config section {section!r} must be a mapping")
+                raise UserError(f"config section {shown(section)} must be a mapping")
             base[section].update(values)
         return Config.from_dict(base)
 
@@ -214,10 +236,10 @@ class Config:
             key, sep, text = assignment.partition("=")
             section, dot, name = key.strip().partition(".")
             if not sep or not dot:
-                raise UserError(f"--set expects section.key=value, got {assignment!r}")
+                raise UserError(f"--set expects section.key=value, got {shown(assignment)}")
             hints = _section_hints(section)
             if name not in hints:
-                raise UserError(f"unknown key {key!r}; valid keys of {section}: {', '.join(hints)}")
+                raise UserError(f"unknown key {shown(key)}; valid keys of {section}: {', '.join(hints)}")
             raw.setdefault(section, {})[name] = _parse_value(text.strip(), hints[name], key)
         return self.merged(raw)
 
@@ -242,6 +264,9 @@ def _moved_keys(raw: Any) -> Any:
 
 
 INF = float("inf")
+MAX_PARAMETERS = 2_000_000_000
+"""The largest model a config may describe: 8 GB of fp32 weights, 32 GB with Adam's state; an
+LSTM translation model this large is a typo in a size, not a plan."""
 RANGES: dict[str, tuple[float, float, str]] = {
     # key: (low, high, how the bounds read); None values (optional fields) are not checked
     "data.max_tokens": (1, INF, ">= 1"),
@@ -291,27 +316,95 @@ def _check_ranges(section: Any) -> None:
         low, high, allowed = RANGES[key]
         too_low = value <= low if key in _OPEN_LOW else value < low
         too_high = value >= high if key in _OPEN_HIGH else value > high
-        if too_low or too_high or not math.isfinite(value):  # NaN compares false both ways
-            raise UserError(f"{key} must be {allowed}, got {value}")
+        if too_low or too_high or (isinstance(value, float) and not math.isfinite(value)):  # NaN compares false
+            raise UserError(f"{key} must be {allowed}, got {shown(value)}")
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is a few kilobytes; one over a megabyte is not a config (and would be slow to read)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a config needs none, and aliases nested a few levels deep
+    expand a few lines into billions of nodes (an "alias bomb")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A config file's raw mapping (possibly only some sections and keys); checked when merged."""
+    text = _read_text(Path(path))
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
+        raw = yaml.load(text, Loader=_ConfigLoader) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
+        raise UserError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+    except ValueError as exc:  # PyYAML reads integers with int(), which refuses over 4,300 digits
+        raise UserError(f"{path} holds a value that cannot be read ({cut(str(exc))})") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a config") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping of sections (data, tokenizer, model, train, decode)")
+    _check_keys(raw, str(path))
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            _check_keys(values, f"{path} section {cut(section)}")
     return raw
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a config file of at most MAX_CONFIG_BYTES."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"{path} is over {MAX_CONFIG_BYTES >> 20} MB, too large for a config file (a few kilobytes): "
+                        "is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start + 1} is not): save it as UTF-8") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem and where, without PyYAML's multi-line snippet."""
+    problem = cut(getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0])
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+MAX_SHOWN = 60
+"""Characters of a user's value that a message quotes: enough to recognise it, never a whole file."""
+
+
+def shown(value: Any) -> str:
+    """repr(value) for a message, cut to about MAX_SHOWN characters; built piecewise
+    (reprlib), so a huge or self-referencing value costs no more than a short one."""
+    try:
+        return cut(_REPR.repr(value))
+    except ValueError:  # an integer with more digits than Python will print
+        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else "a value too long to print"
+
+
+def cut(text: str) -> str:
+    """`text` cut to MAX_SHOWN characters, the cut marked with an ellipsis."""
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 def _section_hints(section: str) -> dict[str, Any]:
     hints = typing.get_type_hints(Config)
     if section not in hints:
-        raise UserError(f"unknown config section {section!r}; valid: {', '.join(hints)}")
+        raise UserError(f"unknown config section {shown(section)}; valid: {', '.join(hints)}")
     return typing.get_type_hints(hints[section])
 
 
@@ -319,10 +412,12 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     """Instantiate dataclass `cls` from a mapping, checking every key and value type."""
     if not isinstance(raw, dict):
         raise UserError(f"config {where or 'root'} must be a mapping")
+    _check_keys(raw, where.rstrip(".") or "the top level")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise UserError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(hints)}")
+        names = ", ".join(cut(where + key) for key in unknown)
+        raise UserError(f"unknown config key(s) {names}; valid: {', '.join(hints)}")
     values = {}
     for name, value in raw.items():
         hint = hints[name]
@@ -331,6 +426,14 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         else:
             values[name] = _check_type(value, hint, where + name)
     return cls(**values)
+
+
+def _check_keys(raw: dict[Any, Any], where: str) -> None:
+    """Keys are names: YAML reads `1:`, `null:` or `2024-01-01:` as a number, None or a date."""
+    odd = [key for key in raw if not isinstance(key, str)]
+    if odd:
+        raise UserError(f"config keys must be text, got {', '.join(map(shown, odd[:5]))} in {where}: "
+                        "write each key as a name, such as hidden_size")
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:
@@ -342,23 +445,23 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return _check_type(value, inner[0], key)
     if origin is Literal:
         if value not in args:
-            raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {shown(value)}")
         return value
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads 1e-3 (no dot) as a string
             return float(value)
-        except ValueError:
-            raise UserError(f"{key} must be a number, got {value!r}") from None
+        except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+            raise UserError(f"{key} must be a number, got {shown(value)}") from None
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
-        raise UserError(f"{key} must be {hint.__name__}, got {value!r}")
+        raise UserError(f"{key} must be {hint.__name__}, got {shown(value)}")
     return value
 
 
 def _parse_value(text: str, hint: Any, key: str) -> Any:
     """Parse a `--set` value with YAML scalar rules, then check it against the field type."""
     try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
+        value = yaml.load(text, Loader=_ConfigLoader) if text else ""
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer too long to read
         value = text
     if _accepts_str(hint) and not isinstance(value, str) and value is not None:
         value = text
@@ -383,7 +486,7 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * (scale or 1)
     except ValueError:
-        raise UserError(f"cannot read duration {text!r}; use e.g. 90s, 30m or 2h") from None
-    if seconds <= 0:
-        raise UserError(f"duration must be positive, got {text!r}")
+        raise UserError(f"cannot read duration {shown(text)}; use e.g. 90s, 30m or 2h") from None
+    if not 0 < seconds < INF:  # NaN too
+        raise UserError(f"duration must be positive and finite, got {shown(text)}")
     return seconds

@@ -144,8 +144,7 @@ def _iter_jsonl(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
         if not text.strip():
             continue  # a blank line in JSONL is formatting, not a pair
         pair = _jsonl_pair(text, src_lang, tgt_lang, f"{path}:{number}")
-        # JSON escapes can smuggle in lone surrogates, which no UTF-8 writer accepts.
-        clean = tuple(_SURROGATES.sub("\ufffd", value) for value in pair)
+        clean = tuple(without_surrogates(value) for value in pair)
         yield one_line(clean[0]), one_line(clean[1]), bad_bytes or clean != pair
 
 
@@ -291,6 +290,12 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8"), False
     except UnicodeDecodeError:
         return raw.decode("utf-8", errors="replace"), True
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD. JSON escapes ("\\ud800") can smuggle
+    them into a str, and neither a UTF-8 writer nor SentencePiece accepts them."""
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def one_line(text: str) -> str:

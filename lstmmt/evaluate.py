@@ -12,7 +12,7 @@ from rich.text import Text
 from lstmmt import checkpoint as checkpoints
 from lstmmt.config import Config, DecodeConfig
 from lstmmt.errors import UserError
-from lstmmt.rundir import RunDir, atomic_write_text
+from lstmmt.rundir import RunDir, check_output, write_output_text
 from lstmmt.scoring import score
 from lstmmt.translate import translate_file, warn
 from lstmmt.translator import Translator
@@ -42,12 +42,14 @@ def read_lines(path: Path) -> list[str]:
 def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: Optional[str] = None, name: Optional[str] = None) -> dict[str, Any]:
     """Score hyp against ref and save the result: scores/split-SPLIT.json for a stored split,
     else scores/NAME.json, NAME given or derived from the whole hypothesis path (RunDir.hyp_score).
-    A named file holding another hypothesis's score is never replaced."""
+    A named file holding another hypothesis's score is never replaced, nor is either input; the
+    file is written as rundir.write_output writes (a symlink stays a link)."""
     target = run.split_score(split) if split is not None else run.hyp_score(hyp, name)
+    check_output(target, [hyp, ref])
     if split is None and name is not None:
         _refuse_other_hypothesis(target, hyp)
     result = score(read_lines(hyp), read_lines(ref)) | {"hypothesis": str(hyp), "reference": str(ref)}
-    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+    write_output_text(target, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -373,3 +373,24 @@ class Seq2Seq(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool) -> int:
+    """count_parameters(Seq2Seq(config, ...)) worked out without building the model (or looping
+    over its layers), so config validation can refuse a size that cannot be allocated."""
+    E, H, layers = config.embed_size, config.hidden_size, config.decoder_layers
+
+    def lstm(inputs: int, size: int) -> int:  # weight_ih, weight_hh, bias_ih, bias_hh of one layer
+        return 4 * size * (inputs + size + 2)
+
+    half = H // 2
+    encoder = 2 * (lstm(E, half) + (config.encoder_layers - 1) * lstm(2 * half, half))
+    decoder = lstm(E + (H if config.input_feeding else 0), H) + (layers - 1) * lstm(H, H)
+    bridges = 2 * (H * H * layers + H * layers)
+    attention = {"dot": 0, "luong": H * H, "bahdanau": 2 * H * H + 2 * H}[config.attention]
+    embeddings = tgt_vocab_size * E + (0 if config.tie_embeddings and joint_vocab else src_vocab_size * E)
+    if config.tie_embeddings:
+        output = (H * E if H != E else 0) + tgt_vocab_size
+    else:
+        output = H * tgt_vocab_size + tgt_vocab_size
+    return embeddings + encoder + bridges + decoder + attention + 2 * H * H + output

@@ -7,11 +7,17 @@ matplotlib is an optional extra (`pip install 'lstmmt[plot]'`), imported only he
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from lstmmt.errors import UserError
 from lstmmt.metrics import read_metrics
-from lstmmt.rundir import RunDir, atomic_write
+from lstmmt.rundir import RunDir, check_output, write_output
+
+
+def save_png(figure: Any, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG into `path`, opened to append as rundir.write_output asks."""
+    with open(path, "ab") as file:
+        figure.savefig(file, format="png", dpi=dpi)
 
 
 def read_events(run: RunDir, event: str) -> list[dict]:
@@ -21,7 +27,10 @@ def read_events(run: RunDir, event: str) -> list[dict]:
 
 
 def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
-    """Write RUN/logs/learning_curve.png (or `output`) and return its path."""
+    """Write RUN/logs/learning_curve.png (or `output`, checked and written as rundir's
+    check_output and write_output do) and return its path."""
+    target = Path(output) if output else run.learning_curve
+    check_output(target, run=run)
     try:
         import matplotlib
 
@@ -47,7 +56,6 @@ def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
     best = max(valid, key=lambda r: r["bleu"])
     figure.suptitle(f"{run.root.name}: best validation BLEU {best['bleu']:.2f} at step {best['step']}")
     figure.tight_layout()
-    target = Path(output) if output else run.learning_curve
-    atomic_write(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    write_output(target, lambda file: save_png(figure, file, dpi=100))
     plt.close(figure)
     return target

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import tempfile
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -123,7 +124,8 @@ def _check_split_names(sources: dict[str, Source]) -> None:
 
 
 def _clear_previous(run: RunDir, force: bool) -> None:
-    """Refuse to redo a finished step without --force, then remove what this step writes.
+    """Refuse to redo a finished step, or to write into a folder that holds other files,
+    without --force; then remove what this step writes.
 
     Only this step's own files are removed, never whole folders: a run directory may sit
     beside the user's files, and leftovers of an interrupted run must not mix with new output.
@@ -133,6 +135,11 @@ def _clear_previous(run: RunDir, force: bool) -> None:
             f"{run.root} is already preprocessed (see {run.meta}): pass --force to redo it, "
             "which replaces its tokenizer and encoded data"
         )
+    if not force and (found := _foreign_file(run)) is not None:
+        raise UserError(
+            f"{run.root} holds files but no finished lstmmt run ({found}): choose a new or empty folder, or pass "
+            "--force to preprocess into it anyway (it replaces config.yaml and the tokenizer/ and data/ files)"
+        )
     if any(run.checkpoints.glob("*.pt")):
         old_models = escape(str(run.checkpoints))
         console.print(f"[yellow]warning:[/] {old_models} holds models trained on the old data and tokenizer")
@@ -140,6 +147,19 @@ def _clear_previous(run: RunDir, force: bool) -> None:
     outputs = [path(split, side) for path in (run.ids, run.offsets, run.text) for split in SPLITS for side in SIDES]
     for path in outputs + model_files(run.tokenizer_dir):
         path.unlink(missing_ok=True)
+
+
+def _foreign_file(run: RunDir) -> Path | None:
+    """A file in a folder that is no finished run, other than the lock and the temporaries of an
+    interrupted preprocess (which may be redone as it was started): a user's config.yaml or
+    tokenizer/spm.model would be replaced without a word."""
+    skipped = {run.lock_file, *run.stale_temporaries()}
+    for folder, subfolders, files in os.walk(run.root):
+        subfolders[:] = sorted(name for name in subfolders if Path(folder, name) not in skipped)
+        for name in sorted(files):
+            if Path(folder, name) not in skipped:
+                return Path(folder, name)
+    return None
 
 
 def _read_reference(split: str, source: Source, data: DataConfig, stats: dict[str, dict]) -> tuple[list[str], list[str]] | None:

@@ -15,6 +15,10 @@ Layout (documented in README.md):
     RUN/translations/NAME.hyp       translate output
     RUN/scores/NAME.json            evaluate output (split-SPLIT.json for --split, hyp-STEM.HASH.json or --name for --hyp)
     RUN/.lock                       held (flock) by preprocess, train and average; holds the holder's PID
+
+Outputs a user names (`-o`) go through write_output and check_output: atomic for files,
+streamed into FIFOs, devices and descriptors, never one of the command's inputs nor a file
+the run owns (RunDir.owns).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lstmmt.errors import UserError, io_context
 
@@ -85,6 +90,14 @@ class RunDir:
     def shortlist(self) -> Path:
         """shortlist.npz: target-piece candidates per source piece, for `decode.shortlist`."""
         return self.root / "shortlist.npz"
+
+    def owns(self, path: Path) -> bool:
+        """Whether `path`, symlinks followed, is config.yaml or lies in tokenizer/, data/ or
+        checkpoints/: what the steps write and read back, so no output a user names may replace it."""
+        target = Path(os.path.realpath(path))
+        folders = (self.tokenizer_dir, self.data_dir, self.checkpoints)
+        return target == Path(os.path.realpath(self.config)) or any(
+            target.is_relative_to(os.path.realpath(folder)) for folder in folders)
 
     def tokenizer_digest(self) -> str:
         """sha256 over the SentencePiece model files: equal only for the same tokenizer."""
@@ -243,6 +256,78 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def check_output(output: Path, inputs: Iterable[Path] = (), run: RunDir | None = None) -> None:
+    """Refuse, before any work, an output that would destroy what the command reads or keeps:
+    one of its `inputs` (the same file under any name; a device or FIFO may be both) or a file
+    the run directory owns."""
+    if Path(output).is_dir():
+        raise UserError(f"output {output} is a directory; give a file path")
+    if run is not None and run.owns(output):
+        raise UserError(f"output {output} belongs to the run {run.root} (its config, tokenizer, data or checkpoints): "
+                        "write it elsewhere")
+    for source in inputs:
+        if _same_file(source, output) and not streams_into(Path(output)):
+            raise UserError(f"output {output} is the input {source}: it would be replaced by its own result; "
+                            "write to another file")
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # either is missing
+        return False
+
+
+def write_output(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(target) to write the output `path`, keeping what `path` is.
+
+    A regular file or a new path is written atomically (atomic_write: `target` is a temporary
+    file, renamed to `path` once complete); a symlink is followed and its target written so,
+    and the link stays a link. A FIFO, a device (/dev/null) or an open descriptor (/dev/fd/N
+    from `-o >(cmd)`, /dev/stdout) is `target` itself, written into, never replaced by a
+    regular file. `write` opens `target` to append ("ab"; the temporary file is empty), so a
+    descriptor the shell opened to append (`3>>log`) keeps what it holds.
+    """
+    path = Path(path)
+    if streams_into(path):
+        write(path)
+    else:
+        atomic_write(Path(os.path.realpath(path)), write)
+
+
+def write_output_text(path: Path, text: str) -> None:
+    """write_output of UTF-8 text."""
+
+    def append(target: Path) -> None:
+        with open(target, "a", encoding="utf-8") as file:
+            file.write(text)
+
+    write_output(path, append)
+
+
+def streams_into(path: Path) -> bool:
+    """Whether an output at `path` is written into rather than replaced: something that exists
+    and is not a regular file (a FIFO, a device, ...), or an open descriptor."""
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:  # a new path, or a symlink to one
+        return False
+    return not stat.S_ISREG(kind) or _names_descriptor(Path(path))
+
+
+def _names_descriptor(path: Path) -> bool:
+    """Whether `path` leads through /proc (/dev/fd/N, /dev/stdout, /proc/self/fd/N): a file the
+    shell opened, perhaps to append (`3>>log`), which a rename would take from under it."""
+    for _ in range(40):  # the kernel's limit on symlinks followed in one path
+        path = Path(os.path.realpath(path.parent), path.name)
+        if path.parts[1:2] == ("proc",):
+            return True
+        if not path.is_symlink():
+            return False
+        path = path.parent / os.readlink(path)
+    return False
 
 
 def atomic_write_text(path: Path, text: str) -> None:

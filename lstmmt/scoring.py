@@ -2,10 +2,13 @@
 
 The signature (tokenizer, smoothing, sacrebleu version, ...) travels with every score so
 that numbers from different runs are only compared when they were computed the same way.
+Hypotheses and references are compared in Unicode NFC: the same text in another
+normalisation form (ä as a + combining diaeresis, NFD, as some tools write it) scores the same.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
@@ -19,6 +22,7 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     Returns {"bleu", "chrf", "ter": float, "signatures": {metric: str}, "lines": int}.
     """
     _check_aligned(hypotheses, references)
+    hypotheses, references = nfc(hypotheses), nfc(references)
     metrics = {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}
     result: dict[str, Any] = {}
     for name, metric in metrics.items():
@@ -26,6 +30,16 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     result["signatures"] = {name: str(metric.get_signature()) for name, metric in metrics.items()}
     result["lines"] = len(hypotheses)
     return result
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU alone (validation during training, checkpoint averaging), computed as `score` computes it."""
+    return BLEU().corpus_score(nfc(hypotheses), [nfc(references)]).score
+
+
+def nfc(lines: list[str]) -> list[str]:
+    """Each line in Unicode NFC (model outputs already are: SentencePiece normalises with NFKC)."""
+    return [unicodedata.normalize("NFC", line) for line in lines]
 
 
 def _check_aligned(hypotheses: list[str], references: list[str]) -> None:

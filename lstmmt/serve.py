@@ -8,8 +8,11 @@ One worker thread owns the model. Requests queue up for it (a bounded queue: 503
 Retry-After when full); each time it is free it takes every request waiting, up to
 `batch_sentences` sentences, and searches the sentences of requests with the same decode
 options as one batch. Search results do not depend on the batch (a project guarantee), so each
-answer is the one that request would get alone. uvicorn's graceful shutdown on SIGTERM stops
-accepting connections and lets the handlers in flight finish; the worker stops after them.
+answer is the one that request would get alone; a batch that fails is searched again a request
+at a time, so a request fails alone. Clients get `--timeout` seconds to send a request's headers
+and again its body, and at most `--max-connections` are served at once. uvicorn's graceful
+shutdown on SIGTERM stops accepting connections and lets the handlers in flight finish; the
+worker stops after them.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ LANGUAGE_NAMES = {
 REQUEST_DECODE_KEYS = ("beam_size", "n_best", "length_penalty", "max_len_a", "max_len_b")
 """Decode settings a request of the native API may choose; the others belong to the server."""
 
+KEEP_ALIVE = 5
+"""Seconds an idle kept-alive connection stays open after an answer (uvicorn's default)."""
+MAX_HEADER_BYTES = 16 * 1024
+"""The most h11 buffers of a request line and headers still incomplete; beyond it, 400 (h11's default)."""
+
 LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
 """Where LibreTranslate text is split into sentences (each line is translated on its own)."""
 
@@ -65,11 +73,15 @@ class Limits:
     batch_sentences: int = 64  # sentences searched together, across requests
     max_beam: int = 16  # the largest beam_size a request may ask for
     batching: bool = True  # False: one request per search
+    timeout: float = 30.0  # seconds a client has to send a request's headers, and again its body
+    max_connections: int = 512  # open connections served at once; requests beyond them get 503
 
     def check(self) -> None:
-        for name in ("max_body", "max_sentences", "queue_size", "batch_sentences", "max_beam"):
+        for name in ("max_body", "max_sentences", "queue_size", "batch_sentences", "max_beam", "max_connections"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise UserError(f"--timeout must be a number of seconds > 0, got {self.timeout}")
 
 
 class ServeError(Exception):
@@ -162,7 +174,7 @@ class Worker:
 
     def _answer(self, jobs: list[Job]) -> None:
         """Search the jobs' sentences, one batch per set of decode options; each job's future gets
-        its own translations (or the exception). Jobs whose client went away are skipped."""
+        its own translations (or its own exception). Jobs whose client went away are skipped."""
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
             if job.future.set_running_or_notify_cancel():
@@ -171,25 +183,33 @@ class Worker:
         start = time.perf_counter()
         try:
             for (_, alignment), group in groups.items():
-                lines = [line for job in group for line in job.lines]
-                try:
-                    translations = self._translator(group[0].decode).translate(lines, alignment=alignment)
-                except Exception as exc:  # noqa: BLE001 (handed to each request, which answers 500)
-                    for job in group:
-                        job.future.set_exception(exc)
-                    continue
-                self.batches += 1
-                self.requests += len(group)
-                self.sentences += len(lines)
-                offset = 0
-                for job in group:
-                    job.future.set_result(translations[offset:offset + len(job.lines)])
-                    offset += len(job.lines)
+                self._search(group, alignment)
         finally:
             self.busy = False
             if groups:
                 elapsed = time.perf_counter() - start
                 self.seconds_per_batch = elapsed if not self.seconds_per_batch else 0.8 * self.seconds_per_batch + 0.2 * elapsed
+
+    def _search(self, group: list[Job], alignment: bool) -> None:
+        """One search for the sentences of jobs with the same decode options. If it fails, each job
+        is searched alone: only a job that fails by itself gets the error, the others their answers."""
+        lines = [line for job in group for line in job.lines]
+        try:
+            translations = self._translator(group[0].decode).translate(lines, alignment=alignment)
+        except Exception as exc:  # noqa: BLE001 (handed to the request: 400 for a UserError, else 500)
+            if len(group) == 1:
+                group[0].future.set_exception(exc)
+            else:
+                for job in group:
+                    self._search([job], alignment)
+            return
+        self.batches += 1
+        self.requests += len(group)
+        self.sentences += len(lines)
+        offset = 0
+        for job in group:
+            job.future.set_result(translations[offset:offset + len(job.lines)])
+            offset += len(job.lines)
 
     def _translator(self, decode: DecodeConfig) -> Translator:
         """The base translator's models with these decode settings (a few kept)."""
@@ -219,42 +239,68 @@ def media_type(headers: Any) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 beyond `limit` bytes (before reading when Content-Length says so)."""
+async def read_body(request: Any, limits: Limits) -> bytes:
+    """The request body, refused with 413 beyond limits.max_body bytes (before reading when Content-Length
+    says so), and with 408 (closing the connection) when it has not all come within limits.timeout
+    seconds: a body shorter than its Content-Length, or one trickled a byte at a time, holds nothing longer."""
+    limit = limits.max_body
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
         except ValueError:
-            raise ServeError(400, f"Invalid request: Content-Length {declared!r} is not a number") from None
+            raise ServeError(400, f"Invalid request: Content-Length {_shown(declared)} is not a number") from None
         if size > limit:
             raise ServeError(413, f"Request body of {size} bytes exceeds this server's limit of {limit} bytes")
+    try:
+        return await asyncio.wait_for(_body(request, limit), limits.timeout)
+    except asyncio.TimeoutError:
+        raise ServeError(408, f"Request body not received within {limits.timeout:g} s",
+                         {"Connection": "close"}) from None
+
+
+async def _body(request: Any, limit: int) -> bytes:
+    """The body's bytes as they come. A client that leaves before sending it all gets a 400 that nobody
+    reads: leaving is not a server error."""
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(413, f"Request body exceeds this server's limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServeError(413, f"Request body exceeds this server's limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServeError(400, "Invalid request: the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The body's JSON object; anything else is a 400: malformed JSON or UTF-8, NaN and Infinity (which
+    Python reads but JSON has not), integers longer than int() converts, nesting deeper than the parser goes."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServeError(400, f"Invalid request: malformed JSON ({exc})") from None
+        data = json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        raise ServeError(400, "Invalid request: malformed JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and int()'s digit limit are ValueErrors
+        raise ServeError(400, f"Invalid request: malformed JSON ({str(exc).split(';')[0]})") from None
     if not isinstance(data, dict):
         raise ServeError(400, "Invalid request: the JSON body must be an object")
     return data
 
 
-async def request_fields(request: Any, limit: int) -> dict[str, Any]:
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+async def request_fields(request: Any, limits: Limits) -> dict[str, Any]:
     """LibreTranslate's parameters: query string, then a JSON, urlencoded or multipart body."""
     from starlette.requests import Request
 
     fields: dict[str, Any] = dict(request.query_params)
     kind = media_type(request.headers)
-    body = await read_body(request, limit)
+    body = await read_body(request, limits)
     if kind == "application/json":
         fields.update(parse_json(body))
     elif kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
@@ -295,7 +341,7 @@ class Model:
 
     def pair_error(self, source: Any, target: Any) -> ServeError:
         return ServeError(400, f"This server translates {self.source} to {self.target} only (source {self.source} "
-                          f"or auto, target {self.target}); got source {source!r}, target {target!r}")
+                          f"or auto, target {self.target}); got source {_shown(source)}, target {_shown(target)}")
 
 
 def create_app(translator: Translator, model: Model, limits: Limits, log: Callable[[str], None] = print) -> Any:
@@ -314,6 +360,8 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
                 return JSONResponse(await handler(request))
             except ServeError as exc:
                 return JSONResponse({"error": exc.message}, exc.status, exc.headers)
+            except UserError as exc:  # a request the model cannot take (found while translating it alone)
+                return JSONResponse({"error": f"Invalid request: {exc}"}, 400)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 (a bug: one line in the log, 500 to the client)
@@ -328,7 +376,7 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
         return wrapped
 
     async def libre_translate(request: Any) -> dict[str, Any]:
-        fields = await request_fields(request, limits.max_body)
+        fields = await request_fields(request, limits)
         q = fields.get("q")
         if not q:
             raise ServeError(400, "Invalid request: missing q parameter")
@@ -343,7 +391,8 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
             raise model.pair_error(source, target)
         text_format = fields.get("format", "text") or "text"
         if text_format != "text":
-            raise ServeError(400, f"Invalid request: format {text_format!r} is not supported; this server translates plain text (format text)")
+            raise ServeError(400, f"Invalid request: format {_shown(text_format)} is not supported; this server "
+                             "translates plain text (format text)")
         alternatives = _non_negative_int(fields.get("alternatives", 0), "alternatives")
         decode = translator.decode
         n_best = min(alternatives + 1, decode.beam_size)
@@ -375,7 +424,7 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
         if media_type(request.headers) != "application/json":
             raise ServeError(415, f"Unsupported content type {media_type(request.headers) or '(none)'}: "
                              "POST /v1/translate takes application/json")
-        fields = parse_json(await read_body(request, limits.max_body))
+        fields = parse_json(await read_body(request, limits))
         unknown = sorted(set(fields) - {"sentences", "alignment", *REQUEST_DECODE_KEYS})
         if unknown:
             raise ServeError(400, f"Invalid request: unknown field(s) {', '.join(unknown)}; valid: sentences, alignment, "
@@ -385,7 +434,7 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
             raise ServeError(400, "Invalid request: sentences must be a list of strings")
         alignment = fields.get("alignment", False)
         if not isinstance(alignment, bool):
-            raise ServeError(400, f"Invalid request: alignment must be true or false, got {alignment!r}")
+            raise ServeError(400, f"Invalid request: alignment must be true or false, got {_shown(alignment)}")
         _check_count(len(sentences), limits)
         chosen = {key: fields[key] for key in REQUEST_DECODE_KEYS if key in fields}
         try:
@@ -436,15 +485,26 @@ def create_app(translator: Translator, model: Model, limits: Limits, log: Callab
 
 
 def _non_negative_int(value: Any, name: str) -> int:
+    """A whole number >= 0 from JSON or form text; 400 otherwise (an infinite float included)."""
+    error = ServeError(400, f"Invalid request: {name} must be a whole number >= 0, got {_shown(value)}")
     if isinstance(value, bool):
-        raise ServeError(400, f"Invalid request: {name} must be a whole number >= 0, got {value!r}")
+        raise error
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise ServeError(400, f"Invalid request: {name} must be a whole number >= 0, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise error from None
     if number < 0 or number != value and not isinstance(value, str):
-        raise ServeError(400, f"Invalid request: {name} must be a whole number >= 0, got {value!r}")
+        raise error
     return number
+
+
+def _shown(value: Any, most: int = 60) -> str:
+    """A request value for an error message, cut short: a message never echoes a whole request."""
+    try:
+        shown = repr(value)
+    except ValueError:  # an int too long for repr
+        shown = f"a {type(value).__name__}"
+    return shown if len(shown) <= most else shown[:most] + "..."
 
 
 def _check_count(count: int, limits: Limits) -> None:
@@ -480,6 +540,45 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def timed_h11(timeout: float) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request's headers within
+    `timeout` seconds of opening or of its last answer. uvicorn itself times out only connections idle
+    after an answer: one that sends nothing, or part of its headers, would be held for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        headers_timer: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._await_request()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._await_request()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._cancel_timer()
+            super().connection_lost(exc)
+
+        def _await_request(self) -> None:
+            self._cancel_timer()
+            self.headers_timer = self.loop.call_later(timeout, self._close_if_no_request, self.cycle)
+
+        def _close_if_no_request(self, cycle: Any) -> None:
+            """Close unless a request has begun since the timer was set (a new cycle, or this one still running)."""
+            if self.cycle is cycle and (cycle is None or cycle.response_complete):
+                self.transport.close()
+
+        def _cancel_timer(self) -> None:
+            if self.headers_timer is not None:
+                self.headers_timer.cancel()
+                self.headers_timer = None
+
+    return TimedH11Protocol
+
+
 def require_extra() -> None:
     """The serve extra's libraries, or one line saying how to install them."""
     try:
@@ -502,7 +601,9 @@ def serve(translator: Translator, model: Model, limits: Limits, host: str, port:
     sock = listen(host, port)
     app = create_app(translator, model, limits, log)
     config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
-                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
+                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on", http=timed_h11(limits.timeout),
+                            timeout_keep_alive=KEEP_ALIVE, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                            limit_concurrency=limits.max_connections + 1)  # uvicorn counts the asking connection too
     server = uvicorn.Server(config)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host

@@ -101,6 +101,9 @@ def build(run: RunDir, per_source: int, frequent: int) -> Shortlist:
     """The shortlist of a preprocessed run, from its encoded training data (see the module docstring)."""
     if per_source < 0 or frequent < 0:
         raise UserError(f"--per-source and --frequent must be >= 0, got {per_source} and {frequent}")
+    if per_source == 0 and frequent == 0:
+        raise UserError("--per-source and --frequent are both 0: search could produce only the special pieces "
+                        "(every output ⁇); give at least one of them a value > 0 (defaults 20 and 100)")
     from lstmmt.tokenizer import Tokenizer
 
     run.require_preprocessed()

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Optional
 
 import numpy as np
-import sacrebleu
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -35,14 +34,26 @@ from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq, count_parameters
 from lstmmt.rundir import RunDir
 from lstmmt.schedule import learning_rate
+from lstmmt.scoring import bleu
 from lstmmt.tokenizer import Tokenizer
 from lstmmt.trainlog import TrainingOutput
 from lstmmt.translator import Translator
 
-FAILED_STOPS = {"SIGINT": 130, "SIGTERM": 143, "non-finite loss": 1}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that save a checkpoint and stop training: Ctrl-C, kill, a closed terminal or ssh session."""
+FAILED_STOPS = {**{sig.name: 128 + sig for sig in STOP_SIGNALS}, "non-finite loss": 1}
 """Ways training can end unfinished, with the exit status the CLI gives each."""
 MAX_NONFINITE = 10
 """Consecutive skipped batches after which training stops: the model or the data is broken."""
+
+
+def _vocabulary(info: Any) -> str:
+    """checkpoint.vocab_info in words: "a joint vocabulary of 100 pieces", or one per side."""
+    if not isinstance(info, dict):
+        return "an unrecorded vocabulary"
+    if info.get("joint"):
+        return f"a joint vocabulary of {info.get('tgt')} pieces"
+    return f"vocabularies of {info.get('src')} source and {info.get('tgt')} target pieces"
 
 
 @dataclass
@@ -68,13 +79,13 @@ def token_loss(model: torch.nn.Module, batch: Batch, precision: str, label_smoot
 
 
 class StopSignal:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step."""
+    """Turns the first of the STOP_SIGNALS into a flag the loop checks after each step."""
 
     def __init__(self) -> None:
         self.received: Optional[str] = None
 
     def __enter__(self) -> "StopSignal":
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -170,7 +181,7 @@ class Trainer:
         """Load the newest checkpoint that reads back; False if there is none."""
         for path in checkpoint.resume_candidates(self.run):
             try:
-                payload = checkpoint.load(path)
+                payload = checkpoint.load_training(path)
             except UserError as exc:
                 self.out.warn(f"skipping {exc}")
                 continue
@@ -186,6 +197,15 @@ class Trainer:
         return False
 
     def _check_compatible(self, payload: dict[str, Any], path: Any) -> None:
+        """Refuse, in one line, a checkpoint whose weights cannot fit this run's model: another
+        vocabulary (preprocess --force since) or other model settings."""
+        saved_vocab, vocab = payload.get("vocab"), checkpoint.vocab_info(self.tokenizer)
+        if saved_vocab != vocab:
+            raise UserError(
+                f"{path} was trained with {_vocabulary(saved_vocab)}, but the run's tokenizer now has "
+                f"{_vocabulary(vocab)}: pass --restart to train from scratch with this tokenizer, or preprocess "
+                "again with the tokenizer settings the checkpoint was trained with to continue it"
+            )
         saved_model = payload["config"]["model"]
         if saved_model != asdict(self.config.model):
             changed = sorted(k for k in saved_model if saved_model[k] != getattr(self.config.model, k))
@@ -332,7 +352,7 @@ class Trainer:
 
     def _report_end(self) -> None:
         stopped = self.state.stopped
-        if stopped in ("SIGINT", "SIGTERM"):
+        if stopped in {sig.name for sig in STOP_SIGNALS}:
             self.out.print(f"Stopped by {stopped} at step {self.state.step}; checkpoint saved. "
                            f"Run `lstmmt train {self.run.root}` to resume.", markup=False)
         elif stopped == "non-finite loss":
@@ -390,7 +410,7 @@ class Trainer:
         texts = greedy.translate_encoded([self.valid_src[i] for i in range(len(self.valid_src))])
         self.model.train()
         loss = total_loss.item() / max(total_tokens, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bleu": sacrebleu.corpus_bleu(texts, [self.valid_refs]).score}
+        return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bleu": bleu(texts, self.valid_refs)}
 
 
 def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:

@@ -11,7 +11,9 @@ Lines end at "\n" only (CRLF works). The other characters str.splitlines() break
 does to the training text, and never appear inside an output line. A line with nothing to
 translate (empty, whitespace, or only characters the tokenizer drops) gives an empty line;
 invalid UTF-8 is replaced by U+FFFD with a warning naming the line; over-long lines are
-truncated to decode.max_source_tokens with a warning naming the line.
+truncated to decode.max_source_tokens with a warning naming the line. A line is cut to its
+first decode.max_source_tokens x BYTES_PER_TOKEN bytes while it is read (the rest is skipped
+up to its newline, with a warning), so memory stays bounded whatever the input.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from lstmmt import rundir
+from lstmmt.config import DecodeConfig
 from lstmmt.errors import UserError
-from lstmmt.rundir import atomic_write
+from lstmmt.rundir import RunDir, check_output
 from lstmmt.translator import Translation, Translator, as_dict
 
 stderr = Console(stderr=True)
@@ -43,6 +47,14 @@ CHUNK_LINES = 5000
 FIRST_CHUNK = 64
 """Most lines of the first chunk; chunks double from it up to CHUNK_LINES, so output starts soon."""
 FORMATS = ("text", "jsonl")
+BYTES_PER_TOKEN = 64
+"""Bytes of input kept per decode.max_source_tokens: far more than any script's subword takes
+(a CJK piece is a few bytes), so only a line the search would truncate anyway is cut."""
+
+
+def line_bytes(decode: DecodeConfig) -> int:
+    """The most bytes of an input line read: the rest could only be truncated after encoding."""
+    return decode.max_source_tokens * BYTES_PER_TOKEN
 
 
 def warn(message: str) -> None:
@@ -50,8 +62,12 @@ def warn(message: str) -> None:
     stderr.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
-def decode_line(raw: bytes, number: int) -> str:
-    """A line's text; invalid UTF-8 becomes U+FFFD with a warning naming the line."""
+def decode_line(raw: bytes, number: int, limit: int) -> str:
+    """A line's text: cut to its first `limit` bytes (at a character boundary) with a warning
+    when longer; invalid UTF-8 becomes U+FFFD with a warning naming the line."""
+    if len(raw) > limit:
+        warn(f"line {number}: longer than {limit:,} bytes, only the first {limit:,} read (the rest is skipped)")
+        raw = _cut(raw, limit)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -59,16 +75,24 @@ def decode_line(raw: bytes, number: int) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def read_chunks(stream: BinaryIO, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
+def _cut(raw: bytes, limit: int) -> bytes:
+    """raw[:limit], less a character split by the cut (its UTF-8 continuation bytes are 0b10xxxxxx)."""
+    end = limit
+    while end > max(0, limit - 3) and raw[end] & 0xC0 == 0x80:
+        end -= 1
+    return raw[:end]
+
+
+def read_chunks(stream: BinaryIO, limit: int, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
     """(first line number, lines) of the input as it becomes available, in chunks of at most
-64, 128, ... up to chunk_lines lines.
+64, 128, ... up to chunk_lines lines; each line cut to its first `limit` bytes (see `line_bytes`).
 
     Splitting on b"\n" only, so "\r\n" files count their lines right and a stray form feed
     or U+2028 inside a line cannot split it (the Translator turns it into a space).
     """
     number = 1
-    for raws in _raw_chunks(stream, _chunk_sizes(chunk_lines)):
-        yield number, [decode_line(raw, number + i) for i, raw in enumerate(raws)]
+    for raws in _raw_chunks(stream, _chunk_sizes(chunk_lines), limit + 1):  # one byte more tells a line was cut
+        yield number, [decode_line(raw, number + i, limit) for i, raw in enumerate(raws)]
         number += len(raws)
 
 
@@ -80,34 +104,54 @@ def _chunk_sizes(most: int) -> Iterator[int]:
         size = min(2 * size, most)
 
 
-def _raw_chunks(stream: BinaryIO, sizes: Iterator[int]) -> Iterator[list[bytes]]:
-    """Raw lines in chunks of at most the next of `sizes` lines: from a file descriptor as
-    they arrive; from an in-memory stream (no descriptor: everything is there already) full."""
+def _raw_chunks(stream: BinaryIO, sizes: Iterator[int], most: int) -> Iterator[list[bytes]]:
+    """Raw lines, each cut to its first `most` bytes, in chunks of at most the next of `sizes`
+    lines: from a file descriptor as they arrive; from an in-memory stream (no descriptor:
+    everything is there already) full."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
         chunk: list[bytes] = []
         size = next(sizes)
         for raw in stream:
-            chunk.append(raw.removesuffix(b"\n"))
+            chunk.append(raw.removesuffix(b"\n")[:most])
             if len(chunk) == size:
                 yield chunk
                 chunk, size = [], next(sizes)
         if chunk:
             yield chunk
         return
-    yield from _available_lines(fd, sizes)
+    yield from _available_lines(fd, sizes, most)
 
 
-def _available_lines(fd: int, sizes: Iterator[int]) -> Iterator[list[bytes]]:
-    """Complete lines read from `fd`, handed on whenever no more input is ready at once (or a
-    chunk is full). os.read blocks only while there is nothing to hand on; poll(0) tells
-    whether more input is ready (always, for regular files; for a pipe or terminal, not once
-    the writer pauses)."""
+class _LineStart:
+    """The first `most` bytes of a line whose end has not arrived yet: however long the line,
+    only they are kept."""
+
+    def __init__(self, most: int) -> None:
+        self.most, self.pieces, self.size = most, [], 0
+
+    def add(self, data: bytes) -> None:
+        if self.size < self.most:
+            piece = data[: self.most - self.size]
+            self.pieces.append(piece)
+            self.size += len(piece)
+
+    def take(self) -> bytes:
+        line = b"".join(self.pieces)
+        self.pieces, self.size = [], 0
+        return line
+
+
+def _available_lines(fd: int, sizes: Iterator[int], most: int) -> Iterator[list[bytes]]:
+    """Complete lines read from `fd`, each cut to its first `most` bytes, handed on whenever no
+    more input is ready at once (or a chunk is full). os.read blocks only while there is
+    nothing to hand on; poll(0) tells whether more input is ready (always, for regular files;
+    for a pipe or terminal, not once the writer pauses)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     lines: list[bytes] = []
-    partial: list[bytes] = []  # pieces of a line whose end has not arrived yet
+    partial = _LineStart(most)  # the line whose end has not arrived yet
     size = next(sizes)
     while True:
         if lines and (len(lines) >= size or not poller.poll(0)):
@@ -117,15 +161,14 @@ def _available_lines(fd: int, sizes: Iterator[int]) -> Iterator[list[bytes]]:
         data = os.read(fd, 1 << 16)
         if not data:
             break
-        if b"\n" not in data:
-            partial.append(data)
-            continue
         first, *rest = data.split(b"\n")
-        lines.append(b"".join(partial) + first)
-        lines.extend(rest[:-1])
-        partial = [rest[-1]] if rest[-1] else []
-    if partial:
-        lines.append(b"".join(partial))
+        partial.add(first)
+        if rest:
+            lines.append(partial.take())
+            lines.extend(line[:most] for line in rest[:-1])
+            partial.add(rest[-1])
+    if partial.size:
+        lines.append(partial.take())
     while lines:
         yield lines[:size]
         lines, size = lines[size:], next(sizes)
@@ -153,7 +196,7 @@ def translate_stream(translator: Translator, source: BinaryIO, target: TextIO, o
                      progress: Optional[Callable[[int], None]] = None) -> int:
     """Translate `source` to `target` as input arrives, flushing after each chunk; returns the number of input lines."""
     total = 0
-    for first, lines in read_chunks(source, chunk_lines):
+    for first, lines in read_chunks(source, line_bytes(translator.decode), chunk_lines):
         for offset, translation in enumerate(translator.translate(lines, alignment=alignment, first_line=first)):
             target.write("\n".join(format_output(translation, translator.decode.n_best, first - 1 + offset, output_format)) + "\n")
         target.flush()
@@ -176,19 +219,21 @@ def open_input(path: str) -> BinaryIO:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def check_paths(inputs: list[str], output: str) -> None:
-    """Refuse missing inputs, directories as inputs or as the output, before any work is done."""
+def check_paths(inputs: list[str], output: str, run: Optional[RunDir] = None) -> None:
+    """Refuse, before any work is done, missing inputs, directories as inputs or as the output,
+    and an output that is one of the inputs or a file of `run` (rundir.check_output)."""
     for path in inputs:
         if path != "-" and Path(path).is_dir():
             raise UserError(f"input {path} is a directory; give a file, a pipe or - for stdin")
         if path != "-" and not Path(path).exists():
             raise UserError(f"input file not found: {path}")
-    if output != "-" and Path(output).is_dir():
-        raise UserError(f"output {output} is a directory; give a file path or - for stdout")
+    if output != "-":
+        check_output(Path(output), [Path(path) for path in inputs if path != "-"], run)
 
 
-def write_output(path: str, write: Callable[[TextIO], int]) -> int:
-    """Call write(target) on stdout ("-") or on a temporary file renamed to `path` when complete.
+def write_text_output(path: str, write: Callable[[TextIO], int]) -> int:
+    """Call write(target) on stdout ("-") or on the output `path` as UTF-8 text, written as
+    rundir.write_output writes (a file appears only when complete; FIFOs and devices stream).
 
     SIGTERM and SIGHUP become an exit that removes the temporary file (as any error does), so
     a killed translate leaves no `.OUT.*.tmp` beside its output.
@@ -197,12 +242,12 @@ def write_output(path: str, write: Callable[[TextIO], int]) -> int:
         return write(sys.stdout)
     counted: list[int] = []
 
-    def to_file(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as target:
+    def as_text(file: Path) -> None:
+        with open(file, "a", encoding="utf-8") as target:
             counted.append(write(target))
 
     with signals_exit():
-        atomic_write(Path(path), to_file)
+        rundir.write_output(Path(path), as_text)
     return counted[0]
 
 
@@ -235,7 +280,7 @@ def translate_file(translator: Translator, input_path: str, output_path: str, ou
         raise UserError("--alignment needs --format jsonl")
     check_paths([input_path], output_path)
     with open_input(input_path) as source:
-        return write_output(output_path, lambda target: _with_progress(
+        return write_text_output(output_path, lambda target: _with_progress(
             lambda advance: translate_stream(translator, source, target, output_format, alignment, progress=advance)))
 
 
@@ -256,23 +301,24 @@ def score_file(translator: Translator, src_path: str, tgt_path: str, output_path
     with open_input(src_path) as sources, open_input(tgt_path) as targets:
         def write(target: TextIO) -> int:
             total = 0
-            for first, src, tgt in paired_chunks(sources, targets, src_path, tgt_path):
+            for first, src, tgt in paired_chunks(sources, targets, src_path, tgt_path, line_bytes(translator.decode)):
                 for result in translator.score(src, tgt, first_line=first):
                     target.write(f"{result.score:.4f}\t{result.log_prob:.4f}\n")
                 target.flush()
                 total += len(src)
             return total
 
-        return write_output(output_path, write)
+        return write_text_output(output_path, write)
 
 
-def paired_chunks(sources: BinaryIO, targets: BinaryIO, src_path: str, tgt_path: str,
+def paired_chunks(sources: BinaryIO, targets: BinaryIO, src_path: str, tgt_path: str, limit: int,
                   chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str], list[str]]]:
-    """(first line number, source lines, target lines), read in step, chunk_lines pairs at a time."""
+    """(first line number, source lines, target lines), read in step, chunk_lines pairs at a
+    time, each line cut to `limit` bytes."""
     src_chunk: list[str] = []
     tgt_chunk: list[str] = []
     first = 1
-    for number, (src, tgt) in enumerate(itertools.zip_longest(_lines(sources), _lines(targets)), start=1):
+    for number, (src, tgt) in enumerate(itertools.zip_longest(_lines(sources, limit), _lines(targets, limit)), start=1):
         if src is None or tgt is None:
             shorter = src_path if src is None else tgt_path
             raise UserError(f"{shorter} ends at line {number - 1}, before the other input: score needs one target line per source line")
@@ -285,6 +331,6 @@ def paired_chunks(sources: BinaryIO, targets: BinaryIO, src_path: str, tgt_path:
         yield first, src_chunk, tgt_chunk
 
 
-def _lines(stream: BinaryIO) -> Iterator[str]:
-    for _, lines in read_chunks(stream):
+def _lines(stream: BinaryIO, limit: int) -> Iterator[str]:
+    for _, lines in read_chunks(stream, limit):
         yield from lines

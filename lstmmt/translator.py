@@ -22,7 +22,7 @@ import torch
 
 from lstmmt import checkpoint as checkpoints
 from lstmmt.config import Config, DecodeConfig
-from lstmmt.corpus import one_line
+from lstmmt.corpus import one_line, without_surrogates
 from lstmmt.decoding import Forced, force_corpus, for_search, search_corpus, step_model
 from lstmmt.device import Precision, choose_precision, resolve_device
 from lstmmt.errors import UserError
@@ -128,7 +128,9 @@ class Translator:
         return cls(models, tokenizer, decode, resolved, precision, warn, shortlist)
 
     def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1) -> list[Translation]:
-        """Translations of `lines`, in order, one per line (`first_line` numbers the lines in warnings)."""
+        """Translations of `lines` (a sequence of str, TypeError otherwise), in order, one per line
+        (`first_line` numbers the lines in warnings)."""
+        check_lines(lines, "lines")
         encoded = self._encode(lines, first_line)
         keep = [i for i, ids in enumerate(encoded) if len(ids)]
         found = self.search([encoded[i] for i in keep])
@@ -139,11 +141,13 @@ class Translator:
         return results
 
     def score(self, sources: Sequence[str], targets: Sequence[str], first_line: int = 1) -> list[Score]:
-        """Forced-decoding scores of each target as the translation of its source (1:1)."""
+        """Forced-decoding scores of each target as the translation of its source (1:1; sequences of str)."""
+        check_lines(sources, "sources")
+        check_lines(targets, "targets")
         if len(sources) != len(targets):
             raise UserError(f"{len(sources)} sources but {len(targets)} targets: score needs one target per source")
         src = self._encode(sources, first_line)
-        tgt = [np.asarray(ids, dtype=np.int32) for ids in self.tokenizer.encode_tgt([one_line(t) for t in targets])]
+        tgt = [np.asarray(ids, dtype=np.int32) for ids in self.tokenizer.encode_tgt([clean_line(t) for t in targets])]
         forced = self._force(src, tgt)
         penalty = self.decode.length_penalty
         return [Score(float(f.log_probs.sum()), float(f.log_probs.sum()) / len(f.log_probs) ** penalty, len(f.log_probs))
@@ -163,9 +167,9 @@ class Translator:
     # -- helpers -------------------------------------------------------------------------
 
     def _encode(self, lines: Sequence[str], first_line: int) -> list[np.ndarray]:
-        """Source ids of each line (one_line applied), truncated to decode.max_source_tokens with a warning."""
+        """Source ids of each line (clean_line applied), truncated to decode.max_source_tokens with a warning."""
         limit = self.decode.max_source_tokens
-        encoded = self.tokenizer.encode_src([one_line(line) for line in lines])
+        encoded = self.tokenizer.encode_src([clean_line(line) for line in lines])
         for offset, ids in enumerate(encoded):
             if len(ids) > limit:
                 self.warn(f"line {first_line + offset}: {len(ids)} tokens, truncated to {limit}")
@@ -190,6 +194,23 @@ class Translator:
         texts = [one_line(text) for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
         n_best = [Candidate(text, h.score, h.log_prob) for text, h in zip(texts, hyps)]
         return Translation(texts[0], hyps[0].score, hyps[0].log_prob, n_best, alignment)
+
+
+def check_lines(lines: Sequence[str], name: str) -> None:
+    """TypeError unless `lines` is a sequence of str: a str itself is a sequence of characters,
+    which would be translated one by one, and other items fail deep inside the tokenizer."""
+    if isinstance(lines, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of str (one str per line), got {type(lines).__name__}: "
+                        "pass [text] for one text")
+    for index, line in enumerate(lines):
+        if not isinstance(line, str):
+            raise TypeError(f"{name} must be a sequence of str, but {name}[{index}] has type {type(line).__name__}")
+
+
+def clean_line(text: str) -> str:
+    """A line as the tokenizer gets it, cleaned as corpus text is: one line, lone surrogates as
+    U+FFFD. SentencePiece normalises the rest itself (NFKC) and encodes a NUL as unknown."""
+    return one_line(without_surrogates(text))
 
 
 def load_member(run: RunDir, name: str, tokenizer: Tokenizer) -> Seq2Seq:

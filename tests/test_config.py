@@ -67,3 +67,98 @@ def test_every_config_key_is_documented():
         assert f"## {section.name}:" in doc
         for key in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
             assert f"| `{key.name}` |" in doc, f"{section.name}.{key.name} is missing from docs/config.md"
+
+
+def one_line_error(action, *words: str) -> str:
+    """The UserError message `action()` raises, checked to be one short line naming each of `words`."""
+    with pytest.raises(UserError) as raised:
+        action()
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 400, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """Nine levels of ten aliases each: a billion nodes (and a message holding them) if expanded."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 10)}]" for level in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    one_line_error(lambda: Config.load(tmp_path / "bomb.yaml"), "bomb.yaml", "aliases (*name) are not allowed",
+                   "line 2")
+    one_line_error(lambda: Config().with_overrides(["model.hidden_size=[&a [1, 1], *a, *a]"]),
+                   "model.hidden_size must be int")
+
+
+@pytest.mark.parametrize("text, where", [
+    ("model:\n  1: 3\n", "section model"),
+    ("model:\n  null: 3\n  hidden_size: 64\n", "section model"),
+    ("1: 3\n", "config keys must be text, got 1 in"),
+])
+def test_keys_must_be_names(tmp_path, text, where):
+    (tmp_path / "keys.yaml").write_text(text)
+    one_line_error(lambda: Config.load(tmp_path / "keys.yaml"), "config keys must be text", where)
+    one_line_error(lambda: Config().merged(read_yaml(tmp_path / "keys.yaml")), "config keys must be text")
+    one_line_error(lambda: Config.from_dict({"model": {None: 3}}), "config keys must be text, got None in model")
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("data:\n  src_lang: café\n".encode("latin-1"))
+    one_line_error(lambda: Config.load(tmp_path / "latin1.yaml"), "latin1.yaml is not UTF-8 text", "save it as UTF-8")
+
+
+def test_a_file_too_large_for_a_config_is_refused_unread(tmp_path):
+    (tmp_path / "huge.yaml").write_text("model:\n  attention: " + "x" * (1 << 20) + "\n")
+    one_line_error(lambda: Config.load(tmp_path / "huge.yaml"), "huge.yaml is over 1 MB")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("model:\n  attention: " + "z" * 5000 + "\n", ["model.attention must be one of"]),
+    ("train:\n  max_time: " + "9" * 5000 + "x\n", ["cannot read duration"]),
+    ("model:\n  hidden_size: " + "9" * 5000 + "\n", ["holds a value that cannot be read"]),
+    ("model:\n  " + "k" * 1000 + ": 1\n", ["unknown config key(s) model.kkk"]),
+    ("model: " + "[" * 50_000 + "\n", ["nested too deeply"]),
+    ("model:\n\thidden_size: 3\n" + "#" * 5000 + "\n", ["not valid YAML", "line 2, column 1"]),
+], ids=["literal", "duration", "long integer", "key", "nesting", "syntax"])
+def test_messages_quote_values_cut_short(tmp_path, text, words):
+    (tmp_path / "long.yaml").write_text(text)
+    message = one_line_error(lambda: Config.load(tmp_path / "long.yaml"), *words)
+    assert len(message) < 250, message
+
+
+@pytest.mark.parametrize("assignment, words", [
+    ("model.attention=" + "z" * 5000, ["model.attention must be one of", "..."]),
+    ("model.hidden_size=" + "8" * 400, ["model.hidden_size=888", "...", "parameters"]),
+    ("model.dropout=" + "9" * 400, ["model.dropout must be a number"]),
+    ("train.max_time=nan", ["duration must be positive and finite"]),
+], ids=["literal", "size", "float", "duration"])
+def test_set_values_are_quoted_cut_short(assignment, words):
+    message = one_line_error(lambda: Config().with_overrides([assignment]), *words)
+    assert len(message) < 400, message
+
+
+@pytest.mark.parametrize("assignments, key", [
+    (["model.hidden_size=1000000000"], "model.hidden_size=1000000000"),
+    (["tokenizer.vocab_size=100000000"], "tokenizer.vocab_size=100000000"),
+    (["model.encoder_layers=100000", "model.hidden_size=4096"], "model.encoder_layers=100000"),
+])
+def test_a_model_too_large_to_be_meant_is_refused_before_it_is_built(assignments, key):
+    """Only arithmetic on the config: a model of 1.7e19 parameters is never allocated."""
+    one_line_error(lambda: Config().with_overrides(assignments), "parameters, over the limit of 2,000,000,000", key)
+    assert Config().with_overrides(["model.hidden_size=4096"]).model.hidden_size == 4096  # 200M parameters: allowed
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"attention": "dot", "input_feeding": True, "tie_embeddings": False, "encoder_layers": 3},
+    {"attention": "bahdanau", "decoder_layers": 2, "embed_size": 32},
+    {"tie_embeddings": False, "embed_size": 24, "hidden_size": 40, "decoder_layers": 3},
+])
+@pytest.mark.parametrize("joint", [True, False])
+def test_the_parameter_count_matches_the_model_built(settings, joint):
+    from lstmmt.config import ModelConfig
+    from lstmmt.model import Seq2Seq, count_parameters, parameter_count
+
+    config = ModelConfig(**{"embed_size": 16, "hidden_size": 32, **settings})
+    assert parameter_count(config, 50, 60, joint) == count_parameters(Seq2Seq(config, 50, 60, joint))

@@ -8,8 +8,11 @@ tests check the plumbing around the search, not the translations.
 
 import functools
 import io
+import os
 import re
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,6 +143,57 @@ def test_stdin_to_stdout_keeps_the_invariant(run, translator):
     assert "warning" not in result.stdout  # warnings go to stderr, never into the translations
     beam2 = functools.partial(translator, beam=2)
     check_hostile_output(result.stdout_bytes.decode("utf-8"), beam2)
+
+
+def feed(stream, blocks) -> threading.Thread:
+    """A thread writing `blocks` into `stream`, then closing it (a reader that stops early is no error)."""
+    def write() -> None:
+        try:
+            for block in blocks:
+                stream.write(block)
+            stream.close()
+        except BrokenPipeError:
+            pass
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_long_line_is_cut_while_it_is_read(monkeypatch):
+    """Only the first bytes of a line are kept, at a character boundary, with one warning naming
+    the line; the rest is skipped up to the newline and the next line is whole."""
+    warnings: list[str] = []
+    monkeypatch.setattr(translate, "warn", warnings.append)
+    read, write = os.pipe()
+    # The 1,000-byte cut falls inside an "ä" (2 bytes): the line keeps "a" and 499 of them.
+    blocks = [b"a" + "ä".encode() * 600, *[b"z" * (1 << 20)] * 8, b"\nshort\n"]
+    feeder = feed(open(write, "wb", buffering=0), blocks)
+    with open(read, "rb") as source:
+        chunks = list(translate.read_chunks(source, limit=1000))
+    feeder.join(60)
+    assert [line for _, lines in chunks for line in lines] == ["a" + "ä" * 499, "short"]
+    assert warnings == ["line 1: longer than 1,000 bytes, only the first 1,000 read (the rest is skipped)"]
+
+
+def test_a_300_mb_line_without_newline_is_read_in_bounded_memory(run):
+    process = subprocess.Popen([sys.executable, "-m", "lstmmt", "translate", str(run), "--device", "cpu", "--beam", "1"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=os.environ | {"OMP_NUM_THREADS": "1"})
+    feeder = feed(process.stdin, [b"seven " * (1 << 17)] * (300 * (1 << 20) // (6 << 17)))  # 300 MiB, one line
+    answers: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda name=name: answers.update({name: getattr(process, name).read()}))
+               for name in ("stdout", "stderr")]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own peak, not that of other tests' children
+    process.returncode = os.waitstatus_to_exitcode(status)
+    for thread in (feeder, *readers):
+        thread.join(60)
+    assert process.returncode == 0, answers["stderr"].decode()
+    assert answers["stdout"].count(b"\n") == 1
+    assert f"line 1: longer than {MAX_SOURCE_TOKENS * translate.BYTES_PER_TOKEN:,} bytes".encode() in answers["stderr"]
+    assert usage.ru_maxrss * 1024 < 2**30, f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB"  # Linux counts kilobytes
 
 
 def test_crlf_input_counts_lines_like_lf(translator):

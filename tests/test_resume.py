@@ -1,6 +1,7 @@
 """Nothing lost: exact resume after SIGKILL, clean stop on SIGINT/SIGTERM, safe and checked checkpoints."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -85,16 +86,18 @@ def test_resume_after_sigkill_is_bit_identical(preprocessed, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(preprocessed, tmp_path, sig, code):
+    """SIGHUP comes from a closed terminal or ssh session."""
     run = fresh_copy(preprocessed, tmp_path, "signalled")
     process = start_training(run, "--set", "train.valid_every=100000")
     wait_for(run / "logs/metrics.jsonl", process)  # training is under way
     process.send_signal(sig)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == code, output
-    assert f"Stopped by {signal.Signals(sig).name}" in output and "to resume" in output
-    assert checkpoint.load(run / "checkpoints/last.pt")["step"] > 0
+    stopped = re.search(rf"Stopped by {signal.Signals(sig).name} at step (\d+);.* to resume", " ".join(output.split()))
+    assert stopped, output
+    assert checkpoint.load(run / "checkpoints/last.pt")["step"] == int(stopped.group(1)) > 0
 
 
 def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_good_one(preprocessed, tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 import sacrebleu
 
 from lstmmt.errors import UserError
-from lstmmt.scoring import score
+from lstmmt.scoring import bleu, score
 
 REFERENCES = [
     "der Zug fährt um halb acht ab",
@@ -51,3 +53,14 @@ def test_line_count_mismatch_names_both_counts() -> None:
 def test_empty_input_is_refused() -> None:
     with pytest.raises(UserError):
         score([], [])
+
+
+def test_references_in_nfd_score_as_in_nfc() -> None:
+    """ä, ö, ü written as a base letter and a combining mark (NFD) are the same text for scoring."""
+    nfd = [unicodedata.normalize("NFD", line) for line in REFERENCES]
+    assert nfd != REFERENCES
+    nfc_result, nfd_result = score(HYPOTHESES, REFERENCES), score(HYPOTHESES, nfd)
+    for metric in ("bleu", "chrf", "ter"):
+        assert nfd_result[metric] == nfc_result[metric]
+    assert score([unicodedata.normalize("NFD", h) for h in HYPOTHESES], REFERENCES)["bleu"] == nfc_result["bleu"]
+    assert bleu(HYPOTHESES, nfd) == bleu(HYPOTHESES, REFERENCES) == pytest.approx(nfc_result["bleu"])

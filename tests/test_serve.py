@@ -365,7 +365,8 @@ def test_serve_help_names_every_option():
     result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in ("--host", "--port", "--checkpoint", "--device", "--beam", "--batching", "--no-batching", "--queue-size",
-                   "--max-body", "--max-sentences", "--batch-sentences", "--max-beam", "--threads", "--shutdown-timeout"):
+                   "--max-body", "--max-sentences", "--batch-sentences", "--max-beam", "--threads", "--shutdown-timeout",
+                   "--timeout", "--max-connections"):
         assert option in result.output
 
 
@@ -373,6 +374,9 @@ def test_serve_help_names_every_option():
     (["--queue-size", "0"], "--queue-size must be >= 1"),
     (["--port", "70000"], "--port must be between 0 and 65535"),
     (["--threads", "0", "--port", "0"], "--threads must be >= 1"),
+    (["--timeout", "0"], "--timeout must be a number of seconds > 0"),
+    (["--timeout", "inf"], "--timeout must be a number of seconds > 0"),
+    (["--max-connections", "0"], "--max-connections must be >= 1"),
 ])
 def test_serve_option_mistakes_are_one_line(run, args, message):
     result = runner.invoke(app, ["serve", str(run), *args])

@@ -154,3 +154,13 @@ def test_a_shortlist_of_another_tokenizer_is_refused(run, tmp_path):
     (other / "shortlist.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="is damaged"):
         Translator.load(other, device="cpu", shortlist=True)
+
+
+def test_a_shortlist_of_specials_alone_is_refused(run):
+    """With no candidates and no frequent pieces search could produce only UNK: every output would be ⁇."""
+    result = runner.invoke(app, ["shortlist", str(run), "--per-source", "0", "--frequent", "0"])
+    assert result.exit_code == 1, result.output
+    assert "--per-source and --frequent are both 0" in " ".join(result.output.split())
+    with pytest.raises(UserError, match="at least one of them a value > 0"):
+        shortlists.build(RunDir(run), 0, 0)
+    assert len(shortlists.build(RunDir(run), 0, 1).always) == len(SPECIALS) + 1

@@ -183,3 +183,43 @@ def test_an_ensemble_of_one_model_equals_that_model(run):
     alone = search_corpus(translator.models[0], sentences, translator.decode, translator.device, "fp32")
     ensemble = search_corpus(Ensemble(translator.models), sentences, translator.decode, translator.device, "fp32")
     assert [[(h.tokens, h.score) for h in hyps] for hyps in alone] == [[(h.tokens, h.score) for h in hyps] for hyps in ensemble]
+
+
+@pytest.fixture(scope="module")
+def translator(run) -> Translator:
+    return Translator.load(run, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("lines,words", [
+    ("a string", "lines must be a sequence of str (one str per line), got str: pass [text]"),
+    (b"bytes", "got bytes"),
+    (["seven", None], "lines[1] has type NoneType"),
+    ([b"seven"], "lines[0] has type bytes"),
+    (["seven", "six", 42], "lines[2] has type int"),
+], ids=["a str", "bytes", "a None item", "a bytes item", "an int item"])
+def test_translate_refuses_what_is_not_a_sequence_of_str(translator, lines, words):
+    with pytest.raises(TypeError) as error:
+        translator.translate(lines)
+    assert words in str(error.value)
+
+
+def test_score_refuses_what_is_not_a_sequence_of_str(translator):
+    with pytest.raises(TypeError, match=r"targets\[0\] has type NoneType"):
+        translator.score(["seven"], [None])
+    with pytest.raises(TypeError, match="sources must be a sequence of str"):
+        translator.score("seven", ["sieben"])
+
+
+def test_lone_surrogates_are_cleaned_as_in_corpus_text(translator):
+    """JSON escapes give Python lone surrogates, which SentencePiece cannot encode: they become U+FFFD."""
+    cleaned = translator.translate(["A \ufffd dog", "seven\ufffd"])
+    assert translator.translate(["A \ud800 dog", "seven\udfff"]) == cleaned
+    cleaned_scores = translator.score(["A \ufffd dog"], ["ein \ufffd Hund"])
+    assert translator.score(["A \ud800 dog"], ["ein \udc80 Hund"]) == cleaned_scores
+
+
+def test_user_error_is_part_of_the_package_api():
+    import lstmmt
+    from lstmmt.errors import UserError
+
+    assert lstmmt.UserError is UserError and "UserError" in lstmmt.__all__
