@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from lstmmt.device import cpu_flags, cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -40,28 +42,6 @@ def emit(result: dict[str, Any]) -> None:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The instruction-set flags that matter for torch CPU kernels."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni"})
-    except OSError:
-        pass
-    return []
 
 
 def machine(device: Optional[str] = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from lstmmt.errors import UserError, io_error_message
 from lstmmt.rundir import RunDir
 
 if TYPE_CHECKING:
+    from lstmmt.release import Release
     from lstmmt.translator import Translator
 
 app = typer.Typer(
@@ -233,18 +234,18 @@ def _decode_only(config_file: Optional[Path], overrides: Optional[List[str]]) ->
     return list(overrides or [])
 
 
-def load_translator(doing: str, run_dir: Path, checkpoints: List[str], device: str, config_file: Optional[Path],
-                    overrides: Optional[List[str]], **options: Any) -> "Translator":
-    """The Translator of a command: the run's decode settings < --config < --set < the typed
-    options (--beam, ...), all checked by the config; "`doing` on DEVICE in PRECISION" printed."""
+def load_translator(doing: str, run_dir: "Path | RunDir | Release", checkpoints: List[str], device: str,
+                    config_file: Optional[Path], overrides: Optional[List[str]], **options: Any) -> "Translator":
+    """The Translator of a command, from a run or a release: its decode settings < --config < --set
+    < the typed options (--beam, ...), all checked by the config; "`doing` on DEVICE in PRECISION" printed."""
+    from lstmmt.release import Release, layout, open_source
     from lstmmt.translate import warn
     from lstmmt.translator import Translator
 
-    run = RunDir(run_dir)
-    run.require_checkpoint()
-    decode = build_config(Config.load(run.config), config_file, _decode_only(config_file, overrides)).decode
+    source = run_dir if isinstance(run_dir, (RunDir, Release)) else open_source(run_dir)
+    decode = build_config(Config.load(layout(source).config), config_file, _decode_only(config_file, overrides)).decode
     chosen = {key: value for key, value in options.items() if value is not None}
-    translator = Translator.load(run_dir, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
+    translator = Translator.load(source, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
     narrowed = f", over the shortlist ({translator.shortlist.summary()})" if translator.shortlist is not None else ""
     stderr.print(f"{doing} on {translator.device} in {translator.precision}{narrowed}", soft_wrap=True, markup=False)
     return translator
@@ -420,10 +421,13 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    translator = load_translator("Serving", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
+    from lstmmt.release import layout, open_source
+
+    source = open_source(run_dir)
+    translator = load_translator("Serving", source, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
                                  length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens,
                                  shortlist=shortlist, quantize=quantize)
-    config = Config.load(RunDir(run_dir).config)
+    config = Config.load(layout(source).config)
     model = server.Model(config.data.src_lang, config.data.tgt_lang, list(checkpoint))
     server.serve(translator, model, limits, host, port, shutdown_timeout, access_log, server.stderr_log)
 
@@ -503,6 +507,32 @@ def plot(
     from lstmmt.plot import plot_learning_curve
 
     stderr.print(f"Wrote {plot_learning_curve(RunDir(run_dir), output)}", markup=False)
+
+
+@app.command()
+@friendly
+def export(
+    run_dir: Path = RunArg,
+    output: Path = typer.Option(..., "--output", "-o", help="The release: a new folder, or a file ending in .tar.gz."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, averaged, or a checkpoint path."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or bf16 (half the size; loaded as fp32 weights rounded "
+                              "to bf16)."),
+    license: Optional[str] = typer.Option(None, "--license", help="The license to state in the model card."),
+    description: Optional[str] = typer.Option(None, "--description", help="A paragraph for the top of the model card."),
+    config_file: Optional[Path] = DecodeConfigOpt,
+    overrides: Optional[List[str]] = DecodeSetOpt,
+) -> None:
+    """Write a release: the weights (safetensors), tokenizer, config, shortlist and a model card, no optimizer
+    state or corpus. translate, score, serve, plot-attention and Translator.load take it in place of a run."""
+    from lstmmt.release import export as write_release
+
+    if dtype not in ("fp32", "bf16"):
+        raise UserError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    run = RunDir(run_dir)
+    run.require_checkpoint()
+    decode = build_config(Config.load(run.config), config_file, _decode_only(config_file, overrides)).decode
+    written = write_release(run, output, checkpoint, dtype, decode, license, description)
+    stderr.print(f"Wrote the release {written}", soft_wrap=True, markup=False)
 
 
 @app.command()

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -74,6 +75,36 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"this CPU ({platform.processor() or platform.machine()})"
+
+
+def hardware(device: torch.device) -> str:
+    """The machine a run trained on, for train.json and model cards: the GPU's name, or the CPU's
+    model with the instruction sets that decide its speed and precision (avx2, avx512_bf16, amx)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    flags = ", ".join(cpu_flags()) or "no AVX2"
+    return f"{cpu_model()} ({flags}), {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set flags that matter for torch's CPU kernels."""
+    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni"}
+    return sorted(set(_cpuinfo("flags").split()) & wanted)
+
+
+def _cpuinfo(field: str) -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def bf16_problem(device: torch.device) -> str:

@@ -19,7 +19,6 @@ tokenizer.{joint, model_type, src_vocab_size, tgt_vocab_size}; created; lstmmt_v
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -40,7 +39,7 @@ from lstmmt.config import Config, DataConfig
 from lstmmt.corpus import MissingSplit, Pair, Source, iter_pairs, local_files
 from lstmmt.encoded import SideWriter, write_side
 from lstmmt.errors import UserError
-from lstmmt.rundir import SIDES, RunDir, atomic_write_text
+from lstmmt.rundir import SIDES, RunDir, atomic_write_text, sha256_file
 from lstmmt.tokenizer import Tokenizer, model_files, train_tokenizer
 
 SPLITS = ("train", "valid", "test")
@@ -316,16 +315,10 @@ def _describe(source: Source, data: DataConfig) -> dict:
     if source.kind == "dataset":
         entry.update(dataset_config=source.dataset_config, split=source.split, streaming=source.streaming)
     files = local_files(source, data.src_lang, data.tgt_lang)
-    entry["files"] = [{"path": str(path), "sha256": _sha256(path)} for path in files]
+    entry["files"] = [{"path": str(path), "sha256": sha256_file(path)} for path in files]
     return entry
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _show_summary(run: RunDir, stats: dict[str, dict]) -> None:

@@ -224,6 +224,15 @@ class RunDir:
             raise UserError(f"{self.root} has no trained model: run `lstmmt train {self.root}` first")
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks (corpora and weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def require_writable(directory: Path) -> None:
     """Create `directory` if needed and check a file can be written in it (before hours of work
     that end in a save); a read-only or full folder is a UserError naming it."""

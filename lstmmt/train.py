@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lstmmt import checkpoint, distributed
 from lstmmt.batching import Batch, collate, epoch_batches, prefetched, token_batches
 from lstmmt.config import Config, parse_duration
-from lstmmt.device import autocast, choose_precision, default_batch_tokens, prepare_device
+from lstmmt.device import autocast, choose_precision, default_batch_tokens, hardware, prepare_device
 from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
@@ -348,6 +348,7 @@ class Trainer:
             "stopped": self.state.stopped, "step": self.state.step, "epoch": self.state.epoch + 1,
             "best_valid_bleu": self.state.best_bleu if self.has_valid else None,
             "training_seconds": round(self.state.elapsed, 1), "device": str(self.device), "precision": self.precision.name,
+            "hardware": hardware(self.device) + (f" x {self.ranks.world} ranks" if self.ranks.distributed else ""),
         })
 
     def _report_end(self) -> None:

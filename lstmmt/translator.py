@@ -29,6 +29,7 @@ from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
 from lstmmt.rundir import RunDir
 from lstmmt.quantize import int8_precision
+from lstmmt.release import Release, layout, open_source
 from lstmmt.search import Hypothesis
 from lstmmt.shortlist import Shortlist
 from lstmmt.tokenizer import Tokenizer
@@ -103,18 +104,19 @@ class Translator:
         self.step_model = step_model(self.models)
 
     @classmethod
-    def load(cls, run_dir: Union[str, Path], checkpoint: Union[str, Sequence[str]] = "best", device: str = "auto", *,
-             warn: Callable[[str], None] = default_warn, **decode_overrides: Any) -> "Translator":
+    def load(cls, source: Union[str, Path, RunDir, Release], checkpoint: Union[str, Sequence[str]] = "best",
+             device: str = "auto", *, warn: Callable[[str], None] = default_warn, **decode_overrides: Any) -> "Translator":
         """The model of a run directory (best, last, averaged or a checkpoint path; several
-        for an ensemble of checkpoints that share this run's tokenizer) on `device`, with the
-        run's decode settings (config.yaml) updated by `decode_overrides` (decode keys such
-        as beam_size=5, n_best=3, precision="fp32", shortlist=True, quantize="int8"), each
-        checked; `warn` as in the constructor. decode.shortlist reads RUN/shortlist.npz (a
-        UserError naming `lstmmt shortlist` when missing); decode.quantize int8 needs the CPU."""
-        run = RunDir(Path(run_dir))
-        run.require_checkpoint()
-        tokenizer = Tokenizer.load(run.tokenizer_dir)
-        decode = Config.load(run.config).decode.updated(**decode_overrides)
+        for an ensemble of checkpoints that share this run's tokenizer) or of a release
+        (`lstmmt export`; it holds one model) on `device`, with its decode settings
+        (config.yaml) updated by `decode_overrides` (decode keys such as beam_size=5,
+        n_best=3, precision="fp32", shortlist=True, quantize="int8"), each checked; `warn` as
+        in the constructor. decode.shortlist reads shortlist.npz (a UserError naming `lstmmt
+        shortlist` when missing); decode.quantize int8 needs the CPU."""
+        source = source if isinstance(source, (RunDir, Release)) else open_source(source)
+        files = layout(source)
+        tokenizer = Tokenizer.load(files.tokenizer_dir)
+        decode = Config.load(files.config).decode.updated(**decode_overrides)
         resolved = resolve_device(device)
         if decode.quantize == "int8":
             precision = int8_precision(resolved, decode.precision)
@@ -123,8 +125,12 @@ class Translator:
         names = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
         if not names:
             raise UserError("no checkpoint given")
-        shortlist = Shortlist.load(run, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size) if decode.shortlist else None
-        models = [for_search(load_member(run, name, tokenizer), resolved, precision.name, decode.quantize) for name in names]
+        if isinstance(source, Release) and names != ["best"]:
+            raise UserError(f"{source.root} is a release: it holds one model, so there is no checkpoint to choose")
+        shortlist = Shortlist.load(files, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size) if decode.shortlist else None
+        members = [source.model(tokenizer)] if isinstance(source, Release) else \
+            [load_member(source, name, tokenizer) for name in names]
+        models = [for_search(model, resolved, precision.name, decode.quantize) for model in members]
         return cls(models, tokenizer, decode, resolved, precision, warn, shortlist)
 
     def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1) -> list[Translation]:
