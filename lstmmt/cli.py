@@ -123,15 +123,21 @@ def preprocess(
     config_file: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Redo preprocessing of a run that already has it."),
+    tokenizer_from: Optional[Path] = typer.Option(None, "--tokenizer-from", help="A run or release whose SentencePiece "
+                                                  "model(s) to use (copied) instead of training new ones, so its model "
+                                                  "can be fine-tuned on this corpus (train --init-from)."),
 ) -> None:
     """Read, clean and tokenize a parallel corpus; train SentencePiece; store the encoded corpus."""
     from lstmmt.corpus import dataset_source, file_source
-    from lstmmt.preprocess import kept_settings, preprocess as run_preprocess
+    from lstmmt.preprocess import kept_settings, preprocess as run_preprocess, with_parent_tokenizer
+    from lstmmt.release import layout, open_parent
 
     sets = [f"data.src_lang={src_lang}", f"data.tgt_lang={tgt_lang}", *(overrides or [])]
     sets += [f"tokenizer.vocab_size={vocab_size}"] * (vocab_size is not None)
     sets += [f"tokenizer.model_type={model_type}"] * (model_type is not None)
-    config = build_config(kept_settings(RunDir(run_dir), force), config_file, sets)
+    parent = layout(open_parent(tokenizer_from)) if tokenizer_from is not None else None
+    base = kept_settings(RunDir(run_dir), force)
+    config = build_config(with_parent_tokenizer(base, parent) if parent else base, config_file, sets)
     if dataset is not None:
         if train or valid or test:
             raise UserError("use either --dataset or --train/--valid/--test files, not both")
@@ -146,7 +152,7 @@ def preprocess(
         sources = {name: file_source(path) for name, path in (("train", train), ("valid", valid), ("test", test)) if path}
     else:
         raise UserError("no training data: pass --train PREFIX (or a .tsv/.jsonl file) or --dataset NAME")
-    run_preprocess(RunDir(run_dir), config, sources, force=force)
+    run_preprocess(RunDir(run_dir), config, sources, force=force, parent=parent)
 
 
 @app.command()

@@ -14,7 +14,7 @@ time (SentencePiece spreads each chunk over all cores) and appended to the .npy 
 
 meta.json holds: src_lang, tgt_lang; splits.SPLIT.{read, invalid_utf8, dropped.REASON, kept};
 filters; sources.SPLIT.{kind, path, [dataset_config, split, streaming,] files[{path, sha256}]};
-tokenizer.{joint, model_type, src_vocab_size, tgt_vocab_size}; created; lstmmt_version.
+tokenizer.{joint, model_type, src_vocab_size, tgt_vocab_size, [from.{path, sha256}]}; created; lstmmt_version.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import itertools
 import json
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -40,7 +40,7 @@ from lstmmt.corpus import MissingSplit, Pair, Source, iter_pairs, local_files
 from lstmmt.encoded import SideWriter, write_side
 from lstmmt.errors import UserError
 from lstmmt.rundir import SIDES, RunDir, atomic_write_text, sha256_file
-from lstmmt.tokenizer import Tokenizer, model_files, train_tokenizer
+from lstmmt.tokenizer import Tokenizer, copy_tokenizer, model_files, train_tokenizer
 
 SPLITS = ("train", "valid", "test")
 REFERENCE_SPLITS = ("valid", "test")
@@ -55,13 +55,19 @@ Problem = Callable[[Any, Any], str | None]
 """Names why a pair (of texts or of id lists) must go, or returns None to keep it."""
 
 
-def preprocess(run: RunDir, config: Config, sources: dict[str, Source], force: bool = False) -> dict:
+def preprocess(run: RunDir, config: Config, sources: dict[str, Source], force: bool = False,
+               parent: RunDir | None = None) -> dict:
     """Build RUN/config.yaml, RUN/tokenizer/ and RUN/data/ from the given splits; return the meta dict.
+    With `parent` (the files of a run or a release), its SentencePiece
+    model(s) are copied, byte for byte, instead of training new ones, so a model of the parent
+    can go on training on this corpus.
 
     Holds the run's lock throughout."""
     _check_split_names(sources)
+    if parent is not None:
+        _check_parent(config, parent)
     with run.lock("preprocess"):
-        return _preprocess_locked(run, config, sources, force)
+        return _preprocess_locked(run, config, sources, force, parent)
 
 
 def kept_settings(run: RunDir, force: bool) -> Config:
@@ -81,7 +87,26 @@ def kept_settings(run: RunDir, force: bool) -> Config:
     return replace(Config(), model=old.model, train=old.train, decode=old.decode)
 
 
-def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], force: bool) -> dict:
+def with_parent_tokenizer(base: Config, parent: RunDir) -> Config:
+    """The base config of `preprocess --tokenizer-from PARENT`: `base` with the parent's tokenizer
+    section, which the user's settings may then not change (checked by preprocess)."""
+    return replace(base, tokenizer=Config.load(parent.config).tokenizer)
+
+
+def _check_parent(config: Config, parent: RunDir) -> None:
+    """The parent's languages and tokenizer settings, or one line saying which differ."""
+    theirs = Config.load(parent.config)
+    if (config.data.src_lang, config.data.tgt_lang) != (theirs.data.src_lang, theirs.data.tgt_lang):
+        raise UserError(f"--tokenizer-from {parent.root} is {theirs.data.src_lang}->{theirs.data.tgt_lang}, this corpus "
+                        f"{config.data.src_lang}->{config.data.tgt_lang}: use the parent's languages")
+    changed = [f"tokenizer.{k}" for k, v in asdict(theirs.tokenizer).items() if getattr(config.tokenizer, k) != v]
+    if changed:
+        raise UserError(f"--tokenizer-from {parent.root} takes its tokenizer as it is, but {', '.join(changed)} "
+                        "differs from the parent's: drop those settings")
+
+
+def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], force: bool,
+                       parent: RunDir | None) -> dict:
     _clear_previous(run, force)
     run.remove_stale_temporaries()  # of a killed preprocess: no other one runs, we hold the lock
     run.data_dir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +117,12 @@ def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], 
     with tempfile.TemporaryDirectory(dir=run.data_dir, prefix=".train-text.") as tmp:
         text_files = {side: Path(tmp) / f"train.{side}.txt" for side in SIDES}
         clean_pairs = _clean_train(sources["train"], config.data, text_files, stats)
-        console.print(f"training the tokenizer on {clean_pairs:,} pairs")
-        train_tokenizer(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]), config.tokenizer, run.tokenizer_dir)
+        if parent is None:
+            console.print(f"training the tokenizer on {clean_pairs:,} pairs")
+            train_tokenizer(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]), config.tokenizer, run.tokenizer_dir)
+        else:
+            console.print(f"using the tokenizer of {escape(str(parent.root))}")
+            copy_tokenizer(parent.tokenizer_dir, run.tokenizer_dir)
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         stats["train"]["kept"] = _encode_train(run, tokenizer, text_files, config.data, stats["train"]["dropped"])
     if stats["train"]["kept"] == 0:
@@ -109,6 +138,8 @@ def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], 
     config.save(run.config)
     stats = {split: stats[split] for split in SPLITS if split in stats}
     meta = _meta(config, sources, stats, tokenizer)
+    if parent is not None:
+        meta["tokenizer"]["from"] = {"path": str(parent.root.resolve()), "sha256": parent.tokenizer_digest()}
     atomic_write_text(run.meta, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     _show_summary(run, stats)
     return meta

@@ -98,6 +98,16 @@ def open_source(path: Path | str) -> RunDir | Release:
     return run
 
 
+def open_parent(path: Path | str) -> RunDir | Release:
+    """The parent of a child run (`preprocess --tokenizer-from`): a verified release, or a
+    preprocessed run directory (it has a tokenizer; it needs no model yet)."""
+    if is_release(path):
+        return open_release(path)
+    run = RunDir(Path(path))
+    run.require_preprocessed()
+    return run
+
+
 def layout(source: RunDir | Release) -> RunDir:
     """Where a run or a release keeps config.yaml, tokenizer/ and shortlist.npz."""
     return source.layout if isinstance(source, Release) else source
@@ -209,13 +219,12 @@ def _write_release(run: RunDir, folder: Path, source: Path, payload: dict[str, A
     from dataclasses import replace
 
     from lstmmt.config import Config
+    from lstmmt.tokenizer import copy_tokenizer
 
     config = Config.from_dict(payload["config"])
     config = replace(config, decode=decode or Config.load(run.config).decode)
     layout = RunDir(folder)
-    layout.tokenizer_dir.mkdir(parents=True)
-    for model_file in sorted(run.tokenizer_dir.glob("*.model")) + sorted(run.tokenizer_dir.glob("*.vocab")):
-        shutil.copyfile(model_file, layout.tokenizer_dir / model_file.name)
+    copy_tokenizer(run.tokenizer_dir, layout.tokenizer_dir)
     if run.shortlist.exists():
         shutil.copyfile(run.shortlist, layout.shortlist)
     config.save(layout.config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -39,6 +40,17 @@ def train_tokenizer(src_lines: Iterable[str], tgt_lines: Iterable[str], config: 
 def model_files(directory: Path) -> list[Path]:
     """Every file train_tokenizer may write in `directory` (so a redone preprocess can remove them)."""
     return [Path(directory) / f"{name}{suffix}" for name in _MODEL_NAMES for suffix in (".model", ".vocab")]
+
+
+def copy_tokenizer(source: Path, target: Path) -> None:
+    """Copy the SentencePiece files of `source` (a run's or a release's tokenizer/) into `target`,
+    byte for byte, each .model last (Tokenizer.load looks for it)."""
+    files = [path for path in model_files(source) if path.exists()]
+    if not any(path.suffix == ".model" for path in files):
+        raise UserError(f"{source} holds no SentencePiece model (spm.model, or src.model and tgt.model)")
+    Path(target).mkdir(parents=True, exist_ok=True)
+    for path in sorted(files, key=lambda path: path.suffix == ".model"):
+        shutil.copyfile(path, Path(target) / path.name)
 
 
 def _train_model(lines: Iterable[str], config: TokenizerConfig, out_dir: Path, name: str) -> None:
