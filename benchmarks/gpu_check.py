@@ -1,4 +1,4 @@
-"""The GPU check behind benchmarks/gpu_check.sh: every GPU figure of issue 11 in one run.
+"""The GPU check behind benchmarks/gpu_check.sh: every GPU figure in one run.
 
 Parts, in order, each a subprocess with its own timeout (and all within --budget seconds, so
 one part that hangs cannot eat the others' time):

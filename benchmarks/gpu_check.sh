@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 11: cuda tests, training speed (bf16, fp32) against the plain-PyTorch
+# The GPU check: cuda tests, training speed (bf16, fp32) against the plain-PyTorch
 # limit with compute efficiency, a 3-minute Multi30k training with test BLEU, and beam-1/5
 # translation speed, as ONE JSON object on stdout (progress on stderr). Under 8 minutes on one
 # H100/H200; installs nothing: it runs this checkout with PYTHONPATH. Without a CUDA device it

@@ -1,10 +1,10 @@
 """Upper-bound probe: how fast can one attentional LSTM seq2seq training step run on this device?
 
 Plain PyTorch on synthetic ids, no lstmmt code: the figure lstmmt's own training speed is
-compared with in the same run (adapted from the team's ../shared/bench/lstm_limit.py). By
+compared with in the same run. By
 default the model is the comparison model of train_speed.py (embeddings 256, BiLSTM 2 x 256
 per direction, decoder 512, Luong general attention, untied 512 x 8,000 output layer);
-`--enc-layers 1 --enc-hidden 512` is the shared probe's original model. Two decoder styles:
+`--enc-layers 1 --enc-hidden 512` gives one encoder layer of the decoder's width. Two decoder styles:
 fused (no input feeding: one LSTM call over the target) and stepwise (input feeding, an
 LSTMCell loop). Sentences all have --src-len and --tgt-len tokens, so there is no padding.
 

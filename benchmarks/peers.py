@@ -39,7 +39,7 @@ translates again, --systems picks a subset.
 
 With --device cuda every system trains and translates on the first GPU (lstmmt
 `--device cuda`, OpenNMT-py `gpu_ranks: [0]` / `-gpu 0`, JoeyNMT `use_cuda`); this path has
-not been run yet: no session that built it had a GPU. The peers' virtualenvs get torch from
+not been run on a GPU yet. The peers' virtualenvs get torch from
 pip (--torch pip, torch==2.13.0) or see this interpreter's torch (--torch current: a venv with
 --system-site-packages, no torch download; for GPU machines without a package registry, whose
 torch is the CUDA build already there). --torch auto, the default, is `current` with --device

@@ -3,7 +3,7 @@
 Preprocesses Multi30k once (joint unigram SentencePiece, 8k) into a cached run directory,
 then runs lstmmt's own `Trainer.train_step` in this process: W warm-up steps, then N timed
 steps over the trainer's real token-budget batches (collation included in the time, as in
-`lstmmt train`). The model defaults to the comparison model of issue 4 (embeddings 256,
+`lstmmt train`). The model defaults to the comparison model (embeddings 256,
 BiLSTM encoder 2 layers x 256 per direction, one decoder layer of 512, Luong attention,
 4096-token batches); `--set` changes any config key.
 
@@ -34,7 +34,7 @@ COMPARISON_MODEL = [
     "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
     "model.attention=luong", "train.batch_tokens=4096",
 ]
-"""Laid under the user's --set values, so the benchmark keeps measuring issue 4's model if lstmmt's defaults change."""
+"""Laid under the user's --set values, so the benchmark keeps measuring the same model if lstmmt's defaults change."""
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Translation throughput of lstmmt: sentences/s, target tokens/s, peak memory, time to first line.
 
-Input: test_2016_flickr.en repeated to --lines lines (10,000 by default; the issue's 100k
+Input: test_2016_flickr.en repeated to --lines lines (10,000 by default; 100,000
 amortises start-up further). For each beam size the timed command is the real one,
 
     python -m lstmmt translate RUN -i INPUT -o - --beam K --device D
@@ -21,7 +21,7 @@ after the previous answer arrived plus a --pause, and the time from writing a li
 reading its translation is reported (median, max). translate must answer a line while
 its stdin stays open, so a version that waits for more input times out (--latency-timeout).
 
-With --variants (issue 13) each beam size is measured once per variant, in one run:
+With --variants each beam size is measured once per variant, in one run:
 `fp32` (the full vocabulary, the default row), `shortlist` (translate --shortlist),
 `int8` (translate --quantize int8) and `shortlist+int8`. Rows other than fp32 go under
 "variants" in the JSON; every row has BLEU against the input's references (the repeated
@@ -31,7 +31,7 @@ measure other settings, run `lstmmt shortlist RUN --per-source K --frequent N` b
 shortlist's settings are recorded in the JSON. Start-up is measured per variant (int8
 quantises the model at load time).
 
-Without --run, a model of the comparison size (issue 4) is trained for --train-steps
+Without --run, a model of the comparison size (train_speed.py) is trained for --train-steps
 steps into benchmarks/.cache (once; reused after): quality does not matter for speed,
 but output lengths do, so a slightly trained model is better than a random one.
 
