@@ -19,7 +19,8 @@ from typing import Any, Optional, Sequence
 from lstmmt.device import cpu_flags, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
+DEFAULT_DATA = REPO / "recipes" / "multi30k" / "corpus"
+"""Where `make -C recipes/multi30k corpus` downloads Multi30k; --data-dir names another folder."""
 CACHE = REPO / "benchmarks" / ".cache"
 """Git-ignored (benchmarks/.gitignore): preprocessed runs, trained models, peer virtualenvs."""
 
@@ -147,7 +148,8 @@ def ensure_preprocessed(run_dir: Path, data_dir: Path, vocab_size: int = 8000) -
     for name in ("train", "val", "test_2016_flickr"):
         for lang in ("en", "de"):
             if not (data_dir / f"{name}.{lang}.gz").exists() and not (data_dir / f"{name}.{lang}").exists():
-                raise SystemExit(f"missing {data_dir}/{name}.{lang}[.gz]: pass --data-dir")
+                raise SystemExit(f"missing {data_dir}/{name}.{lang}[.gz]: pass --data-dir, or download Multi30k with "
+                                 "`make -C recipes/multi30k corpus`")
     log(f"preprocessing {data_dir} into {run_dir} (joint unigram, vocab {vocab_size})")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(

@@ -8,9 +8,9 @@
 #   bash benchmarks/gpu_check.sh [DATA_DIR] > gpu_check.json
 #
 # DATA_DIR holds Multi30k {train,val,test_2016_flickr}.{en,de}[.gz]; default $DATA_DIR, else
-# ../shared/data/multi30k next to the repository. PYTHON picks the interpreter (python3).
+# recipes/multi30k/corpus (`make -C recipes/multi30k corpus` downloads it there). PYTHON picks the interpreter (python3).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="${1:-${DATA_DIR:-$repo/../shared/data/multi30k}}"
+data="${1:-${DATA_DIR:-$repo/recipes/multi30k/corpus}}"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec "${PYTHON:-python3}" "$repo/benchmarks/gpu_check.py" --data-dir "$data" "${@:2}"
