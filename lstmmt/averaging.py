@@ -3,8 +3,9 @@ it translates the validation set at least as well as best.pt.
 
 Averaging the checkpoints of a short run can average a half-trained model into a good one
 (a 12-minute Multi30k run scored 23 test BLEU averaged, 34 with best.pt alone); so when the
-run has a validation split, both are scored the way validation scores (greedy search,
-BLEU), and if the average is worse, the output holds best.pt's weights and the command says so.
+run has a validation split, both are scored as training's validation scores a model
+(lstmmt/validation.py: greedy search of the encoded split, BLEU), and if the average is
+worse, the output holds best.pt's weights and the command says so.
 An average with best.pt's very weights (one checkpoint, the best one) is not scored against itself.
 
 The output is written once, after the comparison, and never replaces what training keeps
@@ -14,19 +15,16 @@ or the run's data, tokenizer or config.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from lstmmt import checkpoint
 from lstmmt.errors import UserError
-from lstmmt.evaluate import read_lines
 from lstmmt.rundir import RunDir, check_output
-from lstmmt.scoring import bleu
-from lstmmt.translator import Translator
+from lstmmt.validation import Validation
 
 
 @dataclass
@@ -83,8 +81,9 @@ def average_checkpoints(run: RunDir, paths: list[Path], target: Path, device: st
         best = checkpoint.load(best_path)
         result.same_as_best = _same_weights(averaged["model"], best["model"])
         if not result.same_as_best:
-            result.averaged_bleu = _average_bleu(run, averaged, device)
-            result.best_bleu = valid_bleu(run, "best", device)
+            validation = Validation.of_checkpoints(run, device)
+            result.averaged_bleu = validation.checkpoint_bleu(averaged, paths[0])  # paths[0] gave its vocabulary
+            result.best_bleu = validation.checkpoint_bleu(best, best_path)
         if result.kept_best:
             kept = {key: best[key] for key in ("config", "vocab", "step", "model") if key in best}
             averaged = kept | {"averaged_from": [], "kept_best_over": [str(p) for p in paths]}
@@ -95,17 +94,3 @@ def average_checkpoints(run: RunDir, paths: list[Path], target: Path, device: st
 def _same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
-
-def _average_bleu(run: RunDir, averaged: dict[str, Any], device: str) -> float:
-    """valid_bleu of an average not written yet, from a temporary copy in the run directory."""
-    with tempfile.TemporaryDirectory(prefix=".average.", dir=run.root) as folder:
-        path = Path(folder) / "averaged.pt"
-        checkpoint.save(path, averaged)
-        return valid_bleu(run, str(path), device)
-
-
-def valid_bleu(run: RunDir, checkpoint_name: str, device: str) -> float:
-    """BLEU of greedy translations of the validation split, as training's validation scores it."""
-    translator = Translator.load(run.root, checkpoint_name, device, beam_size=1, n_best=1)
-    hyps = [t.text for t in translator.translate(read_lines(run.text("valid", "src")))]
-    return bleu(hyps, read_lines(run.text("valid", "tgt")))

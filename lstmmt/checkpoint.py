@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, first_line
 from lstmmt.rundir import RunDir, write_output
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ def load(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for torn zips and refused globals
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load checkpoint {path} (truncated, corrupt or unsafe): {reason}") from None
+        raise UserError(f"cannot load checkpoint {path} (truncated, corrupt or unsafe): {first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise UserError(f"{path} is not an lstmmt checkpoint")
     return payload
@@ -178,9 +177,15 @@ def build_model(config: "Config", tokenizer: "Tokenizer") -> "Seq2Seq":
 
 def load_model(path: Path, tokenizer: "Tokenizer") -> tuple["Seq2Seq", "Config", dict[str, Any]]:
     """Rebuild the model stored in a checkpoint, checking it fits this run's tokenizer."""
+    payload = load(path)
+    model, config = model_of(payload, tokenizer, path)
+    return model, config, payload
+
+
+def model_of(payload: dict[str, Any], tokenizer: "Tokenizer", path: Path) -> tuple["Seq2Seq", "Config"]:
+    """The model of a loaded checkpoint (`path` names it in errors), checked to fit this run's tokenizer."""
     from lstmmt.config import Config
 
-    payload = load(path)
     if payload.get("vocab") != vocab_info(tokenizer):
         raise UserError(
             f"{path} was trained with vocabulary {payload.get('vocab')}, but this run's tokenizer has "
@@ -191,8 +196,8 @@ def load_model(path: Path, tokenizer: "Tokenizer") -> tuple["Seq2Seq", "Config",
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
-        raise UserError(f"{path} does not match the model described by its config: {str(exc).splitlines()[0]}") from None
-    return model, config, payload
+        raise UserError(f"{path} does not match the model described by its config: {first_line(exc)}") from None
+    return model, config
 
 
 def select_for_average(run: RunDir, last: int | None = None, best: int | None = None) -> list[Path]:

@@ -9,7 +9,6 @@ LSTMMT_TRACEBACK=1 in the environment the full traceback instead.
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import functools
 import io
 import json
@@ -24,11 +23,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lstmmt.config import Config, read_yaml
-from lstmmt.errors import UserError, io_error_message
+from lstmmt.config import Config, option_help, read_yaml
+from lstmmt.errors import UserError, first_line, io_error_message
 from lstmmt.rundir import RunDir
 
 if TYPE_CHECKING:
+    from lstmmt.config import DecodeConfig
     from lstmmt.release import Release
     from lstmmt.translator import Translator
 
@@ -41,6 +41,20 @@ app = typer.Typer(
     "all reading and writing one run directory.",
 )
 stdout, stderr = Console(), Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lstmmt import __version__
+
+        print(f"lstmmt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print lstmmt's version and exit.")) -> None:
+    """Options before the command."""
 
 RunArg = typer.Argument(..., help="The run directory shared by all steps.", show_default=False)
 ConfigOpt = typer.Option(None, "--config", help="YAML file with config sections (data, tokenizer, model, train, decode) laid over the run's config.")
@@ -78,8 +92,8 @@ def friendly(command: Callable) -> Callable:
         except Exception as exc:
             if os.environ.get(TRACEBACK_VARIABLE):
                 raise
-            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-            stderr.print(Text.assemble(("internal error: ", "bold red"), f"{type(exc).__name__}: {first_line}"), soft_wrap=True)
+            stderr.print(Text.assemble(("internal error: ", "bold red"), f"{type(exc).__name__}: {first_line(exc)}"),
+                         soft_wrap=True)
             stderr.print(f"This is a bug in lstmmt or a library it uses. Run again with {TRACEBACK_VARIABLE}=1 for the "
                          "full traceback, and please report it.", soft_wrap=True, markup=False)
             raise typer.Exit(1) from None
@@ -118,8 +132,8 @@ def preprocess(
     test_split: str = typer.Option("test", help="With --dataset: the test split (skipped if absent)."),
     streaming: bool = typer.Option(False, "--streaming", help="With --dataset: stream the dataset instead of downloading and converting it "
                                    "whole first (for corpora too large for the disk or memory; hub names and data files)."),
-    vocab_size: Optional[int] = typer.Option(None, help="SentencePiece vocabulary size (tokenizer.vocab_size, default 8000)."),
-    model_type: Optional[str] = typer.Option(None, help="SentencePiece model: unigram or bpe (tokenizer.model_type)."),
+    vocab_size: Optional[int] = typer.Option(None, help=option_help("tokenizer.vocab_size", "Vocabulary size")),
+    model_type: Optional[str] = typer.Option(None, help=option_help("tokenizer.model_type", "SentencePiece model")),
     config_file: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Redo preprocessing of a run that already has it."),
@@ -213,16 +227,17 @@ def relaunch_under_torchrun(nproc: int) -> None:
 CheckpointsOpt = typer.Option(["best"], "--checkpoint", help="best, last, averaged, or a checkpoint path; repeat it for an "
                               "ensemble (mean of the models' log-probabilities; checkpoints of runs that share this run's tokenizer).")
 DeviceOpt = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
-BeamOpt = typer.Option(None, "--beam", help="Beam size, >= 1; 1 is greedy search (decode.beam_size, default 5).")
-LengthPenaltyOpt = typer.Option(None, help="Rank hypotheses by log-probability / length ** this (decode.length_penalty); "
-                                "0 ranks by log-probability alone.")
-PrecisionOpt = typer.Option(None, help="auto, fp32 or bf16 (decode.precision): auto searches in bf16 where the device runs it "
-                            "natively (GPUs, CPUs with AVX512-BF16 or AMX), else fp32.")
-BatchTokensOpt = typer.Option(None, help="Source tokens x beam per batch, >= 1 (decode.batch_tokens).")
+BeamOpt = typer.Option(None, "--beam", help=option_help("decode.beam_size", "Beam size"))
+LengthPenaltyOpt = typer.Option(None, help=option_help("decode.length_penalty", "Rank hypotheses by log-probability / "
+                                                       "length ** this; 0 ranks by log-probability alone"))
+PrecisionOpt = typer.Option(None, help=option_help("decode.precision", "Search precision: auto searches in bf16 where "
+                                                   "the device runs it natively (GPUs, CPUs with AVX512-BF16 or AMX), "
+                                                   "else fp32"))
+BatchTokensOpt = typer.Option(None, help=option_help("decode.batch_tokens", "Source tokens x beam per batch"))
 ShortlistOpt = typer.Option(None, "--shortlist/--no-shortlist", help="Search over the vocabulary shortlist in RUN/shortlist.npz "
                             "(write it with `lstmmt shortlist RUN`): faster on CPUs, may change translations (decode.shortlist).")
-QuantizeOpt = typer.Option(None, "--quantize", help="none or int8 (decode.quantize): int8 weights for the LSTMs and Linear layers, "
-                           "CPU only.")
+QuantizeOpt = typer.Option(None, "--quantize", help=option_help("decode.quantize", "int8: int8 weights for the LSTMs "
+                                                                 "and Linear layers, CPU only"))
 OUTPUT_HELP = ("Output file, FIFO or device; - for stdout (always UTF-8). A file appears only once complete; a symlink "
                "stays a link; an input or a file of the run is refused.")
 DecodeConfigOpt = typer.Option(None, "--config", help="YAML file with a decode section laid over the run's decode settings.")
@@ -240,18 +255,34 @@ def _decode_only(config_file: Optional[Path], overrides: Optional[List[str]]) ->
     return list(overrides or [])
 
 
-def load_translator(doing: str, run_dir: "Path | RunDir | Release", checkpoints: List[str], device: str,
-                    config_file: Optional[Path], overrides: Optional[List[str]], **options: Any) -> "Translator":
-    """The Translator of a command, from a run or a release: its decode settings < --config < --set
-    < the typed options (--beam, ...), all checked by the config; "`doing` on DEVICE in PRECISION" printed."""
-    from lstmmt.release import Release, layout, open_source
+def given(**options: Any) -> dict[str, Any]:
+    """The typed options the user gave (those left out are None)."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def open_model(run_dir: Path) -> tuple["RunDir | Release", Config]:
+    """A command's run directory or release, and its config, read once."""
+    from lstmmt.release import layout, open_source
+
+    source = open_source(run_dir)
+    return source, Config.load(layout(source).config)
+
+
+def command_decode(config: Config, config_file: Optional[Path], overrides: Optional[List[str]],
+                   **options: Any) -> "DecodeConfig":
+    """A command's decode settings, built once: the run's or release's < --config < --set < the typed
+    options (--beam, ...), all checked by the config."""
+    decode = build_config(config, config_file, _decode_only(config_file, overrides)).decode
+    return decode.updated(**given(**options))
+
+
+def load_translator(doing: str, source: "RunDir | Release", checkpoints: List[str], device: str,
+                    decode: "DecodeConfig") -> "Translator":
+    """The Translator of a command, searching with its `decode`; "`doing` on DEVICE in PRECISION" printed."""
     from lstmmt.translate import warn
     from lstmmt.translator import Translator
 
-    source = run_dir if isinstance(run_dir, (RunDir, Release)) else open_source(run_dir)
-    decode = build_config(Config.load(layout(source).config), config_file, _decode_only(config_file, overrides)).decode
-    chosen = {key: value for key, value in options.items() if value is not None}
-    translator = Translator.load(source, checkpoints, device, warn=warn, **(dataclasses.asdict(decode) | chosen))
+    translator = Translator.load(source, checkpoints, device, decode=decode, warn=warn)
     narrowed = f", over the shortlist ({translator.shortlist.summary()})" if translator.shortlist is not None else ""
     stderr.print(f"{doing} on {translator.device} in {translator.precision}{narrowed}", soft_wrap=True, markup=False)
     return translator
@@ -265,8 +296,9 @@ def translate(
                               "Lines are answered as soon as input pauses (an interactive filter)."),
     output: str = typer.Option("-", "--output", "-o", help=OUTPUT_HELP),
     beam: Optional[int] = BeamOpt,
-    n_best: Optional[int] = typer.Option(None, "--n-best", help="Write the K best translations per line (1 <= K <= beam) as "
-                                         "`line ||| text ||| score` (decode.n_best)."),
+    n_best: Optional[int] = typer.Option(None, "--n-best", help=option_help("decode.n_best", "Write the K best "
+                                                                            "translations per line as "
+                                                                            "`line ||| text ||| score`")),
     length_penalty: Optional[float] = LengthPenaltyOpt,
     precision: Optional[str] = PrecisionOpt,
     batch_tokens: Optional[int] = BatchTokensOpt,
@@ -285,9 +317,10 @@ def translate(
     from lstmmt.translate import check_paths, translate_file
 
     check_paths([input], output, RunDir(run_dir))
-    translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
-                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens,
-                                 shortlist=shortlist, quantize=quantize)
+    source, config = open_model(run_dir)
+    decode = command_decode(config, config_file, overrides, beam_size=beam, n_best=n_best, length_penalty=length_penalty,
+                            precision=precision, batch_tokens=batch_tokens, shortlist=shortlist, quantize=quantize)
+    translator = load_translator("Translating", source, checkpoint, device, decode)
     lines = translate_file(translator, input, output, output_format, alignment)
     if output != "-":
         stderr.print(f"Translated {lines:,} lines into {output}", soft_wrap=True, markup=False)
@@ -342,8 +375,9 @@ def score(
     from lstmmt.translate import check_paths, score_file
 
     check_paths([src, tgt], output, RunDir(run_dir))
-    translator = load_translator("Scoring", run_dir, checkpoint, device, config_file, overrides, length_penalty=length_penalty,
-                                 batch_tokens=batch_tokens)
+    source, config = open_model(run_dir)
+    decode = command_decode(config, config_file, overrides, length_penalty=length_penalty, batch_tokens=batch_tokens)
+    translator = load_translator("Scoring", source, checkpoint, device, decode)
     lines = score_file(translator, src, tgt, output)
     if output != "-":
         stderr.print(f"Scored {lines:,} pairs into {output}", soft_wrap=True, markup=False)
@@ -367,7 +401,9 @@ def plot_attention(
     from lstmmt.rundir import check_output
 
     check_output(output, run=RunDir(run_dir))
-    translator = load_translator("Translating", run_dir, checkpoint, device, config_file, overrides, beam_size=beam, n_best=1)
+    source, config = open_model(run_dir)
+    decode = command_decode(config, config_file, overrides, beam_size=beam, n_best=1)
+    translator = load_translator("Translating", source, checkpoint, device, decode)
     translation = translator.translate([sentence], alignment=True)[0]
     if translation.alignment is None:
         raise UserError("the sentence has nothing to translate")
@@ -415,27 +451,17 @@ def serve(
     Needs the serve extra: pip install 'lstmmt[serve]'. SIGTERM stops accepting, answers the
     requests in flight and exits 0.
     """
-    from lstmmt import serve as server
+    from lstmmt.serve import startup
+    from lstmmt.serve.requests import Limits, Model
 
-    limits = server.Limits(max_body, max_sentences, queue_size, batch_sentences, max_beam, batching, timeout, max_connections)
-    server.require_extra()
-    limits.check()
-    server.listen(host, port).close()  # a busy port or unknown host fails before the model loads
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
-    from lstmmt.release import layout, open_source
-
-    source = open_source(run_dir)
-    translator = load_translator("Serving", source, checkpoint, device, config_file, overrides, beam_size=beam, n_best=n_best,
-                                 length_penalty=length_penalty, precision=precision, batch_tokens=batch_tokens,
-                                 shortlist=shortlist, quantize=quantize)
-    config = Config.load(layout(source).config)
-    model = server.Model(config.data.src_lang, config.data.tgt_lang, list(checkpoint))
-    server.serve(translator, model, limits, host, port, shutdown_timeout, access_log, server.stderr_log)
+    limits = Limits(max_body, max_sentences, queue_size, batch_sentences, max_beam, batching, timeout, max_connections)
+    startup.prepare(limits, host, port, shutdown_timeout, threads)
+    source, config = open_model(run_dir)
+    decode = command_decode(config, config_file, overrides, beam_size=beam, n_best=n_best, length_penalty=length_penalty,
+                            precision=precision, batch_tokens=batch_tokens, shortlist=shortlist, quantize=quantize)
+    translator = load_translator("Serving", source, checkpoint, device, decode)
+    model = Model(config.data.src_lang, config.data.tgt_lang, list(checkpoint))
+    startup.serve(translator, model, limits, host, port, shutdown_timeout, access_log, startup.stderr_log)
 
 
 @app.command()
@@ -461,7 +487,8 @@ def evaluate(
     if split is not None:
         if hyp or ref or name:
             raise UserError("use either --split or --hyp/--ref [--name], not both")
-        result = evaluate_split(run, split, checkpoint, device, beam_size=beam, shortlist=shortlist, quantize=quantize)
+        result = evaluate_split(run, split, checkpoint, device, **given(beam_size=beam, shortlist=shortlist,
+                                                                        quantize=quantize))
     elif hyp is not None and ref is not None:
         result = evaluate_files(run, hyp, ref, name=name)
     else:
@@ -536,7 +563,7 @@ def export(
         raise UserError(f"--dtype must be fp32 or bf16, got {dtype!r}")
     run = RunDir(run_dir)
     run.require_checkpoint()
-    decode = build_config(Config.load(run.config), config_file, _decode_only(config_file, overrides)).decode
+    decode = command_decode(Config.load(run.config), config_file, overrides)
     written = write_release(run, output, checkpoint, dtype, decode, license, description)
     stderr.print(f"Wrote the release {written}", soft_wrap=True, markup=False)
 

@@ -3,11 +3,16 @@
 The config is built once (defaults < YAML file < `--set key=value`), validated as a
 whole, and passed down; nothing below reads options from anywhere else. Unknown keys
 and ill-typed values are errors that list what is allowed, never silently dropped.
+
+Each key is declared once, by `setting()` in its dataclass: default, type, help and allowed
+values. The range checks, the defaults quoted in command-line help and the tables of
+docs/config.md (`python -m lstmmt.configdoc`) are all derived from that declaration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import reprlib
 import types
@@ -19,138 +24,240 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, first_line
+
+Bound = int | float | str | None
+"""A range bound: a number, the name of another key of the same section, or None (no bound)."""
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a setting allows, as declared with its field. Numeric bounds are checked by
+    `check_ranges`; `words` describes values checked elsewhere (such as durations)."""
+
+    low: Bound = None
+    high: Bound = None
+    open_low: bool = False  # low itself is not allowed
+    open_high: bool = False  # high itself is not allowed
+    note: str = ""  # read after the bounds, e.g. "(0 = never stop early)"
+    null: str = ""  # what null means, for a setting that may be null
+    words: str = ""  # the allowed values in words, where no bounds check them (durations, devices)
+
+    def admits(self, value: float, section: Any) -> bool:
+        """Whether `value` lies within the bounds (a bound naming a key takes that key's value in
+        `section`); NaN and infinities never do."""
+        low, high = (getattr(section, b) if isinstance(b, str) else b for b in (self.low, self.high))
+        if low is not None and (value <= low if self.open_low else value < low):
+            return False
+        if high is not None and (value >= high if self.open_high else value > high):
+            return False
+        return not (isinstance(value, float) and not math.isfinite(value))  # NaN compares false above
+
+    def describe(self, where: str, section: Any = None) -> str:
+        """The allowed values in words, e.g. "in (0, 1]" or ">= 1 (or null: chosen by the device)";
+        a bound naming a key reads `where.key`, followed by its value in `section` when given."""
+        low, high = (self._bound(b, where, section) for b in (self.low, self.high))
+        if low is not None and high is not None:
+            bounds = f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+        elif low is not None:
+            bounds = f"{'>' if self.open_low else '>='} {low}"
+        elif high is not None:
+            bounds = f"{'<' if self.open_high else '<='} {high}"
+        else:
+            bounds = self.words
+        return " ".join(part for part in (bounds, self.note, self.null and f"(or null: {self.null})") if part)
+
+    @staticmethod
+    def _bound(bound: Bound, where: str, section: Any) -> str | None:
+        if not isinstance(bound, str):
+            return None if bound is None else str(bound)
+        return f"{where}.{bound}" + (f" ({shown(getattr(section, bound))})" if section is not None else "")
+
+
+def setting(default: Any, help: str, *, low: Bound = None, high: Bound = None, above: Bound = None,
+            below: Bound = None, note: str = "", null: str = "", words: str = "") -> Any:
+    """A config field declared once: its default, its help (Markdown, as docs/config.md shows it)
+    and its allowed values: low <= value <= high, above < value < below, with an optional note,
+    the meaning of null, or `words` for values not checked by bounds."""
+    allowed = Allowed(low=low if above is None else above, high=high if below is None else below,
+                      open_low=above is not None, open_high=below is not None, note=note, null=null, words=words)
+    return field(default=default, metadata={"help": help, "allowed": allowed})
+
+
+DURATION = "a duration > 0 such as 90s, 30m, 1.5h, 2d or a number of seconds"
+"""What `parse_duration` reads."""
 
 
 @dataclass
 class DataConfig:
     """What preprocess reads and how it cleans it."""
 
-    src_lang: str = "src"
-    tgt_lang: str = "tgt"
-    max_tokens: int = 200
-    """Pairs with a side longer than this many subword tokens are dropped from training."""
-    max_ratio: float = 3.0
-    """Pairs whose token-length ratio (longer/shorter side) exceeds this are dropped from training."""
+    src_lang: str = setting("src", "source language code (set by `--src-lang`); also the corpus file suffix")
+    tgt_lang: str = setting("tgt", "target language code (set by `--tgt-lang`)")
+    max_tokens: int = setting(200, "training pairs with a side longer than this many subword tokens are dropped",
+                              low=1)
+    max_ratio: float = setting(3.0, "training pairs whose token-length ratio (longer / shorter side) exceeds this "
+                                    "are dropped", low=1)
 
 
 @dataclass
 class TokenizerConfig:
     """SentencePiece settings."""
 
-    vocab_size: int = 8000
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    joint: bool = True
-    """One shared model for both languages (needed for tied source/target embeddings)."""
-    character_coverage: float = 1.0
-    input_sentence_size: int = 1_000_000
-    """SentencePiece samples at most this many sentences per model for training."""
+    vocab_size: int = setting(8000, "pieces per model (set by `--vocab-size`); too large for the data gives an error "
+                                    "with the largest workable size", low=8)
+    model_type: Literal["unigram", "bpe"] = setting("unigram", "SentencePiece's model type (set by `--model-type`)")
+    joint: bool = setting(True, "one model for both languages (`tokenizer/spm.model`; needed for tied source and "
+                                "target embeddings), else `src.model` and `tgt.model`")
+    character_coverage: float = setting(1.0, "share of characters the model must cover (lower, e.g. 0.9995, for "
+                                             "scripts with many rare characters)", above=0, high=1)
+    input_sentence_size: int = setting(1_000_000, "SentencePiece trains on a random sample of at most this many "
+                                                  "sentences per model", low=1)
 
 
 @dataclass
 class ModelConfig:
     """The attentional encoder-decoder; see lstmmt/model.py."""
 
-    embed_size: int = 256
-    hidden_size: int = 512
-    """Decoder hidden size; each encoder direction has hidden_size // 2."""
-    encoder_layers: int = 2
-    decoder_layers: int = 1
-    dropout: float = 0.3
-    """Dropout on embeddings, between LSTM layers and before the output layer."""
-    attention: Literal["luong", "dot", "bahdanau"] = "luong"
-    input_feeding: bool = False
-    """Feed the previous attentional state into the decoder LSTM (slower: the decoder runs step by step)."""
-    tie_embeddings: bool = True
-    """Share target embeddings with the output layer (and source embeddings too when the tokenizer is joint)."""
-    init: Literal["uniform", "pytorch"] = "uniform"
-    """Initial weights: every parameter from U(-init_range, init_range), as OpenNMT-py does (learns much faster early on), or PyTorch's per-layer defaults (embeddings N(0, 1/embed_size))."""
-    init_range: float = 0.1
-    """r of `init: uniform`."""
+    embed_size: int = setting(256, "embedding size", low=1)
+    hidden_size: int = setting(512, "decoder size and encoder output size (each encoder direction has half)",
+                               low=2, note="and even")
+    encoder_layers: int = setting(2, "bidirectional LSTM layers of the encoder", low=1)
+    decoder_layers: int = setting(1, "LSTM layers of the decoder", low=1)
+    dropout: float = setting(0.3, "on embeddings, between LSTM layers, on LSTM outputs and before the output layer",
+                             low=0, below=1)
+    attention: Literal["luong", "dot", "bahdanau"] = setting(
+        "luong", "`luong` (general, bilinear), `dot`, or `bahdanau` (MLP)")
+    input_feeding: bool = setting(False, "feed the previous attentional state into the decoder; the decoder then runs "
+                                         "step by step in training (slower)")
+    tie_embeddings: bool = setting(True, "the output layer shares the target embeddings; with a joint tokenizer source "
+                                         "and target embeddings are shared too")
+    init: Literal["uniform", "pytorch"] = setting(
+        "uniform", "initial weights: `uniform` (every parameter from U(-init_range, init_range), as OpenNMT-py does) "
+        "or `pytorch` (each layer's PyTorch default; embeddings N(0, 1/embed_size)). `uniform` learns much faster "
+        "early on: Multi30k val BLEU 22.7 vs 10.6 at step 400, test BLEU 37.1 vs 34.3 after 12 minutes "
+        "(docs/results.md). Runs made before this key existed used `pytorch`")
+    init_range: float = setting(0.1, "r of `init: uniform`", above=0)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
-    seed: int = 1
-    batch_tokens: Optional[int] = None
-    """Token budget per batch (padded tokens: longest side + 1, times sentences); null: chosen by the device when training starts (4,096 on a CPU, 16,384 on a GPU) and recorded in config.yaml."""
-    window_sentences: int = 1_000_000
-    """Sentences read, sorted by length and batched together; memory grows with this, not the corpus."""
-    lr: float = 1e-3
-    warmup_steps: int = 500
-    lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "budget"] = "plateau"
-    """After warm-up: keep lr, decay with 1/sqrt(step), halve on a validation BLEU plateau, or (budget) decay linearly to lr_min at the end of the budget (max_time or max_steps, whichever is nearer)."""
-    decay_share: float = 1.0
-    """With lr_schedule budget: the final share of the budget over which the rate decays to lr_min; before it the rate holds at lr (1.0: decay from the start; 0.3: warm-up, stable, then decay over the last 30%)."""
-    lr_decay_factor: float = 0.5
-    lr_min: float = 1e-5
-    clip_norm: float = 1.0
-    label_smoothing: float = 0.1
-    max_steps: int = 100_000
-    max_epochs: int = 1000
-    max_time: Optional[str] = None
-    """Wall-clock budget such as 30m, 2h or 90s; training validates and stops when it is spent."""
-    valid_every: int = 1000
-    valid_every_time: Optional[str] = None
-    """Also validate when this much training time (e.g. 5m) has passed since the last validation, so a slow machine still validates often enough."""
-    patience: int = 10
-    """Stop after this many validations without a better validation BLEU (0 = never)."""
-    keep_checkpoints: int = 5
-    """How many step-N.pt files to keep besides last.pt and best.pt."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 where the device runs it natively (CUDA GPUs with bf16 units, CPUs with AVX512-BF16 or AMX), else fp32; bf16 runs the model under autocast."""
-    log_every: int = 100
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
+    seed: int = setting(1, "seeds initialisation, dropout and the batch order", low=0, high=2**32 - 1)
+    batch_tokens: Optional[int] = setting(
+        None, "padded tokens per batch (longest side + 1, times sentences); null: the device chooses when training "
+        "starts (4,096 on a CPU, 16,384 on a GPU) and the choice is written into `config.yaml`, so a resumed run keeps "
+        "it on any device", low=1, null="chosen by the device")
+    window_sentences: int = setting(
+        1_000_000, "sentences read, sorted by length and cut into batches together: training reads the corpus window "
+        "by window (blocks of 1,000 consecutive sentences, shuffled each epoch and dealt into windows), so its memory "
+        "grows with this, not with the corpus (~50 bytes a sentence); a corpus smaller than one window is batched "
+        "whole. Larger windows mean less padding and more thorough shuffling", low=1)
+    lr: float = setting(1e-3, "Adam learning rate after warm-up", above=0)
+    warmup_steps: int = setting(500, "linear warm-up from 0", low=0)
+    lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "budget"] = setting(
+        "plateau", "after warm-up: `constant`, `inverse_sqrt` (lr * sqrt(warmup / step)), `plateau` (multiply by "
+        "`lr_decay_factor` after each validation without a better BLEU), or `budget`: linear decay from `lr` to "
+        "`lr_min` over (the last `decay_share` of) the training budget, measured as the larger of step / `max_steps` "
+        "and training time / `max_time` (time of all resumed sessions counts), so a short run ends on a low rate; "
+        "warm-up ends after `warmup_steps` or 5% of the budget, whichever comes first")
+    decay_share: float = setting(
+        1.0, "with `budget`: the final share of the budget over which the rate decays to `lr_min`; before it the rate "
+        "holds at `lr`. 1.0 decays from the start (linear decay); 0.3 holds the peak for 70% of the budget and decays "
+        "over the last 30% (warm-up, stable, decay)", above=0, high=1)
+    lr_decay_factor: float = setting(0.5, "plateau decay factor", above=0, high=1)
+    lr_min: float = setting(1e-5, "plateau floor; where `budget` ends", low=0)
+    clip_norm: float = setting(1.0, "gradient norm clipping", above=0)
+    label_smoothing: float = setting(0.1, "label-smoothed cross-entropy", low=0, below=1)
+    max_steps: int = setting(100_000, "stop after this many updates (`--max-steps`)", low=1)
+    max_epochs: int = setting(1000, "stop after this many passes over the data", low=1)
+    max_time: Optional[str] = setting(
+        None, "training-time budget (`--max-time`), summed over resumed sessions; training validates and stops when "
+        "it is spent", words=DURATION, null="no limit")
+    valid_every: int = setting(1000, "validate (loss, perplexity, greedy BLEU) and save checkpoints every this many "
+                                     "steps", low=1)
+    valid_every_time: Optional[str] = setting(
+        None, "also validate when this much training time (e.g. `5m`) has passed since the last validation, so a slow "
+        "machine validates often enough to pick a good checkpoint; each validation's cost is logged as `seconds` in "
+        "`metrics.jsonl`", words=DURATION, null="by steps only")
+    patience: int = setting(10, "stop after this many validations without a better BLEU", low=0,
+                            note="(0 = never stop early)")
+    keep_checkpoints: int = setting(5, "`step-N.pt` files kept besides `last.pt` and `best.pt`", low=0)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "`auto` trains in bf16 where the device runs it natively (CUDA GPUs with bf16 units; CPUs whose oneDNN "
+        "has bf16 LSTM kernels: AVX512-BF16 or AMX), else in fp32, decided by a tiny bf16 LSTM step at start-up (see "
+        "below); `bf16` runs the forward pass under bf16 autocast and is refused with one line where the device "
+        "cannot train in it. Also the precision of validation search")
+    log_every: int = setting(100, "steps between lines in `logs/metrics.jsonl` and progress updates", low=1)
+    device: str = setting("auto", "CUDA when available, else the CPU (`--device`)", words="auto, cpu, cuda or cuda:N")
+    threads: int = setting(0, "CPU threads for PyTorch", low=0, note="(0 = torch's default)")
+
+    @functools.cached_property
+    def max_time_seconds(self) -> float:
+        """max_time in seconds (inf: no limit), parsed once: the schedule reads it every step."""
+        return parse_duration(self.max_time) if self.max_time is not None else math.inf
+
+    @functools.cached_property
+    def valid_every_seconds(self) -> float:
+        """valid_every_time in seconds (inf: validation by steps only), parsed once."""
+        return parse_duration(self.valid_every_time) if self.valid_every_time is not None else math.inf
 
 
 @dataclass
 class DecodeConfig:
     """Search settings for validation, translate, score and the Translator API."""
 
-    beam_size: int = 5
-    """1 is greedy search."""
-    n_best: int = 1
-    """Hypotheses returned per sentence, best first (1 to beam_size)."""
-    length_penalty: float = 1.0
-    """Hypothesis score = log-probability / length ** length_penalty."""
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    """Outputs stop at max_len_a * source_length + max_len_b tokens."""
-    batch_tokens: Optional[int] = None
-    """Source-token budget per translation batch (times the beam size inside search); null: chosen by the device (8,000 on a CPU, 32,768 on a GPU)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 where the device runs it natively, else fp32. bf16 searches in bf16 (weights cast once on CPU, autocast on GPUs); see docs/performance.md for its BLEU cost."""
-    max_source_tokens: int = 250
-    """Longer inputs are truncated at translation time, with a warning."""
-    shortlist: bool = False
-    """Search over a vocabulary shortlist (RUN/shortlist.npz, written by `lstmmt shortlist RUN`): the output layer covers only the target pieces the batch's source pieces allow, which is faster on CPUs and may change translations. Read by Translator.load."""
-    quantize: Literal["none", "int8"] = "none"
-    """int8: dynamic int8 quantisation of the LSTMs and Linear layers for CPU search (fp32 activations; not on GPUs). Read by Translator.load."""
-    workers: Optional[int] = None
-    """Batches searched at once on a CPU, each by its own thread with an equal share of torch's threads; null: one per torch thread (never more than there are batches). Translations do not change. GPUs search one batch at a time."""
+    beam_size: int = setting(5, "beam size (`--beam`)", low=1, note="(1 is greedy search)")
+    n_best: int = setting(1, "hypotheses kept per sentence, best first (`--n-best`): `translate` writes "
+                             "`line ||| text ||| score` rows, `--format jsonl` an `n_best` list",
+                          low=1, high="beam_size")
+    length_penalty: float = setting(
+        1.0, "hypothesis score = log-probability / length ** length_penalty (`--length-penalty`; beyond its range "
+        "length ** length_penalty overflows); 0 ranks by log-probability alone, larger values favour longer outputs, "
+        "negative ones shorter; length counts EOS; `score` reports the same normalised score", low=-10, high=10)
+    max_len_a: float = setting(1.5, "outputs stop at `max_len_a * source_length + max_len_b` tokens (EOS included, "
+                                    "at least 1)", low=0, high=100)
+    max_len_b: int = setting(10, "see `max_len_a`", low=0, high=10_000)
+    batch_tokens: Optional[int] = setting(
+        None, "source tokens x beam per translation batch (`--batch-tokens`); `score` counts the longer side; null: "
+        "chosen by the device (8,000 on a CPU, 32,768 on a GPU)", low=1, null="the device's default")
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "search precision (`--precision`): `auto` as for `train.precision` (see below); `bf16` casts the "
+        "weights to bf16 once on CPU (emulated, and slower, on CPUs without bf16 units, which the command says) and "
+        "uses autocast on GPUs; the command prints its choice; validation during training follows `train.precision`")
+    max_source_tokens: int = setting(
+        250, "longer inputs are truncated, with a warning naming the line. `translate` and `score` also read at most "
+        "64 bytes per token of an input line (16,000 by default) and skip the rest, so memory stays bounded. Runs made "
+        "before it moved here kept it as `model.max_source_tokens`: such config.yaml files and checkpoints still load, "
+        "the value moved to `decode`", low=1)
+    shortlist: bool = setting(
+        False, "search over the vocabulary shortlist `RUN/shortlist.npz` (`--shortlist`; write it with `lstmmt "
+        "shortlist RUN`, see below): each batch's output layer, log-softmax and top-k cover only the target pieces its "
+        "source pieces allow, which is faster on CPUs and may change translations. A missing file is one error naming "
+        "the command. Forced decoding (`score`, alignments) keeps the full vocabulary. Read by `translate`, `serve`, "
+        "`evaluate --split` and `Translator.load`; validation during training (a Translator built around the "
+        "in-memory model) searches the full vocabulary")
+    quantize: Literal["none", "int8"] = setting(
+        "none", "`int8` (`--quantize int8`): dynamic int8 quantisation (`torch.ao.quantization.quantize_dynamic`) of "
+        "the LSTMs and Linear layers for CPU search, activations in fp32 (so `precision` must be `auto` or `fp32`; "
+        "`auto` then means fp32). On a GPU it is refused. The tied output projection (the default, "
+        "`model.tie_embeddings: true`) multiplies by the embedding matrix and stays fp32; with untied embeddings the "
+        "output Linear is int8 too. Works with `shortlist`. Read by the same commands as `shortlist`")
+    workers: Optional[int] = setting(
+        None, "batches searched at once on a CPU (`--set decode.workers=N`), each by its own thread with an equal "
+        "share of torch's CPU threads (`OMP_NUM_THREADS`, `serve --threads`); null: one per torch thread, never more "
+        "than there are batches, so a short input still gets every thread. Translations do not change (the same "
+        "batches, searched alike). Search does small serial work between its matrix products (top-k, bookkeeping, "
+        "copies); on a 2-core CPU two batches on one thread each searched 1.12-1.17x faster than one batch on two "
+        "threads (docs/performance.md). On a GPU always 1. Validation during training uses it too",
+        low=1, null="one per CPU thread")
 
     def check(self) -> None:
-        """Each setting's allowed range, named with its key (UserError otherwise). The length
-        settings are bounded so search's arithmetic stays finite: length ** length_penalty for
-        any output length, and max_len_a * source length + max_len_b as a token count."""
-        checks = [
-            (self.beam_size >= 1, "decode.beam_size must be an integer >= 1 (1 is greedy search)", self.beam_size),
-            (1 <= self.n_best <= self.beam_size, f"decode.n_best must be between 1 and decode.beam_size ({self.beam_size})", self.n_best),
-            (-10 <= self.length_penalty <= 10, "decode.length_penalty must be a number in [-10, 10]", self.length_penalty),
-            (0 <= self.max_len_a <= 100, "decode.max_len_a must be a number in [0, 100]", self.max_len_a),
-            (0 <= self.max_len_b <= 10_000, "decode.max_len_b must be an integer in [0, 10000]", self.max_len_b),
-            (self.batch_tokens is None or self.batch_tokens >= 1, "decode.batch_tokens must be an integer >= 1 (or null: the device's default)", self.batch_tokens),
-            (self.max_source_tokens >= 1, "decode.max_source_tokens must be an integer >= 1", self.max_source_tokens),
-            (self.workers is None or self.workers >= 1, "decode.workers must be an integer >= 1 (or null: one per CPU thread)", self.workers),
-        ]
-        for ok, message, value in checks:
-            if not ok:  # NaN fails every comparison
-                raise UserError(f"{message}, got {shown(value)}")
+        """Each setting within its declared range, named with its key (UserError otherwise). The
+        length settings are bounded so search's arithmetic stays finite: length ** length_penalty
+        for any output length, and max_len_a * source length + max_len_b as a token count."""
+        check_ranges(self, "decode")
 
     def updated(self, **values: Any) -> "DecodeConfig":
         """These settings with `values` (decode keys) replaced, each type- and range-checked."""
@@ -166,6 +273,8 @@ class DecodeConfig:
 
 @dataclass
 class Config:
+    """A run's whole configuration, one dataclass per section; what config.yaml holds."""
+
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -174,16 +283,14 @@ class Config:
 
     def validate(self) -> "Config":
         """Range and cross-field checks, run before any data is touched or any file written."""
-        for section in (self.data, self.tokenizer, self.model, self.train):
-            _check_ranges(section)
+        for name in ("data", "tokenizer", "model", "train"):
+            check_ranges(getattr(self, name), name)
         if self.model.hidden_size % 2:
             raise UserError("model.hidden_size must be even (each encoder direction gets half), "
                             f"got {shown(self.model.hidden_size)}")
         self._check_model_size()
         self.decode.check()
-        for duration in (self.train.max_time, self.train.valid_every_time):
-            if duration is not None:
-                parse_duration(duration)
+        _ = self.train.max_time_seconds, self.train.valid_every_seconds  # parsed here, once: a bad one fails now
         return self
 
     def _check_model_size(self) -> None:
@@ -267,57 +374,55 @@ INF = float("inf")
 MAX_PARAMETERS = 2_000_000_000
 """The largest model a config may describe: 8 GB of fp32 weights, 32 GB with Adam's state; an
 LSTM translation model this large is a typo in a size, not a plan."""
-RANGES: dict[str, tuple[float, float, str]] = {
-    # key: (low, high, how the bounds read); None values (optional fields) are not checked
-    "data.max_tokens": (1, INF, ">= 1"),
-    "data.max_ratio": (1, INF, ">= 1"),
-    "tokenizer.vocab_size": (8, INF, ">= 8"),
-    "tokenizer.character_coverage": (0, 1, "in (0, 1]"),
-    "tokenizer.input_sentence_size": (1, INF, ">= 1"),
-    "model.embed_size": (1, INF, ">= 1"),
-    "model.hidden_size": (2, INF, ">= 2 and even"),
-    "model.encoder_layers": (1, INF, ">= 1"),
-    "model.decoder_layers": (1, INF, ">= 1"),
-    "model.dropout": (0, 1, "in [0, 1)"),
-    "model.init_range": (0, INF, "> 0"),
-    "train.seed": (0, 2**32 - 1, "in [0, 4294967295]"),
-    "train.batch_tokens": (1, INF, ">= 1 (or null: chosen by the device)"),
-    "train.window_sentences": (1, INF, ">= 1"),
-    "train.lr": (0, INF, "> 0"),
-    "train.warmup_steps": (0, INF, ">= 0"),
-    "train.decay_share": (0, 1, "in (0, 1]"),
-    "train.lr_decay_factor": (0, 1, "in (0, 1]"),
-    "train.lr_min": (0, INF, ">= 0"),
-    "train.clip_norm": (0, INF, "> 0"),
-    "train.label_smoothing": (0, 1, "in [0, 1)"),
-    "train.max_steps": (1, INF, ">= 1"),
-    "train.max_epochs": (1, INF, ">= 1"),
-    "train.valid_every": (1, INF, ">= 1"),
-    "train.patience": (0, INF, ">= 0 (0 = never stop early)"),
-    "train.keep_checkpoints": (0, INF, ">= 0"),
-    "train.log_every": (1, INF, ">= 1"),
-    "train.threads": (0, INF, ">= 0 (0 = torch's default)"),
-}
-"""The allowed range of every numeric field of the data, tokenizer, model and train sections:
-the one place they are checked, so --set, --config, config.yaml and command-line options such
-as --max-steps all meet the same check before anything is written."""
-_OPEN_LOW = {"tokenizer.character_coverage", "model.init_range", "train.lr", "train.decay_share", "train.lr_decay_factor", "train.clip_norm"}
-_OPEN_HIGH = {"model.dropout", "train.label_smoothing"}
 
 
-def _check_ranges(section: Any) -> None:
-    name = {DataConfig: "data", TokenizerConfig: "tokenizer", ModelConfig: "model", TrainConfig: "train"}[type(section)]
+def check_ranges(section: Any, name: str) -> None:
+    """Each numeric setting of config section `section` (called `name`) within the range its field
+    declares: the one place ranges are checked, so --set, --config, config.yaml and command-line
+    options such as --max-steps all meet the same check before anything is written. None values
+    (optional fields) are not checked."""
+    hints = typing.get_type_hints(type(section))
     for item in dataclasses.fields(section):
-        key, value = f"{name}.{item.name}", getattr(section, item.name)
-        if value is None or isinstance(value, (str, bool)):
+        allowed, value = item.metadata["allowed"], getattr(section, item.name)
+        if value is None or isinstance(value, (str, bool)) or allowed.admits(value, section):
             continue
-        if key not in RANGES:
-            raise AssertionError(f"numeric config field {key} has no range in config.RANGES")
-        low, high, allowed = RANGES[key]
-        too_low = value <= low if key in _OPEN_LOW else value < low
-        too_high = value >= high if key in _OPEN_HIGH else value > high
-        if too_low or too_high or (isinstance(value, float) and not math.isfinite(value)):  # NaN compares false
-            raise UserError(f"{key} must be {allowed}, got {shown(value)}")
+        kind = "an integer" if _inner(hints[item.name]) is int else "a number"
+        raise UserError(f"{name}.{item.name} must be {kind} {allowed.describe(name, section)}, got {shown(value)}")
+
+
+def _inner(hint: Any) -> Any:
+    """The type of an Optional[...] hint's value; other hints as they are."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def declaration(key: str) -> tuple[dataclasses.Field, Any]:
+    """The field that declares config `key` (section.name) and its type hint."""
+    section, _, name = key.partition(".")
+    cls = typing.get_type_hints(Config)[section]
+    return next(item for item in dataclasses.fields(cls) if item.name == name), typing.get_type_hints(cls)[name]
+
+
+def allowed_text(key: str) -> str:
+    """The values config `key` allows, in words: its choices, its range, or the format it takes."""
+    item, hint = declaration(key)
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(typing.get_args(hint))
+    return item.metadata["allowed"].describe(key.partition(".")[0])
+
+
+def default_text(key: str) -> str:
+    """The default of config `key` as config.yaml writes it (null, true, 0.001, unigram)."""
+    value = declaration(key)[0].default
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def option_help(key: str, text: str) -> str:
+    """Help for a command-line option that sets config `key`: `text`, then the key, its allowed
+    values and its default as the key's declaration states them."""
+    allowed = allowed_text(key)
+    return f"{text} ({key}: {allowed + '; ' if allowed else ''}default {default_text(key)})."
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -375,7 +480,7 @@ def _read_text(path: Path) -> str:
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """One line for a YAML error: the problem and where, without PyYAML's multi-line snippet."""
-    problem = cut(getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0])
+    problem = cut(getattr(exc, "problem", None) or first_line(exc))
     mark = getattr(exc, "problem_mark", None)
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
@@ -441,8 +546,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(value, inner[0], key)
+        return _check_type(value, _inner(hint), key)
     if origin is Literal:
         if value not in args:
             raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {shown(value)}")

@@ -79,12 +79,12 @@ class Restricted:
     Search runs in positions of `ids` and never knows: the log-probabilities have V' columns,
     and the tokens it feeds back are positions, mapped to full ids here for the embedding.
     The specials lead `ids` (lstmmt/shortlist.py), so BOS and EOS are their own positions.
-    The output weight and bias are sliced once per batch (model.output_rows), not per step.
+    The output weight and bias are sliced once per batch (model.output_layer.rows), not per step.
     """
 
     def __init__(self, model: Seq2Seq, ids: Tensor):
         self.model, self.ids = model, ids
-        self.rows = model.output_rows(ids)
+        self.rows = model.output_layer.rows(ids)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Any, Any]:
         return self.model.encode(src, src_lengths)
@@ -104,19 +104,19 @@ def restricted(model: StepModel, ids: Tensor) -> StepModel:
     raise TypeError(f"a vocabulary shortlist needs Seq2Seq models (or an Ensemble of them), not {type(model).__name__}")
 
 
-def search_batch(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig,
+def search_batch(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig,
                  shortlist: Optional[Shortlist] = None) -> list[list[Hypothesis]]:
     """search() of one batch; with a shortlist, over the target ids it allows for this batch's
     source pieces (the one place search is narrowed), and the hypotheses' tokens mapped back to full ids."""
     if shortlist is None:
-        return search(model, src, src_lengths, options)
+        return search(model, src, src_lengths, decode)
     ids = shortlist.allowed(src)
-    found = search(restricted(model, ids), src, src_lengths, options)
+    found = search(restricted(model, ids), src, src_lengths, decode)
     full = ids.tolist()
     return [[replace(hyp, tokens=[full[t] for t in hyp.tokens]) for hyp in hyps] for hyps in found]
 
 
-def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], options: DecodeConfig, device: torch.device,
+def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], decode: DecodeConfig, device: torch.device,
                   precision: str, shortlist: Optional[Shortlist] = None) -> list[list[Hypothesis]]:
     """Search every sentence (source ids without EOS); results in input order.
 
@@ -126,27 +126,27 @@ def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], options: De
     the batches are shared among decode.workers threads (`search_workers`).
     """
     lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
-    budget = options.batch_tokens or default_batch_tokens(device, training=False)
-    batches = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // options.beam_size))
+    budget = decode.batch_tokens or default_batch_tokens(device, training=False)
+    batches = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // decode.beam_size))
 
     def search_one(indices: np.ndarray) -> list[list[Hypothesis]]:
         batch = collate(indices, sentences).to(device)
         with autocast(device, precision):
-            return search_batch(model, batch.src, batch.src_lengths, options, shortlist)
+            return search_batch(model, batch.src, batch.src_lengths, decode, shortlist)
 
     results: list[list[Hypothesis]] = [[] for _ in sentences]
-    for indices, found in zip(batches, in_threads(search_one, batches, search_workers(options, device, len(batches)))):
+    for indices, found in zip(batches, in_threads(search_one, batches, search_workers(decode, device, len(batches)))):
         for index, hyps in zip(indices, found):
             results[index] = hyps
     return results
 
 
-def search_workers(options: DecodeConfig, device: torch.device, batches: int) -> int:
+def search_workers(decode: DecodeConfig, device: torch.device, batches: int) -> int:
     """How many batches to search at once: decode.workers, by default one per torch CPU thread;
     never more than there are batches, and one on a GPU (its kernels fill it from one thread)."""
     if device.type != "cpu":
         return 1
-    return max(1, min(options.workers or torch.get_num_threads(), batches))
+    return max(1, min(decode.workers or torch.get_num_threads(), batches))
 
 
 T = TypeVar("T")
@@ -183,13 +183,14 @@ class Forced:
     attention: Optional[np.ndarray]  # (T+1, S+1) weights over source tokens and EOS, when asked for
 
 
-def force_corpus(model: StepModel, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], options: DecodeConfig,
+def force_corpus(model: StepModel, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], decode: DecodeConfig,
                  device: torch.device, precision: str, attention_of: Sequence[Seq2Seq] = ()) -> list[Forced]:
     """Teacher-forced step log-probabilities of each target (ids without BOS/EOS) given its
     source, in input order; with `attention_of`, also the mean attention of those models."""
     lengths = np.array([max(len(s), len(t)) + 1 for s, t in zip(sources, targets)], dtype=np.int64)
+    budget = decode.batch_tokens or default_batch_tokens(device, training=False)
     results: list[Optional[Forced]] = [None] * len(sources)
-    for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, options.batch_tokens or default_batch_tokens(device, training=False)):
+    for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, budget):
         batch = collate(indices, sources, targets).to(device)
         with autocast(device, precision), recording_attention(attention_of) as attention:
             log_probs = forced_log_probs(model, batch.src, batch.src_lengths, batch.tgt_out)

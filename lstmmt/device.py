@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,8 +122,7 @@ def _bf16_problem(device_type: str, index: int | None) -> str:
     try:
         _bf16_lstm_step(device)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"a bf16 LSTM step fails on {device_type} ({first_line[:120]})"
+        return f"a bf16 LSTM step fails on {device_type} ({first_line(exc, 120)})"
     return ""
 
 

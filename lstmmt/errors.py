@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can fix.
 
-The CLI prints its message on one line and exits non-zero; an OSError (disk full, read-only, no permission) becomes one line
-from io_error_message; anything else is a bug.
+The CLI prints its message on one line and exits non-zero; an OSError (disk full, read-only, no
+permission) becomes one line from io_error_message; anything else is a bug.
 """
 
 import errno
@@ -28,6 +28,12 @@ def io_error_message(exc: OSError) -> str:
     cause = exc.strerror or str(exc)
     advice = _IO_ADVICE.get(exc.errno or 0)
     return f"cannot write or read {path}: {cause}" + (f"; {advice}" if advice else "")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to `limit` characters, for a one-line report
+    (library messages can run to many lines); the exception's type name when it has no message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
 
 
 @contextmanager

@@ -39,7 +39,8 @@ def read_lines(path: Path) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: Optional[str] = None, name: Optional[str] = None) -> dict[str, Any]:
+def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: Optional[str] = None,
+                   name: Optional[str] = None) -> dict[str, Any]:
     """Score hyp against ref and save the result: scores/split-SPLIT.json for a stored split,
     else scores/NAME.json, NAME given or derived from the whole hypothesis path (RunDir.hyp_score).
     A named file holding another hypothesis's score is never replaced, nor is either input; the
@@ -65,7 +66,8 @@ def _refuse_other_hypothesis(target: Path, hyp: Path) -> None:
 def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, **overrides: Any) -> dict[str, Any]:
     """Score a stored split, translating its source first unless a translation with the same
     options exists and is newer than the checkpoint and shortlist it came from (see
-    `split_hypothesis`); `overrides` are decode settings (beam_size, shortlist, quantize)."""
+    `split_hypothesis`); `overrides` are decode settings (beam_size, shortlist, quantize) laid
+    over the run's, read from its config once."""
     run.require_preprocessed()
     source, reference = run.text(split, "src"), run.text(split, "tgt")
     if not source.exists():
@@ -73,15 +75,16 @@ def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, *
         if split not in ("valid", "test"):
             raise UserError(f"unknown split {split!r}: --split takes valid or test (stored in {run.root}: "
                             f"{', '.join(stored) or 'none'}), or score a file with --hyp/--ref")
-        raise UserError(f"{run.root} has no stored {split} split: preprocess with --{split} PREFIX to store one, or use --hyp/--ref")
-    overrides = {key: value for key, value in overrides.items() if value is not None}
+        raise UserError(f"{run.root} has no stored {split} split: preprocess with --{split} PREFIX to store one, "
+                        "or use --hyp/--ref")
     run_decode = Config.load(run.config).decode
     decode = run_decode.updated(**overrides)
     hyp = split_hypothesis(run, split, checkpoint_name, decode, run_decode.beam_size)
     inputs = [checkpoints.resolve(run, checkpoint_name), *([run.shortlist] if decode.shortlist else [])]
     if not _newer_than(hyp, inputs):
-        translator = Translator.load(run.root, checkpoint_name, device, warn=warn, **overrides)
-        stderr.print(Text(f"Translating the {split} split into {hyp} on {translator.device} in {translator.precision}"), soft_wrap=True)
+        translator = Translator.load(run.root, checkpoint_name, device, decode=decode, warn=warn)
+        stderr.print(Text(f"Translating the {split} split into {hyp} on {translator.device} in {translator.precision}"),
+                     soft_wrap=True)
         translate_file(translator, str(source), str(hyp))
     return evaluate_files(run, hyp, reference, split) | {"checkpoint": checkpoint_name}
 
@@ -98,7 +101,8 @@ def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, decode: Deco
     (what `translate --checkpoint best` writes there in the recipes), else
     SPLIT.CHECKPOINT.beamK[.shortlist][.int8].hyp, so a translation made with other options
     is never scored in place of the one asked for."""
-    variant = "".join(f".{tag}" for tag, used in (("shortlist", decode.shortlist), ("int8", decode.quantize == "int8")) if used)
+    tags = (("shortlist", decode.shortlist), ("int8", decode.quantize == "int8"))
+    variant = "".join(f".{tag}" for tag, used in tags if used)
     if checkpoint_name == "best" and decode.beam_size == run_beam_size and not variant:
         return run.translations / f"{split}.hyp"
     return run.translations / f"{split}.{Path(checkpoint_name).stem}.beam{decode.beam_size}{variant}.hyp"

@@ -55,12 +55,16 @@ class DecoderState(NamedTuple):
 
 class OutputRows(NamedTuple):
     """The output layer cut down to some target ids (a batch's vocabulary shortlist,
-    lstmmt/shortlist.py), sliced once per batch rather than at every step."""
+    lstmmt/shortlist.py), sliced once per batch rather than at every step (`OutputLayer.rows`)."""
 
     ids: Tensor  # (V',) sorted full-vocabulary target ids
     weight: Optional[Tensor]  # (V', E or H) their rows of the output weight (None with int8)
     bias: Optional[Tensor]  # (V',)
     int8: Optional[nn.Module] = None  # with an int8 output layer: its rows as an int8 Linear of their own
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Output-layer inputs (..., E or H) -> logits over ids (..., V')."""
+        return self.int8(x) if self.int8 is not None else F.linear(x, self.weight, self.bias)
 
 
 class Attention(nn.Module):
@@ -151,7 +155,8 @@ class StackedLSTM(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, layers: int, dropout: float):
         super().__init__()
         self.dropout = Dropout(dropout)
-        self.layers = nn.ModuleList(LSTM(input_size if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(layers))
+        sizes = [input_size] + [hidden_size] * (layers - 1)
+        self.layers = nn.ModuleList(LSTM(size, hidden_size, batch_first=True) for size in sizes)
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, in), h and c (layers, B, H) -> top layer outputs (B, T, H) and the new h, c."""
@@ -217,7 +222,76 @@ class BiLSTMEncoder(nn.Module):
         return x, torch.cat([last_forward, last_backward], dim=-1)
 
 
+class OutputLayer:
+    """Attentional states (..., H) -> logits over the target vocabulary, or over a batch's shortlist.
+
+        tied (the default): logits = pre_output(dropout(x)) @ tgt_embed.weight.T + output_bias
+        untied:             logits = output(dropout(x))
+
+    pre_output projects H down to E (nn.Identity when they are equal); `output` is a Linear
+    H -> V of its own. quantize.py makes both int8, like every Linear of the model; an int8
+    `output` (`Int8Linear`) has no float weight, so its products, over a shortlist's rows too,
+    run its int8 kernel. Training takes the same inputs and weights into the fused loss (`loss`).
+
+    The parameters are the model's, under the names checkpoints and releases store them by
+    (output_bias, pre_output.weight; output.weight, output.bias), and this view reads them from
+    the model when called, so the Linears quantize.py swaps into the model are the ones used.
+    """
+
+    def __init__(self, model: "Seq2Seq"):
+        self.model = model
+        self.tied = model.config.tie_embeddings
+
+    @property
+    def int8(self) -> bool:
+        """Whether the untied output Linear is an int8 one, which has no float weight to multiply or slice."""
+        return not self.tied and not isinstance(self.model.output, nn.Linear)
+
+    def inputs(self, attentional: Tensor) -> Tensor:
+        """What the weight multiplies: the attentional states after dropout, projected to E when tied."""
+        x = self.model.dropout(attentional)
+        return self.model.pre_output(x) if self.tied else x
+
+    def weights(self) -> tuple[Tensor, Tensor]:
+        """The float output weight (V, E or H) and bias (V,)."""
+        if self.tied:
+            return self.model.tgt_embed.weight, self.model.output_bias
+        return self.model.output.weight, self.model.output.bias
+
+    def __call__(self, attentional: Tensor, rows: Optional[OutputRows] = None) -> Tensor:
+        """Logits over every target id (..., V), or over rows.ids only (..., V')."""
+        x = self.inputs(attentional)
+        if rows is not None:
+            return rows.logits(x)
+        return self.model.output(x) if self.int8 else F.linear(x, *self.weights())
+
+    @torch.no_grad()
+    def rows(self, ids: Tensor) -> OutputRows:
+        """The output layer restricted to the sorted target ids `ids`; for search only, so no
+        gradient reaches the sliced copies. An int8 output Linear gives an int8 Linear of its
+        rows `ids` (quantize.py `Int8Linear.rows`), so the product stays an int8 one."""
+        if self.int8:
+            return OutputRows(ids, None, None, self.model.output.rows(ids))
+        weight, bias = self.weights()
+        return OutputRows(ids, weight.index_select(0, ids), bias.index_select(0, ids))
+
+    def loss(self, attentional: Tensor, targets: Tensor, label_smoothing: float) -> Tensor:
+        """Summed label-smoothed cross-entropy of targets (B, T) given attentional states (B, T, H),
+        through `output_loss`, which never holds the logits of the whole batch."""
+        hidden, (weight, bias) = self.inputs(attentional), self.weights()
+        return output_loss(hidden.flatten(0, 1), weight, bias, targets.flatten(), label_smoothing)
+
+
 class Seq2Seq(nn.Module):
+    """The encoder-decoder of this module's docstring, sized by a ModelConfig and the vocabularies.
+
+    Training calls `forward` (the summed loss of a teacher-forced batch); search calls `encode`
+    once per batch, then `decode_step` per step (the StepModel protocol of lstmmt/search.py);
+    `logits` gives teacher-forced logits. With tie_embeddings the target embedding is also the
+    output weight (`output_layer`), and with a joint vocabulary the source embedding as well.
+    Attribute names are parameter names, which checkpoints and releases store: keep them.
+    """
+
     def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint_vocab: bool):
         super().__init__()
         self.config = config
@@ -236,12 +310,18 @@ class Seq2Seq(nn.Module):
         self.attention = Attention(config.attention, H)
         self.combine = nn.Linear(2 * H, H, bias=False)
         if config.tie_embeddings:
-            # Logits reuse the target embedding matrix; project H down to E first.
+            # The output layer's parameters (`OutputLayer`): logits reuse the target embedding matrix.
             self.pre_output = nn.Linear(H, E, bias=False) if H != E else nn.Identity()
             self.output_bias = nn.Parameter(torch.zeros(tgt_vocab_size))
         else:
             self.output = nn.Linear(H, tgt_vocab_size)
         self._init_parameters()
+
+    @property
+    def output_layer(self) -> OutputLayer:
+        """The output layer over this model's parameters as they are now (a view made per call:
+        stored, it would tie the model into a reference cycle that only the garbage collector frees)."""
+        return OutputLayer(self)
 
     def _init_parameters(self) -> None:
         """`init: uniform` draws every parameter from U(-r, r); otherwise layers keep PyTorch's
@@ -288,46 +368,6 @@ class Seq2Seq(nn.Module):
         context = self.attention(hidden, memory)
         return torch.tanh(self.combine(torch.cat([hidden, context], dim=-1)))
 
-    def _output_layer(self, attentional: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Attentional states (..., H) -> what the output layer multiplies: the states after
-        dropout (and the projection to E when tied), the weight (V, H or E) and the bias (V,)."""
-        return (self._output_input(attentional), *self._output_weights())
-
-    def _output_input(self, attentional: Tensor) -> Tensor:
-        x = self.dropout(attentional)
-        return self.pre_output(x) if self.config.tie_embeddings else x
-
-    def _output_weights(self) -> tuple[Tensor, Tensor]:
-        """The output weight (V, H or E) and bias (V,) of a float output layer."""
-        if self.config.tie_embeddings:
-            return self.tgt_embed.weight, self.output_bias
-        return self.output.weight, self.output.bias
-
-    @property
-    def _packed_output(self) -> bool:
-        """Whether the (untied) output layer is a quantised module, which has no weight attribute to multiply."""
-        return not self.config.tie_embeddings and not isinstance(self.output, nn.Linear)
-
-    @torch.no_grad()
-    def output_rows(self, ids: Tensor) -> OutputRows:
-        """The output layer restricted to the sorted target ids `ids` (see decode_step); for
-        search only, so no gradient reaches the sliced copies. An int8 output layer
-        (lstmmt/quantize.py `Int8Linear`) gives an int8 Linear of its rows `ids`, so the
-        product stays an int8 one."""
-        if self._packed_output:
-            return OutputRows(ids, None, None, self.output.rows(ids))
-        weight, bias = self._output_weights()
-        return OutputRows(ids, weight.index_select(0, ids), bias.index_select(0, ids))
-
-    def _logits(self, attentional: Tensor, rows: Optional[OutputRows] = None) -> Tensor:
-        """Logits over every target id (..., V), or over rows.ids only (..., V')."""
-        if rows is not None:
-            x = self._output_input(attentional)
-            return rows.int8(x) if rows.int8 is not None else F.linear(x, rows.weight, rows.bias)
-        if self._packed_output:
-            return self.output(self._output_input(attentional))  # the int8 kernel, on the packed weight
-        return F.linear(*self._output_layer(attentional))
-
     def _decode(self, embedded: Tensor, memory: Memory, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Embedded target (B, T, E) -> attentional states (B, T, H) and the state after the last step."""
         if not self.config.input_feeding:
@@ -342,16 +382,15 @@ class Seq2Seq(nn.Module):
             outputs.append(attentional)
         return torch.cat(outputs, dim=1), DecoderState(h, c, feed)
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor,
+                label_smoothing: float = 0.0) -> Tensor:
         """Summed label-smoothed cross-entropy of the target tokens tgt_out (B, T) under
-        teacher forcing (PAD positions count zero): the training loss, through
-        `output_loss`, which never holds the logits of the whole batch."""
-        hidden, weight, bias = self._output_layer(self._teacher_forced(src, src_lengths, tgt_in))
-        return output_loss(hidden.flatten(0, 1), weight, bias, tgt_out.flatten(), label_smoothing)
+        teacher forcing (PAD positions count zero): the training loss."""
+        return self.output_layer.loss(self._teacher_forced(src, src_lengths, tgt_in), tgt_out, label_smoothing)
 
     def logits(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T) that start with BOS."""
-        return self._logits(self._teacher_forced(src, src_lengths, tgt_in))
+        return self.output_layer(self._teacher_forced(src, src_lengths, tgt_in))
 
     def _teacher_forced(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Attentional states (B, T, H) for target inputs tgt_in (B, T)."""
@@ -368,7 +407,7 @@ class Seq2Seq(nn.Module):
         """
         embedded = self.dropout(self.tgt_embed(prev_tokens)).unsqueeze(1)
         attentional, state = self._decode(embedded, memory, state)
-        return torch.log_softmax(self._logits(attentional.squeeze(1), rows), dim=-1, dtype=torch.float32), state
+        return torch.log_softmax(self.output_layer(attentional.squeeze(1), rows), dim=-1, dtype=torch.float32), state
 
 
 def count_parameters(model: nn.Module) -> int:

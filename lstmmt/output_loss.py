@@ -34,18 +34,23 @@ gradient less often; 2**21 (8 MB, 260 rows, sized to stay in cache) trained 7-11
 a 2-core AVX2 EPYC (docs/performance.md, session 9). A GPU: 4,000 rows."""
 
 
-def output_loss(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def output_loss(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+                label_smoothing: float = 0.0) -> Tensor:
     """Summed label-smoothed cross-entropy of logits hidden @ weight.T + bias over the rows
-    whose target is not PAD. hidden (N, H), weight (V, H), bias (V,) or None, targets (N,)."""
+    whose target is not PAD. hidden (N, H), weight (V, H), bias (V,) or None, targets (N,);
+    training passes the output layer's inputs and weights (lstmmt/model.py `OutputLayer.loss`)."""
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     return _OutputLoss.apply(hidden, weight, bias, targets, label_smoothing, needs_grad)
 
 
 class _OutputLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, label_smoothing: float,
-                needs_grad: bool) -> Tensor:
-        grads = [torch.empty_like(hidden), torch.zeros_like(weight), None if bias is None else torch.zeros_like(bias)] if needs_grad else None
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+                label_smoothing: float, needs_grad: bool) -> Tensor:
+        grads = None
+        if needs_grad:
+            grad_bias = None if bias is None else torch.zeros_like(bias)
+            grads = [torch.empty_like(hidden), torch.zeros_like(weight), grad_bias]
         accumulate = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 in the tests
         total = hidden.new_zeros((), dtype=accumulate)
         rows = max(1, CHUNK_ELEMENTS.get(hidden.device.type, CHUNK_ELEMENTS["cuda"]) // weight.size(0))

@@ -5,11 +5,13 @@ int8 and quantises each input on the fly (activations stay fp32 between layers),
 fbgemm's int8 kernels on x86 (qnnpack's on ARM). Those are CPU kernels: on a GPU it is refused.
 
 What becomes int8: every LSTM (encoder, decoder), the bridges, the attention and combine
-projections, pre_output and, with untied embeddings, the output Linear. With tied embeddings
-(the default) the output projection multiplies by the target embedding matrix itself, which is
-no Linear module and stays fp32; a vocabulary shortlist (decode.shortlist) is what shrinks it.
-Embeddings stay fp32. Both options together work: the shortlist slices the int8 output layer
-into an int8 Linear of the batch's rows, packed once per batch (`Int8Linear.rows`).
+projections, and the output layer's Linears (lstmmt/model.py `OutputLayer`): pre_output and,
+with untied embeddings, the output Linear, which the output layer then runs as an int8 one.
+With tied embeddings (the default) the output projection multiplies by the target embedding
+matrix itself, which is no Linear module and stays fp32; a vocabulary shortlist
+(decode.shortlist) is what shrinks it. Embeddings stay fp32. Both options together work: the
+shortlist slices the int8 output layer into an int8 Linear of the batch's rows, packed once per
+batch (`Int8Linear.rows`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class _Int8LSTM(torch.ao.nn.quantized.dynamic.LSTM):
                         mod.dropout, mod.bidirectional, mod.proj_size)
         plain.load_state_dict(mod.state_dict())
         plain.qconfig = mod.qconfig
-        return torch.ao.nn.quantized.dynamic.LSTM.from_float(plain, use_precomputed_fake_quant=use_precomputed_fake_quant)
+        dynamic = torch.ao.nn.quantized.dynamic.LSTM
+        return dynamic.from_float(plain, use_precomputed_fake_quant=use_precomputed_fake_quant)
 
 
 class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):

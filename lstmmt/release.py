@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, first_line
 from lstmmt.rundir import RunDir, atomic_write_text, check_output, sha256_file, write_output
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class Release:
         try:
             load_model(model, self.weights)
         except (SafetensorError, RuntimeError, OSError) as exc:
-            raise UserError(f"{self.weights} does not match this release's config.yaml: {_first_line(exc)}") from None
+            problem = first_line(exc, 200)
+            raise UserError(f"{self.weights} does not match this release's config.yaml: {problem}") from None
         return model.float()
 
 
@@ -132,7 +133,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{root} is not a release: it has no {MANIFEST}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{file} is damaged: {_first_line(exc)}") from None
+        raise UserError(f"{file} is damaged: {first_line(exc, 200)}") from None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int)
             and isinstance(manifest.get("files"), dict)):
         raise UserError(f"{file} is not an lstmmt release manifest")
@@ -163,7 +164,7 @@ def _unpack(archive: Path) -> Path:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(target, filter="data")  # no absolute paths, no links out, no devices
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"cannot unpack {archive} (damaged or not a release archive): {_first_line(exc)}") from None
+        raise UserError(f"cannot unpack {archive} (damaged or not a release archive): {first_line(exc, 200)}") from None
     inner = [p for p in target.iterdir()]
     if len(inner) == 1 and inner[0].is_dir():
         return inner[0]
@@ -265,10 +266,6 @@ def _version() -> str:
     from lstmmt import __version__
 
     return __version__
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 # -- the model card -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lstmmt.config import TrainConfig, parse_duration
+from lstmmt.config import TrainConfig
 
 BUDGET_WARMUP_SHARE = 0.05
 """With the budget schedule, warm-up ends after warmup_steps or this share of the budget,
@@ -44,5 +44,5 @@ def budget_spent(config: TrainConfig, step: int, elapsed: float) -> float:
     max_time, whichever is further along."""
     spent = step / config.max_steps
     if config.max_time is not None:
-        spent = max(spent, elapsed / parse_duration(config.max_time))
+        spent = max(spent, elapsed / config.max_time_seconds)
     return min(1.0, spent)

@@ -3,7 +3,7 @@
 Search never knows it is an LSTM, or one model: an ensemble is one more StepModel
 (lstmmt/decoding.py). Beam search keeps all live sentences x beams as one tensor program:
 each step is one top-k over beam x vocabulary per sentence; hypotheses that end are set
-aside, and a sentence with `beam` finished hypotheses stops searching. Finished sentences
+aside, and a sentence with `beam_size` finished hypotheses stops searching. Finished sentences
 leave the batch in steps (see `_BeamState._rows_to_keep`), so the batch takes only a few
 shapes as it shrinks. Every setting comes from one DecodeConfig.
 """
@@ -62,19 +62,19 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return (src_lengths.double() * a + b).floor().clamp(min=1).long()
 
 
-def search(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig) -> list[list[Hypothesis]]:
-    """The options.n_best best hypotheses per sentence: greedy search for beam size 1 (the
+def search(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig) -> list[list[Hypothesis]]:
+    """The decode.n_best best hypotheses per sentence: greedy search for beam size 1 (the
     same result as a beam of one, faster), beam search otherwise."""
-    if options.beam_size == 1:
-        return [[hyp] for hyp in greedy_search(model, src, src_lengths, options)]
-    return beam_search(model, src, src_lengths, options)
+    if decode.beam_size == 1:
+        return [[hyp] for hyp in greedy_search(model, src, src_lengths, decode)]
+    return beam_search(model, src, src_lengths, decode)
 
 
 @torch.inference_mode()
-def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig) -> list[Hypothesis]:
+def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig) -> list[Hypothesis]:
     """The most probable next token at every step, for a whole batch; one hypothesis per sentence."""
     memory, state = model.encode(src, src_lengths)
-    limits = max_lengths(src_lengths, options.max_len_a, options.max_len_b).to(src.device)
+    limits = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b).to(src.device)
     batch = src.size(0)
     prev = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
     done = torch.zeros(batch, dtype=torch.bool, device=src.device)
@@ -91,20 +91,21 @@ def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: D
             break
     rows = torch.stack(steps, dim=1).tolist()
     tokens = [row[: row.index(EOS)] if EOS in row else row for row in rows]
-    return [Hypothesis(t, lp / (len(t) + 1) ** options.length_penalty, lp) for t, lp in zip(tokens, log_prob.tolist())]
+    return [Hypothesis(t, lp / (len(t) + 1) ** decode.length_penalty, lp) for t, lp in zip(tokens, log_prob.tolist())]
 
 
 @torch.inference_mode()
-def beam_search(model: StepModel, src: Tensor, src_lengths: Tensor, options: DecodeConfig) -> list[list[Hypothesis]]:
-    """The options.n_best hypotheses per sentence, best first. With beam_size 1 this is greedy search."""
-    beam_size, n_best = options.beam_size, options.n_best
+def beam_search(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig) -> list[list[Hypothesis]]:
+    """The decode.n_best hypotheses per sentence, best first. With beam_size 1 this is greedy search."""
+    beam_size, n_best = decode.beam_size, decode.n_best
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and beam_size")
     memory, state = model.encode(src, src_lengths)
-    search = _BeamState(src.size(0), beam_size, max_lengths(src_lengths, options.max_len_a, options.max_len_b), src.device)
+    limits = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b)
+    search = _BeamState(src.size(0), beam_size, limits, src.device)
     while search.searching:  # the first step has one row per sentence; advance widens it to the beam
         log_probs, state = model.decode_step(search.tokens[:, -1], memory, state)
-        reorder, keep = search.advance(log_probs, options.length_penalty)
+        reorder, keep = search.advance(log_probs, decode.length_penalty)
         if keep is not None:
             memory = memory.select(keep)
         state = state.select(reorder)
@@ -118,8 +119,8 @@ class _BeamState:
     on the host, so a step copies from the device once (see `advance`): on a GPU every
     copy to the host waits for all queued work."""
 
-    def __init__(self, batch: int, beam: int, limits: Tensor, device: torch.device):
-        self.beam, self.device = beam, device
+    def __init__(self, batch: int, beam_size: int, limits: Tensor, device: torch.device):
+        self.beam_size, self.device = beam_size, device
         self.active = list(range(batch))  # corpus rows of the sentences in the batch
         self.limits = limits.tolist()  # max output length incl. EOS, per corpus row
         self.searching = batch  # sentences not done (the others stay only as padding)
@@ -132,25 +133,26 @@ class _BeamState:
     def advance(self, log_probs: Tensor, length_penalty: float) -> tuple[Tensor, Tensor | None]:
         """Take one step; returns the row order for the decoder state and, if sentences
         finished, the rows of memory (sentences) to keep (None when all are still active)."""
-        n, beam, vocab = len(self.active), self.beam, log_probs.size(-1)
+        n, beam_size, vocab = len(self.active), self.beam_size, log_probs.size(-1)
         width = self.scores.size(1)  # live hypotheses per sentence: 1 at the first step, then beam
         step = self.tokens.size(1)  # tokens generated after this step, EOS included
         at_limit = [self.limits[row] <= step for row in self.active]
         log_probs = log_probs.view(n, width, vocab)
         if any(at_limit):
             log_probs = self._force_eos(log_probs, at_limit)
-        candidates = log_probs.add_(self.scores.unsqueeze(-1)).view(n, width * vocab)  # in place: one pass less over beam x vocab
-        top_scores, top_ids = candidates.topk(min(2 * beam, width * vocab), dim=-1)  # (n, 2*beam)
+        # in place: one pass less over beam x vocab
+        candidates = log_probs.add_(self.scores.unsqueeze(-1)).view(n, width * vocab)
+        top_scores, top_ids = candidates.topk(min(2 * beam_size, width * vocab), dim=-1)  # (n, 2*beam_size)
         top_beams, top_tokens = top_ids // vocab, top_ids % vocab
         is_eos = top_tokens == EOS
 
         self._finish(top_scores, top_beams, is_eos, step, length_penalty)
         # Both conditions only ever turn on, so sentences kept as padding stay done.
-        done = [len(self.finished[row]) >= beam or limit for row, limit in zip(self.active, at_limit)]
+        done = [len(self.finished[row]) >= beam_size or limit for row, limit in zip(self.active, at_limit)]
         done_mask = torch.tensor(done, device=self.device)
 
-        # Continue with the best `beam` candidates that did not end (none for finished sentences).
-        alive = min(beam, top_scores.size(1))  # fewer only for a vocabulary smaller than the beam
+        # Continue with the best `beam_size` candidates that did not end (none for finished sentences).
+        alive = min(beam_size, top_scores.size(1))  # fewer only for a vocabulary smaller than the beam
         alive_scores, pick = top_scores.masked_fill(is_eos | done_mask.unsqueeze(1), float("-inf")).topk(alive, dim=-1)
         alive_beams, alive_tokens = top_beams.gather(1, pick), top_tokens.gather(1, pick)
         rows = (torch.arange(n, device=self.device).unsqueeze(1) * width + alive_beams)  # (n, alive) old row ids
@@ -158,7 +160,8 @@ class _BeamState:
         kept = self._rows_to_keep(done)
         keep = torch.tensor(kept, dtype=torch.long, device=self.device)
         reorder = rows.index_select(0, keep).view(-1)
-        self.tokens = torch.cat([self.tokens.index_select(0, reorder), alive_tokens.index_select(0, keep).view(-1, 1)], dim=1)
+        self.tokens = torch.cat([self.tokens.index_select(0, reorder), alive_tokens.index_select(0, keep).view(-1, 1)],
+                                dim=1)
         self.scores = alive_scores.index_select(0, keep)
         self.active = [self.active[i] for i in kept]
         return reorder, keep if len(kept) < n else None
@@ -181,20 +184,22 @@ class _BeamState:
         return torch.where(torch.tensor(at_limit, device=self.device).view(-1, 1, 1), forced, log_probs)
 
     def _finish(self, top_scores: Tensor, top_beams: Tensor, is_eos: Tensor, step: int, length_penalty: float) -> None:
-        """Set aside hypotheses ending in EOS that rank within the top `beam` candidates.
+        """Set aside hypotheses ending in EOS that rank within the top `beam_size` candidates.
 
-        The one copy to the host of the step: for the top `beam` candidates of every
+        The one copy to the host of the step: for the top `beam_size` candidates of every
         sentence, whether it ends, its score and its tokens so far (n x beam x step ids, a few
         kilobytes), so that finishing never goes back to the device."""
-        n, beam, step_tokens = top_scores.size(0), self.beam, self.tokens.size(1)
-        ranked = min(beam, top_scores.size(1))  # the candidates that rank within the top `beam`
-        histories = self.tokens.view(n, -1, step_tokens).gather(1, top_beams[:, :ranked, None].expand(n, ranked, step_tokens))
-        packed = torch.cat([top_scores[:, :ranked, None].double(), is_eos[:, :ranked, None].double(), histories.double()], dim=2)
+        n, beam_size, step_tokens = top_scores.size(0), self.beam_size, self.tokens.size(1)
+        ranked = min(beam_size, top_scores.size(1))  # the candidates that rank within the top `beam_size`
+        beams = top_beams[:, :ranked, None].expand(n, ranked, step_tokens)
+        histories = self.tokens.view(n, -1, step_tokens).gather(1, beams)
+        packed = torch.cat([top_scores[:, :ranked, None].double(), is_eos[:, :ranked, None].double(), histories.double()],
+                           dim=2)
         host = packed.cpu().numpy()  # (n, ranked, 2 + step)
         ended = (host[:, :, 1] > 0) & np.isfinite(host[:, :, 0])
         for row, candidate in zip(*np.nonzero(ended)):
             sentence = self.finished[self.active[row]]
-            if len(sentence) >= beam:
+            if len(sentence) >= beam_size:
                 continue
             log_prob = float(host[row, candidate, 0])
             tokens = host[row, candidate, 3:].astype(np.int64).tolist()  # without the leading BOS

@@ -18,7 +18,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from lstmmt.config import TokenizerConfig
-from lstmmt.errors import UserError
+from lstmmt.errors import UserError, first_line
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -162,7 +162,6 @@ def _processor(path: Path) -> spm.SentencePieceProcessor:
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         run = Path(path).parent.parent
-        raise UserError(f"{path} is not a readable SentencePiece model (corrupt or truncated: {reason}): "
+        raise UserError(f"{path} is not a readable SentencePiece model (corrupt or truncated: {first_line(exc)}): "
                         f"redo `lstmmt preprocess {run} ... --force`") from None

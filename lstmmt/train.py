@@ -1,9 +1,13 @@
 """The train step: one loop you can read in a sitting.
 
-    resume (or start) -> for each token-budget batch: forward, label-smoothed loss,
-    backward, clip, Adam step -> every `valid_every` steps: validation loss and greedy
-    BLEU, best checkpoint, patience, last/step-N checkpoints -> stop on max steps,
-    max time, patience, max epochs or a signal (which saves first).
+    resume (or start), then for each token-budget batch:
+      train   forward, label-smoothed loss, backward, clip, Adam step
+      events  a stop signal, max_time spent, a log line or a validation due (agreed by all ranks)
+      act     in this order: log -> validate (best, patience, plateau) -> save -> stop
+
+`stop_reason` is the one place that decides why training stops: a signal (which saves at
+once, without validating: the user waits), max_steps, max_time, non-finite losses, every
+epoch of max_epochs trained, or patience; every stop but a signal validates before it saves.
 
 The order of batches is a pure function of (seed, epoch) and every RNG state is in the
 checkpoint, so a resumed run continues exactly where the interrupted one was. Under
@@ -25,19 +29,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lstmmt import checkpoint, distributed
-from lstmmt.batching import Batch, collate, epoch_batches, prefetched, token_batches
-from lstmmt.config import Config, parse_duration
-from lstmmt.device import autocast, choose_precision, default_batch_tokens, hardware, prepare_device
+from lstmmt.batching import Batch, collate, epoch_batches, prefetched
+from lstmmt.config import Config, TrainConfig
+from lstmmt.device import choose_precision, default_batch_tokens, hardware, prepare_device
 from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq, count_parameters
 from lstmmt.rundir import RunDir
 from lstmmt.schedule import learning_rate
-from lstmmt.scoring import bleu
 from lstmmt.tokenizer import Tokenizer
 from lstmmt.trainlog import TrainingOutput
-from lstmmt.translator import Translator
+from lstmmt.validation import Validation, token_loss
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Signals that save a checkpoint and stop training: Ctrl-C, kill, a closed terminal or ssh session."""
@@ -72,10 +75,47 @@ class TrainState:
     last_valid_elapsed: float = 0.0  # `elapsed` at the last validation (for train.valid_every_time)
 
 
-def token_loss(model: torch.nn.Module, batch: Batch, precision: str, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Summed cross-entropy of a batch's target tokens under teacher forcing (a device scalar)."""
-    with autocast(batch.src.device, precision):
-        return model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, label_smoothing)
+@dataclass(frozen=True)
+class Events:
+    """What a training step brought about, the same on every rank; the loop acts on these alone."""
+
+    signal: Optional[str] = None  # the name of a stop signal that reached any rank
+    out_of_time: bool = False  # train.max_time is spent (on any rank)
+    epochs_done: bool = False  # no batch is left: every epoch of train.max_epochs is trained
+    log_due: bool = False  # a log line: every train.log_every steps, and before stopping
+    valid_due: bool = False  # a validation: every train.valid_every steps or train.valid_every_time
+
+
+def stop_reason(state: TrainState, config: TrainConfig, events: Events) -> str:
+    """Why training stops now, or "" to go on: the one place that decides it. When several
+    reasons hold, the first below wins. Non-finite losses are counted when a log line reads
+    them, and patience changes only when a validation does."""
+    if events.signal:
+        return events.signal
+    if state.step >= config.max_steps:
+        return "max_steps"
+    if events.out_of_time:
+        return "max_time"
+    if state.nonfinite_in_a_row >= MAX_NONFINITE:
+        return "non-finite loss"
+    if events.epochs_done:
+        return "max_epochs"
+    if config.patience and state.bad_validations >= config.patience:
+        return "patience"
+    return ""
+
+
+def judge_validation(state: TrainState, bleu: float, config: TrainConfig) -> bool:
+    """Early-stopping bookkeeping after a validation: a better BLEU is the new best and resets
+    patience; any other counts against patience and, with the plateau schedule after warm-up,
+    decays the learning rate. Returns whether the model is the best so far."""
+    if bleu > state.best_bleu:
+        state.best_bleu, state.bad_validations = bleu, 0
+        return True
+    state.bad_validations += 1
+    if config.lr_schedule == "plateau" and state.step > config.warmup_steps:
+        state.lr_scale *= config.lr_decay_factor
+    return False
 
 
 class StopSignal:
@@ -130,20 +170,22 @@ class LogWindow:
 
 
 class Trainer:
+    """The training of one run directory on one device (one rank under torchrun): the model, its
+    optimizer and TrainState, the loop (`fit`), and the checkpoints that let it resume exactly."""
+
     def __init__(self, run: RunDir, config: Config, device: torch.device, ranks: Ranks = Ranks()):
         if config.train.batch_tokens is None:  # the device's choice, recorded in config.yaml by train()
-            config = replace(config, train=replace(config.train, batch_tokens=default_batch_tokens(device, training=True)))
+            batch_tokens = default_batch_tokens(device, training=True)
+            config = replace(config, train=replace(config.train, batch_tokens=batch_tokens))
         self.run, self.config, self.device, self.ranks = run, config, device, ranks
         prepare_device(device)
         self.precision = choose_precision(config.train.precision, device, "train.precision", training=True)
         self.tokenizer = Tokenizer.load(run.tokenizer_dir)
         self.train_src = EncodedSide.open(run, "train", "src")
         self.train_tgt = EncodedSide.open(run, "train", "tgt")
-        self.has_valid = run.has_split("valid")
-        if self.has_valid:
-            self.valid_src = EncodedSide.open(run, "valid", "src").all()
-            self.valid_tgt = EncodedSide.open(run, "valid", "tgt").all()
-            self.valid_refs = run.text("valid", "tgt").read_text(encoding="utf-8").splitlines()
+        self.validation: Optional[Validation] = None  # None: the run has no validation split
+        if run.has_split("valid"):
+            self.validation = Validation.open(run, self.tokenizer, config, device, self.precision)
         torch.manual_seed(config.train.seed)  # the same initial weights on every rank
         self.model: Seq2Seq = checkpoint.build_model(config, self.tokenizer).to(device)
         self._seed_rank(0)
@@ -156,14 +198,141 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, fused=True)
         self.state = TrainState()
         self.last_valid: dict[str, float] = {}
-        self.time_budget = parse_duration(config.train.max_time) if config.train.max_time else math.inf
-        self.valid_interval = parse_duration(config.train.valid_every_time) if config.train.valid_every_time else math.inf
+        self.time_budget = config.train.max_time_seconds
+        self.valid_interval = config.train.valid_every_seconds
         self.out = TrainingOutput(run, enabled=ranks.is_main)
 
     def _seed_rank(self, step: int) -> None:
         """Ranks other than 0 draw their own dropout masks, from a seed of (seed, rank, step)."""
         if self.ranks.rank:
-            torch.manual_seed(int(np.random.SeedSequence([self.config.train.seed, self.ranks.rank, step]).generate_state(1)[0]))
+            seed = np.random.SeedSequence([self.config.train.seed, self.ranks.rank, step]).generate_state(1)[0]
+            torch.manual_seed(int(seed))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        """Train from the current state until `stop_reason` gives a reason; returns the final state."""
+        self.state.nonfinite_in_a_row = 0  # a resumed run gets a fresh chance (e.g. with a lower lr)
+        if reason := stop_reason(self.state, self.config.train, Events(out_of_time=self._out_of_time())):
+            return self._nothing_to_train(reason)
+        self._announce()
+        self.model.train()
+        window = LogWindow(self.device, self.ranks)
+        session_start, elapsed_before = time.perf_counter(), self.state.elapsed
+        with StopSignal() as stop, self.out:
+            for batch, weight, position in prefetched(self.batches(), self.device):
+                self.state.epoch, self.state.batch_in_epoch = position
+                loss, found_inf = self.train_step(batch, weight)
+                window.add(loss, batch.tgt_tokens if weight else 0, found_inf)
+                self.state.elapsed = elapsed_before + time.perf_counter() - session_start
+                self.out.update_bar(step=self.state.step, **self._progress_position())
+                if reason := self._act(self._events(stop), window):
+                    break
+            else:  # the batches ran out: every epoch is trained
+                self.state.epoch, self.state.batch_in_epoch = self.config.train.max_epochs, 0
+                reason = self._act(Events(epochs_done=True, valid_due=True), window)
+        self.state.stopped = reason
+        self._report_end()
+        if self.finished():
+            self._write_summary()
+        return self.state
+
+    def batches(self) -> Iterator[tuple[Batch, float, tuple[int, int]]]:
+        """This rank's part of each training batch from the current position on, epoch after
+        epoch, with the weight that turns its summed loss into its share of the whole batch's
+        mean loss, and the (epoch, batch_in_epoch) position after it. The position travels
+        with the batch because a prefetching reader runs ahead of training."""
+        cfg = self.config.train
+        for epoch in range(self.state.epoch, cfg.max_epochs):
+            done = self.state.batch_in_epoch if epoch == self.state.epoch else 0
+            batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed,
+                                    epoch)
+            for number, (src, tgt, indices) in enumerate(itertools.islice(batches, done, None), start=done + 1):
+                batch_tokens = int(tgt.lengths[indices].sum()) + len(indices)  # + EOS each
+                # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
+                mine, weight = shard(indices, self.ranks), self.ranks.world / batch_tokens
+                if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
+                    mine, weight = indices[:1], 0.0
+                yield collate(mine, src, tgt), weight, (epoch, number)
+
+    def train_step(self, batch: Batch, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on loss x weight (see `batches`); returns the summed loss and
+        found_inf (1.0 if the gradient was not finite and the update was skipped), both device
+        tensors: no host sync. Gradients are all-reduced by then, so every rank skips alike."""
+        cfg = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale, self.state.elapsed)
+        loss = token_loss(self.replica, batch.to(self.device), self.precision.name, cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        self.optimizer.found_inf = found_inf
+        self.optimizer.step()
+        self.state.step += 1
+        return loss.detach(), found_inf
+
+    def _events(self, stop: StopSignal) -> Events:
+        """This step's events as every rank sees them (one all-reduce under DDP), so that all
+        ranks log, validate, save and stop together: each rank measures its own time, and a
+        signal may reach one rank a step before another."""
+        cfg, state = self.config.train, self.state
+        signal_name, out_of_time = stop.received, self._out_of_time()
+        valid_time_due = state.elapsed - state.last_valid_elapsed >= self.valid_interval
+        if self.ranks.distributed:
+            signalled, out_of_time, valid_time_due = any_rank([signal_name is not None, out_of_time, valid_time_due],
+                                                              self.ranks, self.device)
+            signal_name = signal_name or ("SIGTERM" if signalled else None)
+        stopping = stop_reason(state, cfg, Events(signal_name, out_of_time))
+        return Events(signal_name, out_of_time, log_due=state.step % cfg.log_every == 0 or bool(stopping),
+                      valid_due=state.step % cfg.valid_every == 0 or valid_time_due)
+
+    def _act(self, events: Events, window: LogWindow) -> str:
+        """Act on a step's events in a fixed order: log, validate, save. Returns why training
+        stops, or "". A signal saves at once without validating (the user waits); every other
+        stop validates first, so that the final checkpoint is judged like the others."""
+        cfg = self.config.train
+        if events.log_due:
+            self._log_window(window)  # reads how many steps in a row had a non-finite gradient
+        validate = not events.signal and (events.valid_due or bool(stop_reason(self.state, cfg, events)))
+        improved = validate and self.validate_and_record()
+        reason = stop_reason(self.state, cfg, events)  # patience may have run out
+        if validate or reason:
+            self.save(best=improved)
+        return reason
+
+    def _out_of_time(self) -> bool:
+        """Whether this rank has spent train.max_time (training time of all sessions)."""
+        return self.state.elapsed >= self.time_budget
+
+    def finished(self) -> bool:
+        """Training ended by one of its limits, not by a signal or a failure."""
+        return self.state.stopped not in FAILED_STOPS
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate_and_record(self) -> bool:
+        """Rank 0 validates and updates best/patience/plateau state; the other ranks take its
+        state, so they decay the learning rate and stop exactly when it does. Returns whether
+        this is the best model so far (a run without a validation set always is)."""
+        self.state.last_valid_elapsed = self.state.elapsed
+        if self.validation is None:
+            return True
+        improved = self._validate_on_main(self.validation) if self.ranks.is_main else False  # rank 0 sends its own
+        self.state, self.last_valid, improved = from_main((self.state, self.last_valid, improved), self.ranks)
+        return improved
+
+    def _validate_on_main(self, validation: Validation) -> bool:
+        start = time.perf_counter()
+        result = self.last_valid = validation.scores(self.model)
+        self.model.train()
+        result["seconds"] = round(time.perf_counter() - start, 2)  # what validating costs, in metrics.jsonl
+        improved = judge_validation(self.state, result["bleu"], self.config.train)
+        self.out.record("valid", self.state.step, self.state.elapsed, **result, best_bleu=self.state.best_bleu)
+        verdict = "  [green]new best[/]" if improved else f"  (best {self.state.best_bleu:.2f})"
+        self.out.print(f"step {self.state.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
+                       f"BLEU {result['bleu']:.2f}{verdict}  ({result['seconds']:.0f} s)")
+        return improved
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -214,103 +383,20 @@ class Trainer:
                 f"keep them, or pass --restart to train from scratch"
             )
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- what the user sees --------------------------------------------------------------
 
-    def batches(self) -> Iterator[tuple[Batch, float, tuple[int, int]]]:
-        """This rank's part of each training batch from the current position on, epoch after
-        epoch, with the weight that turns its summed loss into its share of the whole batch's
-        mean loss, and the (epoch, batch_in_epoch) position after it. The position travels
-        with the batch because a prefetching reader runs ahead of training."""
-        cfg = self.config.train
-        for epoch in range(self.state.epoch, cfg.max_epochs):
-            done = self.state.batch_in_epoch if epoch == self.state.epoch else 0
-            batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed, epoch)
-            for number, (src, tgt, indices) in enumerate(itertools.islice(batches, done, None), start=done + 1):
-                batch_tokens = int(tgt.lengths[indices].sum()) + len(indices)  # + EOS each
-                # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
-                mine, weight = shard(indices, self.ranks), self.ranks.world / batch_tokens
-                if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
-                    mine, weight = indices[:1], 0.0
-                yield collate(mine, src, tgt), weight, (epoch, number)
-
-    def train_step(self, batch: Batch, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on loss x weight (see `batches`); returns the summed loss and
-        found_inf (1.0 if the gradient was not finite and the update was skipped), both device
-        tensors: no host sync. Gradients are all-reduced by then, so every rank skips alike."""
-        cfg = self.config.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale, self.state.elapsed)
-        loss = token_loss(self.replica, batch.to(self.device), self.precision.name, cfg.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-        found_inf = (~torch.isfinite(grad_norm)).float()
-        self.optimizer.found_inf = found_inf
-        self.optimizer.step()
-        self.state.step += 1
-        return loss.detach(), found_inf
-
-    def fit(self) -> TrainState:
-        self.state.nonfinite_in_a_row = 0  # a resumed run gets a fresh chance (e.g. with a lower lr)
-        if reason := self._stop_reason():
-            self.out.print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
-                           f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
-            self.state.stopped = reason
-            self._write_summary()
-            return self.state
+    def _announce(self) -> None:
         ranks = f" x {self.ranks.world} ranks" if self.ranks.distributed else ""
         self.out.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}, precision "
-                       f"{self.precision}; {len(self.train_src):,} training pairs, {self.config.train.batch_tokens:,}-token batches")
-        self.model.train()
-        window = LogWindow(self.device, self.ranks)
-        session_start, elapsed_before = time.perf_counter(), self.state.elapsed
-        signal_name: Optional[str] = None
-        reason = ""
-        with StopSignal() as stop, self.out:
-            for batch, weight, (self.state.epoch, self.state.batch_in_epoch) in prefetched(self.batches(), self.device):
-                loss, found_inf = self.train_step(batch, weight)
-                window.add(loss, batch.tgt_tokens if weight else 0, found_inf)
-                self.state.elapsed = elapsed_before + time.perf_counter() - session_start
-                signal_name, reason, validation_due = self._agreed_events(stop)
-                if self.state.step % self.config.train.log_every == 0 or signal_name or reason:
-                    self._log_window(window)
-                    reason = reason or self._stop_reason()  # the non-finite count is read at log time
-                self.out.update_bar(step=self.state.step, **self._progress_position())
-                validate = not signal_name and (self.state.step % self.config.train.valid_every == 0 or validation_due or bool(reason))
-                improved = validate and self.validate_and_record()
-                reason = reason or self._stop_reason()  # patience: the same on all ranks after validation
-                if validate or signal_name or reason:  # a signal saves at once, without validating: the user waits
-                    self.save(best=improved)
-                if signal_name or reason:
-                    break
-            if not (signal_name or reason):  # the batches ran out: every epoch is trained
-                self.state.epoch, self.state.batch_in_epoch, reason = self.config.train.max_epochs, 0, "max_epochs"
-                self.save(best=self.validate_and_record())
-        self.state.stopped = signal_name or reason
-        self._report_end()
-        if self.finished():
-            self._write_summary()
+                       f"{self.precision}; {len(self.train_src):,} training pairs, "
+                       f"{self.config.train.batch_tokens:,}-token batches")
+
+    def _nothing_to_train(self, reason: str) -> TrainState:
+        self.out.print(f"Nothing to train: {reason} already reached at step {self.state.step}. Raise it "
+                       f"(e.g. --max-steps, --max-time, --set train.patience=...) to go on, or pass --restart.")
+        self.state.stopped = reason
+        self._write_summary()
         return self.state
-
-    def finished(self) -> bool:
-        """Training ended by one of its limits, not by a signal or a failure."""
-        return self.state.stopped not in FAILED_STOPS
-
-    def _agreed_events(self, stop: StopSignal) -> tuple[Optional[str], str, bool]:
-        """(signal received, limit reached, validation due by time) as every rank sees them, so
-        all ranks leave the loop, and validate, together.
-
-        Each rank measures its own time, and a signal may reach one rank a step before another.
-        """
-        signal_name, reason = stop.received, self._stop_reason()
-        due = self.state.elapsed - self.state.last_valid_elapsed >= self.valid_interval
-        if self.ranks.distributed:
-            signalled, out_of_time, due = any_rank([signal_name is not None, reason == "max_time", due], self.ranks, self.device)
-            if signalled:
-                signal_name = signal_name or "SIGTERM"
-            if out_of_time:
-                reason = reason or "max_time"
-        return signal_name, reason, due
 
     def _log_window(self, window: LogWindow) -> None:
         result, skipped, self.state.nonfinite_in_a_row = window.read_and_reset()
@@ -331,23 +417,12 @@ class Trainer:
             return {"completed": min(self.state.elapsed, self.time_budget), "total": self.time_budget}
         return {"completed": self.state.step, "total": self.config.train.max_steps}
 
-    def _stop_reason(self) -> str:
-        cfg = self.config.train
-        if self.state.nonfinite_in_a_row >= MAX_NONFINITE:
-            return "non-finite loss"
-        if self.state.step >= cfg.max_steps:
-            return "max_steps"
-        if self.state.elapsed >= self.time_budget:
-            return "max_time"
-        if cfg.patience and self.state.bad_validations >= cfg.patience:
-            return "patience"
-        return ""
-
     def _write_summary(self) -> None:
         self.out.write_summary({
             "stopped": self.state.stopped, "step": self.state.step, "epoch": self.state.epoch + 1,
-            "best_valid_bleu": self.state.best_bleu if self.has_valid else None,
-            "training_seconds": round(self.state.elapsed, 1), "device": str(self.device), "precision": self.precision.name,
+            "best_valid_bleu": self.state.best_bleu if self.validation is not None else None,
+            "training_seconds": round(self.state.elapsed, 1), "device": str(self.device),
+            "precision": self.precision.name,
             "hardware": hardware(self.device) + (f" x {self.ranks.world} ranks" if self.ranks.distributed else ""),
         })
 
@@ -361,57 +436,9 @@ class Trainer:
                            f"{self.state.step}. Lower train.lr, check the data, or try precision fp32; the last good "
                            f"weights are in {self.run.checkpoint('last')}.", markup=False)
         else:
-            best = f"best validation BLEU {self.state.best_bleu:.2f}" if self.has_valid else "no validation set"
-            self.out.print(f"Training finished ({stopped}) at step {self.state.step}; {best}.")
-
-    # -- validation ----------------------------------------------------------------------
-
-    def validate_and_record(self) -> bool:
-        """Rank 0 validates and updates best/patience/plateau state; the other ranks take its
-        state, so they decay the learning rate and stop exactly when it does. Returns whether
-        this is the best model so far (a run without a validation set always is)."""
-        improved, self.state.last_valid_elapsed = True, self.state.elapsed
-        if self.has_valid and self.ranks.is_main:
-            improved = self._validate_on_main()
-        if self.has_valid:
-            self.state, self.last_valid, improved = from_main((self.state, self.last_valid, improved), self.ranks)
-        return improved
-
-    def _validate_on_main(self) -> bool:
-        start = time.perf_counter()
-        result = self.last_valid = self.validate()
-        result["seconds"] = round(time.perf_counter() - start, 2)  # what validating costs, in metrics.jsonl
-        improved = result["bleu"] > self.state.best_bleu
-        if improved:
-            self.state.best_bleu, self.state.bad_validations = result["bleu"], 0
-        else:
-            self.state.bad_validations += 1
-            if self.config.train.lr_schedule == "plateau" and self.state.step > self.config.train.warmup_steps:
-                self.state.lr_scale *= self.config.train.lr_decay_factor
-        self.out.record("valid", self.state.step, self.state.elapsed, **result, best_bleu=self.state.best_bleu)
-        self.out.print(
-            f"step {self.state.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
-            f"BLEU {result['bleu']:.2f}" + ("  [green]new best[/]" if improved else f"  (best {self.state.best_bleu:.2f})")
-            + f"  ({result['seconds']:.0f} s)"
-        )
-        return improved
-
-    @torch.inference_mode()
-    def validate(self) -> dict[str, float]:
-        """Validation loss/perplexity (teacher forcing) and BLEU of greedy translations, both in
-        the training precision."""
-        self.model.eval()
-        total_loss, total_tokens = torch.zeros((), device=self.device), 0
-        lengths = np.maximum(self.valid_src.lengths, self.valid_tgt.lengths) + 1
-        for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, self.config.train.batch_tokens):
-            batch = collate(indices, self.valid_src, self.valid_tgt)
-            total_loss += token_loss(self.model, batch.to(self.device), self.precision.name)
-            total_tokens += batch.tgt_tokens
-        greedy = Translator(self.model, self.tokenizer, self.config.decode.updated(beam_size=1, n_best=1), self.device, self.precision)
-        texts = greedy.translate_encoded([self.valid_src[i] for i in range(len(self.valid_src))])
-        self.model.train()
-        loss = total_loss.item() / max(total_tokens, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bleu": bleu(texts, self.valid_refs)}
+            best = f"best validation BLEU {self.state.best_bleu:.2f}"
+            self.out.print(f"Training finished ({stopped}) at step {self.state.step}; "
+                           f"{'no validation set' if self.validation is None else best}.")
 
 
 def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
@@ -430,7 +457,8 @@ def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
                     for old in [*run.checkpoints.glob("*.pt"), run.metrics, run.train_log]:
                         old.unlink(missing_ok=True)
             elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
-                raise UserError(f"no checkpoint in {run.checkpoints} could be read; pass --restart to train from scratch")
+                raise UserError(f"no checkpoint in {run.checkpoints} could be read; "
+                                "pass --restart to train from scratch")
             if ranks.is_main:  # with the settings the device chose, so a resumed run (on any device) keeps them
                 trainer.config.save(run.config)
             return trainer.fit()

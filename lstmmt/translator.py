@@ -6,7 +6,8 @@
 
 Every use of a model goes through a Translator: `lstmmt translate`, `lstmmt score`,
 `lstmmt evaluate --split`, `lstmmt plot-attention`, validation during training (built
-around the in-memory model) and servers. Its one DecodeConfig holds every search setting.
+around the in-memory model) and servers. Its DecodeConfig holds every search setting; a
+call may pass another, whose search-time settings differ (`Translator.decode_for`).
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ import torch
 from lstmmt import checkpoint as checkpoints
 from lstmmt.config import Config, DecodeConfig
 from lstmmt.corpus import one_line, without_surrogates
-from lstmmt.decoding import Forced, force_corpus, for_search, search_corpus, step_model
+from lstmmt.decoding import Forced, for_search, force_corpus, search_corpus, step_model
 from lstmmt.device import Precision, choose_precision, resolve_device
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq
-from lstmmt.rundir import RunDir
 from lstmmt.quantize import int8_precision
 from lstmmt.release import Release, layout, open_source
+from lstmmt.rundir import RunDir
 from lstmmt.search import Hypothesis
 from lstmmt.shortlist import Shortlist
 from lstmmt.tokenizer import Tokenizer
 
 WORD_START = "\u2581"
 """SentencePiece's mark at the start of a piece that begins a word."""
+
+LOAD_TIME_DECODE_KEYS = ("precision", "quantize", "shortlist")
+"""Decode settings `Translator.load` reads to prepare the models; every other decode key may change per call."""
 
 
 @dataclass
@@ -105,18 +109,19 @@ class Translator:
 
     @classmethod
     def load(cls, source: Union[str, Path, RunDir, Release], checkpoint: Union[str, Sequence[str]] = "best",
-             device: str = "auto", *, warn: Callable[[str], None] = default_warn, **decode_overrides: Any) -> "Translator":
+             device: str = "auto", *, decode: Optional[DecodeConfig] = None, warn: Callable[[str], None] = default_warn,
+             **overrides: Any) -> "Translator":
         """The model of a run directory (best, last, averaged or a checkpoint path; several
         for an ensemble of checkpoints that share this run's tokenizer) or of a release
-        (`lstmmt export`; it holds one model) on `device`, with its decode settings
-        (config.yaml) updated by `decode_overrides` (decode keys such as beam_size=5,
-        n_best=3, precision="fp32", shortlist=True, quantize="int8"), each checked; `warn` as
-        in the constructor. decode.shortlist reads shortlist.npz (a UserError naming `lstmmt
-        shortlist` when missing); decode.quantize int8 needs the CPU."""
+        (`lstmmt export`; it holds one model) on `device`, searching with `decode` (None: the
+        source's own decode settings, from its config.yaml) updated by `overrides` (decode keys
+        such as beam_size=5, n_best=3, precision="fp32", shortlist=True, quantize="int8"), each
+        checked; `warn` as in the constructor. decode.shortlist reads shortlist.npz (a UserError
+        naming `lstmmt shortlist` when missing); decode.quantize int8 needs the CPU."""
         source = source if isinstance(source, (RunDir, Release)) else open_source(source)
         files = layout(source)
         tokenizer = Tokenizer.load(files.tokenizer_dir)
-        decode = Config.load(files.config).decode.updated(**decode_overrides)
+        decode = (Config.load(files.config).decode if decode is None else decode).updated(**overrides)
         resolved = resolve_device(device)
         if decode.quantize == "int8":
             precision = int8_precision(resolved, decode.precision)
@@ -127,74 +132,101 @@ class Translator:
             raise UserError("no checkpoint given")
         if isinstance(source, Release) and names != ["best"]:
             raise UserError(f"{source.root} is a release: it holds one model, so there is no checkpoint to choose")
-        shortlist = Shortlist.load(files, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size) if decode.shortlist else None
+        vocabularies = tokenizer.src_vocab_size, tokenizer.tgt_vocab_size
+        shortlist = Shortlist.load(files, *vocabularies) if decode.shortlist else None
         members = [source.model(tokenizer)] if isinstance(source, Release) else \
             [load_member(source, name, tokenizer) for name in names]
         models = [for_search(model, resolved, precision.name, decode.quantize) for model in members]
         return cls(models, tokenizer, decode, resolved, precision, warn, shortlist)
 
-    def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1) -> list[Translation]:
+    def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1,
+                  decode: Optional[DecodeConfig] = None) -> list[Translation]:
         """Translations of `lines` (a sequence of str, TypeError otherwise), in order, one per line
-        (`first_line` numbers the lines in warnings)."""
+        (`first_line` numbers the lines in warnings), searched with `decode` (None: this
+        Translator's; see `decode_for` for what a call may change)."""
         check_lines(lines, "lines")
-        encoded = self._encode(lines, first_line)
+        decode = self.decode_for(decode)
+        encoded = self._encode(lines, first_line, decode)
         keep = [i for i, ids in enumerate(encoded) if len(ids)]
-        found = self.search([encoded[i] for i in keep])
-        attention = self._attention([encoded[i] for i in keep], [hyps[0] for hyps in found]) if alignment else None
+        searched = [encoded[i] for i in keep]
+        found = self.search(searched, decode)
+        attention = self._attention(searched, [hyps[0] for hyps in found], decode) if alignment else None
         results = [Translation("", 0.0, 0.0, []) for _ in lines]
         for position, (i, hyps) in enumerate(zip(keep, found)):
             results[i] = self._translation(encoded[i], hyps, None if attention is None else attention[position])
         return results
 
-    def score(self, sources: Sequence[str], targets: Sequence[str], first_line: int = 1) -> list[Score]:
-        """Forced-decoding scores of each target as the translation of its source (1:1; sequences of str)."""
+    def score(self, sources: Sequence[str], targets: Sequence[str], first_line: int = 1,
+              decode: Optional[DecodeConfig] = None) -> list[Score]:
+        """Forced-decoding scores of each target as the translation of its source (1:1; sequences of
+        str), with `decode`'s length_penalty, batch_tokens and max_source_tokens (None: this Translator's)."""
         check_lines(sources, "sources")
         check_lines(targets, "targets")
         if len(sources) != len(targets):
             raise UserError(f"{len(sources)} sources but {len(targets)} targets: score needs one target per source")
-        src = self._encode(sources, first_line)
+        decode = self.decode_for(decode)
+        src = self._encode(sources, first_line, decode)
         tgt = [np.asarray(ids, dtype=np.int32) for ids in self.tokenizer.encode_tgt([clean_line(t) for t in targets])]
-        forced = self._force(src, tgt)
-        penalty = self.decode.length_penalty
-        return [Score(float(f.log_probs.sum()), float(f.log_probs.sum()) / len(f.log_probs) ** penalty, len(f.log_probs))
-                for f in forced]
+        forced = self._force(src, tgt, decode)
+        penalty = decode.length_penalty
+        return [Score(float(f.log_probs.sum()), float(f.log_probs.sum()) / len(f.log_probs) ** penalty,
+                      len(f.log_probs)) for f in forced]
 
-    def search(self, sentences: Sequence[np.ndarray]) -> list[list[Hypothesis]]:
-        """The decode.n_best hypotheses of each sentence (source ids without EOS), in input order;
-        over the shortlist when there is one (forced decoding, `score`, always uses the full vocabulary)."""
+    def search(self, sentences: Sequence[np.ndarray], decode: Optional[DecodeConfig] = None
+               ) -> list[list[Hypothesis]]:
+        """The decode.n_best hypotheses of each sentence (source ids without EOS), in input order,
+        with `decode` (None: this Translator's); over the shortlist when there is one (forced
+        decoding, `score`, always uses the full vocabulary)."""
+        decode = self.decode_for(decode)
         for model in self.models:
             model.eval()
-        return search_corpus(self.step_model, sentences, self.decode, self.device, self.precision.name, self.shortlist)
+        return search_corpus(self.step_model, sentences, decode, self.device, self.precision.name, self.shortlist)
 
     def translate_encoded(self, sentences: Sequence[np.ndarray]) -> list[str]:
         """Detokenized best translations of encoded sentences (what validation scores with BLEU)."""
-        return [one_line(text) for text in self.tokenizer.decode_tgt([hyps[0].tokens for hyps in self.search(sentences)])]
+        best = [hyps[0].tokens for hyps in self.search(sentences)]
+        return [one_line(text) for text in self.tokenizer.decode_tgt(best)]
+
+    def decode_for(self, decode: Optional[DecodeConfig]) -> DecodeConfig:
+        """The settings of one call: this Translator's when None, else `decode`, checked. The
+        settings `load` read (LOAD_TIME_DECODE_KEYS) must equal this Translator's: a call cannot
+        change the models' precision, int8 copies or shortlist (a UserError says to load another)."""
+        if decode is None or decode is self.decode:
+            return self.decode
+        decode.check()
+        for key in LOAD_TIME_DECODE_KEYS:
+            if getattr(decode, key) != getattr(self.decode, key):
+                raise UserError(f"decode.{key} is read when the model loads ({getattr(self.decode, key)!r} here), so "
+                                f"a call cannot change it: load a Translator with {key}={getattr(decode, key)!r}")
+        return decode
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _encode(self, lines: Sequence[str], first_line: int) -> list[np.ndarray]:
+    def _encode(self, lines: Sequence[str], first_line: int, decode: DecodeConfig) -> list[np.ndarray]:
         """Source ids of each line (clean_line applied), truncated to decode.max_source_tokens with a warning."""
-        limit = self.decode.max_source_tokens
+        limit = decode.max_source_tokens
         encoded = self.tokenizer.encode_src([clean_line(line) for line in lines])
         for offset, ids in enumerate(encoded):
             if len(ids) > limit:
                 self.warn(f"line {first_line + offset}: {len(ids)} tokens, truncated to {limit}")
         return [np.asarray(ids[:limit], dtype=np.int32) for ids in encoded]
 
-    def _force(self, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], attention: bool = False) -> list[Forced]:
+    def _force(self, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], decode: DecodeConfig,
+               attention: bool = False) -> list[Forced]:
         for model in self.models:
             model.eval()
-        return force_corpus(self.step_model, sources, targets, self.decode, self.device, self.precision.name,
+        return force_corpus(self.step_model, sources, targets, decode, self.device, self.precision.name,
                             self.models if attention else ())
 
-    def _attention(self, sources: list[np.ndarray], best: list[Hypothesis]) -> list[Alignment]:
+    def _attention(self, sources: list[np.ndarray], best: list[Hypothesis], decode: DecodeConfig) -> list[Alignment]:
         """Alignments of each source with its best hypothesis, by forced decoding of it."""
-        forced = self._force(sources, [np.asarray(h.tokens, dtype=np.int32) for h in best], attention=True)
+        forced = self._force(sources, [np.asarray(h.tokens, dtype=np.int32) for h in best], decode, attention=True)
         return [self._alignment(src, hyp.tokens, f.attention) for src, hyp, f in zip(sources, best, forced)]
 
     def _alignment(self, src: np.ndarray, tgt: list[int], weights: Any) -> Alignment:
         source, target = self.tokenizer.src_pieces(src.tolist()), self.tokenizer.tgt_pieces(tgt)
-        return Alignment(source + ["</s>"], target + ["</s>"], np.round(weights, 6).tolist(), word_alignment(source, target, weights))
+        return Alignment(source + ["</s>"], target + ["</s>"], np.round(weights, 6).tolist(),
+                         word_alignment(source, target, weights))
 
     def _translation(self, src: np.ndarray, hyps: list[Hypothesis], alignment: Optional[Alignment]) -> Translation:
         texts = [one_line(text) for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]

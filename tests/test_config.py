@@ -1,11 +1,17 @@
-import pytest
+import dataclasses
+import re
+import typing
 
-from lstmmt.config import Config, parse_duration, read_yaml
+import pytest
+import yaml
+
+from lstmmt.config import Config, TrainConfig, allowed_text, default_text, option_help, parse_duration, read_yaml
 from lstmmt.errors import UserError
 
 
 def test_yaml_round_trip(tmp_path):
-    config = Config().with_overrides(["model.hidden_size=128", "train.max_time=30m", "model.attention=bahdanau", "train.lr=2e-3"])
+    config = Config().with_overrides(["model.hidden_size=128", "train.max_time=30m", "model.attention=bahdanau",
+                                      "train.lr=2e-3"])
     config.save(tmp_path / "config.yaml")
     loaded = Config.load(tmp_path / "config.yaml")
     assert loaded == config
@@ -13,7 +19,8 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_overrides_are_parsed_by_field_type():
-    config = Config().with_overrides(["train.lr=1", "model.input_feeding=true", "data.src_lang=123", "train.max_time=null"])
+    config = Config().with_overrides(["train.lr=1", "model.input_feeding=true", "data.src_lang=123",
+                                      "train.max_time=null"])
     assert isinstance(config.train.lr, float) and config.train.lr == 1.0
     assert config.model.input_feeding is True
     assert config.data.src_lang == "123"  # a str field keeps the text, not the YAML int
@@ -57,16 +64,82 @@ def test_durations():
         parse_duration("-3m")
 
 
-def test_every_config_key_is_documented():
-    import dataclasses
-    import typing
-    from pathlib import Path
+def test_docs_tables_are_generated_from_the_declarations():
+    """docs/config.md's tables are what `python -m lstmmt.configdoc` writes from lstmmt/config.py."""
+    from lstmmt.configdoc import DOC, rendered
 
-    doc = (Path(__file__).resolve().parents[1] / "docs/config.md").read_text(encoding="utf-8")
+    doc = DOC.read_text(encoding="utf-8")
+    assert rendered(doc) == doc, "docs/config.md is stale: run python -m lstmmt.configdoc"
     for section in dataclasses.fields(Config):
-        assert f"## {section.name}:" in doc
-        for key in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
-            assert f"| `{key.name}` |" in doc, f"{section.name}.{key.name} is missing from docs/config.md"
+        assert f"<!-- generated table: {section.name} -->" in doc
+
+
+def test_a_changed_declaration_makes_the_docs_stale(monkeypatch):
+    from lstmmt.config import TrainConfig
+    from lstmmt.configdoc import DOC, rendered, table
+
+    item = next(item for item in dataclasses.fields(TrainConfig) if item.name == "max_steps")
+    monkeypatch.setattr(item, "default", 7)
+    doc = DOC.read_text(encoding="utf-8")
+    assert "| `max_steps` | int | 7 | >= 1 |" in table("train") and rendered(doc) != doc
+
+
+def test_every_key_is_declared_with_help_and_every_number_with_a_range():
+    """The range check covers a numeric key only through its declaration, so each must have one."""
+    for section, cls in typing.get_type_hints(Config).items():
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            key, allowed = f"{section}.{item.name}", item.metadata["allowed"]
+            assert item.metadata["help"], f"{key} has no help"
+            if {int, float} & {hints[item.name], *typing.get_args(hints[item.name])}:
+                assert allowed.low is not None or allowed.high is not None, f"{key} has no range"
+
+
+def test_command_line_help_quotes_each_keys_declared_range_and_default():
+    """Options that set a config key name it, with the range and default its field declares."""
+    import typer
+
+    from lstmmt.cli import app
+
+    named = 0
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            match = re.search(r"\((\w+\.\w+): ", getattr(param, "help", None) or "")
+            if match:
+                key, named = match[1], named + 1
+                assert f"({key}: {allowed_text(key)}; default {default_text(key)})." in param.help, param.help
+    assert named >= 10
+    assert "(decode.beam_size: >= 1 (1 is greedy search); default 5)." in option_help("decode.beam_size", "Beam size")
+
+
+def test_durations_are_parsed_once_when_the_config_is_built(monkeypatch):
+    """The budget schedule reads the seconds every step: parsing them again would cost each step."""
+    import lstmmt.config
+    import lstmmt.schedule
+    from lstmmt.schedule import budget_spent, learning_rate
+
+    config = Config().with_overrides(["train.max_time=30m", "train.valid_every_time=1.5h", "train.lr_schedule=budget"])
+    assert (config.train.max_time_seconds, config.train.valid_every_seconds) == (1800.0, 5400.0)
+    assert Config().train.max_time_seconds == Config().train.valid_every_seconds == float("inf")
+
+    def refuse(text):
+        raise AssertionError(f"{text!r} parsed again")
+
+    monkeypatch.setattr(lstmmt.config, "parse_duration", refuse)
+    monkeypatch.setattr(lstmmt.schedule, "parse_duration", refuse, raising=False)
+    rates = [learning_rate(config.train, step, elapsed=step * 2.0) for step in range(100)]
+    assert rates[-1] < rates[50] and budget_spent(config.train, 300, 900.0) == 0.5
+    assert budget_spent(Config().train, 10, 1e9) == 10 / 100_000  # no max_time: steps alone
+
+
+def test_parsed_durations_stay_out_of_config_yaml(tmp_path):
+    config = Config().with_overrides(["train.max_time=30m"])
+    assert config.train.max_time_seconds == 1800.0
+    config.save(tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["train"]["max_time"] == "30m"
+    assert list(saved["train"]) == [item.name for item in dataclasses.fields(TrainConfig)]
+    assert Config.load(tmp_path / "config.yaml") == config
 
 
 def one_line_error(action, *words: str) -> str:

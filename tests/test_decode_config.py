@@ -17,7 +17,9 @@ from lstmmt.tokenizer import EOS
 @pytest.mark.parametrize("values, message", [
     ({"beam_size": 0}, "decode.beam_size must be an integer >= 1"),
     ({"beam_size": -2}, "decode.beam_size must be an integer >= 1"),
-    ({"n_best": 6}, "decode.n_best must be between 1 and decode.beam_size (5), got 6"),
+    ({"n_best": 6}, "decode.n_best must be an integer in [1, decode.beam_size (5)], got 6"),
+    ({"n_best": 0}, "decode.n_best must be an integer in [1, decode.beam_size (5)], got 0"),
+    ({"beam_size": 2, "n_best": 3}, "decode.n_best must be an integer in [1, decode.beam_size (2)], got 3"),
     ({"length_penalty": math.nan}, "decode.length_penalty must be a number in [-10, 10], got nan"),
     ({"length_penalty": 1e308}, "decode.length_penalty must be a number in [-10, 10], got 1e+308"),
     ({"length_penalty": -1e308}, "decode.length_penalty must be a number in [-10, 10], got -1e+308"),

@@ -343,18 +343,6 @@ def test_out_of_range_config_yaml_is_one_line_naming_the_key(trained, tmp_path, 
     assert_one_line_error(invoke("train", run, "--max-steps", "45"), key, message)
 
 
-def test_every_numeric_config_field_has_a_range():
-    import dataclasses
-
-    from lstmmt.config import RANGES, Config
-
-    config = Config()
-    for section in ("data", "tokenizer", "model", "train"):
-        for item in dataclasses.fields(getattr(config, section)):
-            if item.type in ("int", "float", "Optional[int]"):
-                assert f"{section}.{item.name}" in RANGES
-
-
 def test_torn_last_metrics_line_is_skipped(trained, tmp_path):
     run = copy_of(trained, tmp_path)
     with open(run / "logs/metrics.jsonl", "a") as handle:

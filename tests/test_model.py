@@ -1,9 +1,11 @@
-"""The model's promises: padding never leaks, attention ignores padding, fused == step-by-step."""
+"""The model's promises: padding never leaks, attention ignores padding, fused == step-by-step,
+one output layer for logits, loss and shortlist rows, parameter names that checkpoints store."""
 
 import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lstmmt.batching import pad
 from lstmmt.config import ModelConfig
@@ -15,7 +17,8 @@ VOCAB = 40
 
 def small_model(**overrides) -> Seq2Seq:
     torch.manual_seed(0)
-    config = dataclasses.replace(ModelConfig(embed_size=16, hidden_size=24, encoder_layers=2, decoder_layers=2, dropout=0.0), **overrides)
+    base = ModelConfig(embed_size=16, hidden_size=24, encoder_layers=2, decoder_layers=2, dropout=0.0)
+    config = dataclasses.replace(base, **overrides)
     return Seq2Seq(config, VOCAB, VOCAB, joint_vocab=True).eval()
 
 
@@ -92,3 +95,38 @@ def test_uniform_init_draws_every_parameter_from_its_range():
     assert model.tgt_embed.weight[PAD].abs().sum() == 0
     default = Seq2Seq(dataclasses.replace(config, init="pytorch"), 50, 50, joint_vocab=True)
     assert default.tgt_embed.weight.detach().std().item() == pytest.approx(16**-0.5, rel=0.2)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_output_layer_gives_logits_loss_and_shortlist_rows_that_agree(tied):
+    model = small_model(tie_embeddings=tied)
+    layer = model.output_layer
+    attentional = torch.randn(2, 3, 24)
+    targets = torch.tensor([[5, 6, PAD], [7, 8, 9]])
+    with torch.no_grad():
+        logits = layer(attentional)
+        loss = layer.loss(attentional, targets, 0.1)
+        ids = torch.tensor([0, 1, 2, 3, 9, 17])
+        narrowed = layer(attentional, layer.rows(ids))
+    assert logits.shape == (2, 3, VOCAB) and not layer.int8
+    assert (layer.weights()[0] is model.tgt_embed.weight) == tied
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD, label_smoothing=0.1,
+                               reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(narrowed, logits[..., ids])
+
+
+# Checkpoints and releases store parameters by these names, and Adam's state by parameter position.
+OUTPUT_PARAMETERS = {
+    (True, 16): ["output_bias", "pre_output.weight"],
+    (True, 24): ["output_bias"],  # embed_size == hidden_size: no projection
+    (False, 16): ["output.weight", "output.bias"],
+}
+
+
+@pytest.mark.parametrize("tied, embed_size", list(OUTPUT_PARAMETERS))
+def test_output_parameters_keep_the_names_and_places_checkpoints_store(tied, embed_size):
+    names = list(small_model(tie_embeddings=tied, embed_size=embed_size).state_dict())
+    assert [name for name in names if name.startswith("output") or name.startswith("pre_output")] == \
+        OUTPUT_PARAMETERS[tied, embed_size]
+    assert names.index(OUTPUT_PARAMETERS[tied, embed_size][0]) == (0 if tied else len(names) - 2)

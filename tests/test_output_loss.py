@@ -23,7 +23,8 @@ def reference(h, w, b, targets, eps):
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-@pytest.mark.parametrize("chunk", [11 * 4, 11 * 37, 10**6])  # 4 rows a chunk (the last one short), one chunk exactly, one large chunk
+# 4 rows a chunk (the last one short), one chunk exactly, one large chunk
+@pytest.mark.parametrize("chunk", [11 * 4, 11 * 37, 10**6])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_loss_and_gradients_equal_cross_entropy(monkeypatch, eps, chunk, with_bias):
     monkeypatch.setitem(fused.CHUNK_ELEMENTS, "cpu", chunk)

@@ -24,27 +24,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftes
 @pytest.mark.parametrize("tied", [True, False])
 def test_int8_layers_give_nearly_the_fp32_distribution(tied):
     torch.manual_seed(0)
-    config = ModelConfig(embed_size=16, hidden_size=32, encoder_layers=2, decoder_layers=2, dropout=0.0, tie_embeddings=tied)
+    config = ModelConfig(embed_size=16, hidden_size=32, encoder_layers=2, decoder_layers=2, dropout=0.0,
+                         tie_embeddings=tied)
     model = Seq2Seq(config, 30, 30, joint_vocab=True).eval()
     quantized = quantize_int8(model)
     assert isinstance(model.encoder.forward_lstms[0], torch.nn.LSTM)  # the original is not changed
     assert type(quantized.encoder.forward_lstms[0]) is torch.ao.nn.quantized.dynamic.LSTM
     assert type(quantized.decoder.layers[1]) is torch.ao.nn.quantized.dynamic.LSTM
     assert type(quantized.combine) is Int8Linear  # torch's dynamic int8 Linear, keeping its weight unpacked too
-    if not tied:
-        assert type(quantized.output) is Int8Linear
+    # The output layer's Linears: the projection to E when tied, the output Linear itself when not.
+    assert type(quantized.pre_output if tied else quantized.output) is Int8Linear
+    assert quantized.output_layer.int8 != tied and not model.output_layer.int8
     src, lengths = random_batch(4)
     prev = torch.full((4,), BOS)
     with torch.inference_mode():
         expected, _ = model.decode_step(prev, *model.encode(src, lengths))
         found, _ = quantized.decode_step(prev, *quantized.encode(src, lengths))
         ids = torch.tensor([0, 1, 2, 3, 9, 17])
-        narrowed, _ = quantized.decode_step(prev, *quantized.encode(src, lengths), quantized.output_rows(ids))
+        rows = quantized.output_layer.rows(ids)
+        narrowed, _ = quantized.decode_step(prev, *quantized.encode(src, lengths), rows)
     assert found.dtype == torch.float32 and found.shape == expected.shape
     assert (found.exp() - expected.exp()).abs().max() < 0.02
     # The same int8 product over fewer rows (untied: an int8 Linear of those rows), renormalised.
     assert torch.allclose(narrowed, found[:, ids] - torch.logsumexp(found[:, ids], dim=-1, keepdim=True), atol=1e-5)
-    assert (quantized.output_rows(ids).int8 is None) == tied
+    assert (rows.int8 is None) == tied
 
 
 def test_quantised_translation_gives_output_of_the_same_kind(tiny_run, tmp_path):
@@ -62,7 +65,8 @@ def test_quantised_translation_gives_output_of_the_same_kind(tiny_run, tmp_path)
     assert [t.text for t in narrowed.translate(LINES)] == [t.text for t in found]  # int8 with a shortlist of every id
 
     (tmp_path / "in.txt").write_text("seven\n\ntwenty-one\n", encoding="utf-8")
-    result = runner.invoke(app, ["translate", str(tiny_run), "-i", str(tmp_path / "in.txt"), "--quantize", "int8", "--device", "cpu"])
+    arguments = ["translate", str(tiny_run), "-i", str(tmp_path / "in.txt"), "--quantize", "int8", "--device", "cpu"]
+    result = runner.invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "decode.quantize=int8" in result.output
 

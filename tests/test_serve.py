@@ -393,3 +393,9 @@ def test_a_busy_port_is_one_line(run):
         result = runner.invoke(app, ["serve", str(run), "--port", str(taken.getsockname()[1])])
     assert result.exit_code == 1
     assert "cannot listen on 127.0.0.1:" in result.output and "Traceback" not in result.output
+
+
+def test_serve_option_mistakes_come_before_the_model_loads(tmp_path):
+    result = runner.invoke(app, ["serve", str(tmp_path / "no-run"), "--shutdown-timeout", "0"])
+    assert result.exit_code == 1
+    assert "--shutdown-timeout must be a number of seconds > 0" in result.output and "Traceback" not in result.output

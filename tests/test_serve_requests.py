@@ -16,9 +16,9 @@ import pytest
 
 from lstmmt import Translator, UserError
 from lstmmt.config import DecodeConfig
-from lstmmt.serve import Job, Limits, Worker
+from lstmmt.serve.requests import Limits
+from lstmmt.serve.worker import Job, Worker
 from lstmmt.translator import Translation
-
 from tests.test_serve import LINES, Server, request
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
@@ -205,15 +205,14 @@ def test_connections_beyond_the_limit_get_503(server):
 class FailingTranslator:
     """Translates a line to itself in capitals, and fails on a whole batch holding "bad input"."""
 
-    def translate(self, lines: list[str], alignment: bool = False) -> list[Translation]:
+    def translate(self, lines: list[str], alignment: bool = False, decode: DecodeConfig = None) -> list[Translation]:
         if "bad input" in lines:
             raise UserError("this line cannot be translated")
         return [Translation(line.upper(), 0.0, 0.0, []) for line in lines]
 
 
-def test_the_worker_gives_an_error_only_to_the_request_that_fails_alone(reference):
-    worker = Worker(reference, Limits(), log=print)
-    worker._translator = lambda decode: FailingTranslator()
+def test_the_worker_gives_an_error_only_to_the_request_that_fails_alone():
+    worker = Worker(FailingTranslator(), Limits(), log=print)
     decode = DecodeConfig()
     jobs = [Job(["one", "two"], decode, False), Job(["bad input"], decode, False), Job(["three"], decode, False)]
     worker._answer(jobs)
@@ -221,3 +220,34 @@ def test_the_worker_gives_an_error_only_to_the_request_that_fails_alone(referenc
     assert isinstance(jobs[1].future.exception(), UserError)
     assert [t.text for t in jobs[2].future.result()] == ["THREE"]
     assert (worker.requests, worker.sentences) == (2, 3)
+
+
+class RecordingTranslator(FailingTranslator):
+    """A FailingTranslator that records the lines and decode settings of each call."""
+
+    def __init__(self):
+        self.calls: list[tuple[list[str], DecodeConfig]] = []
+
+    def translate(self, lines: list[str], alignment: bool = False, decode: DecodeConfig = None) -> list[Translation]:
+        self.calls.append((list(lines), decode))
+        return super().translate(lines, alignment, decode)
+
+
+def test_the_worker_searches_each_set_of_decode_settings_with_its_one_translator():
+    recording = RecordingTranslator()
+    worker = Worker(recording, Limits(), log=print)
+    wide, narrow = DecodeConfig(beam_size=4), DecodeConfig(beam_size=2)
+    jobs = [Job(["one"], wide, False), Job(["two"], narrow, False), Job(["three"], wide, False)]
+    worker._answer(jobs)
+    assert [[t.text for t in job.future.result()] for job in jobs] == [["ONE"], ["TWO"], ["THREE"]]
+    assert worker.translator.calls == [(["one", "three"], wide), (["two"], narrow)]
+
+
+def test_the_worker_logs_truncated_request_sentences_and_leaves_the_translator_it_was_given(reference):
+    logged: list[str] = []
+    worker = Worker(reference, Limits(), log=logged.append)
+    jobs = [Job(["seven " * 300], reference.decode, False)]
+    worker._answer(jobs)
+    assert len(jobs[0].future.result()) == 1
+    assert logged == ["warning: a request sentence has 600 tokens, truncated to 250"]
+    assert reference.warn is not worker.translator.warn

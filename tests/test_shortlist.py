@@ -81,10 +81,12 @@ def test_the_command_writes_the_file_and_translate_reads_it(run, tmp_path):
 
     result = runner.invoke(app, ["shortlist", str(run), "--per-source", "3", "--frequent", "5"])
     assert result.exit_code == 0, result.output
-    assert f"Wrote {run}/shortlist.npz: 3 candidates per source piece, 5 frequent target pieces" in " ".join(result.output.split())
+    wrote = f"Wrote {run}/shortlist.npz: 3 candidates per source piece, 5 frequent target pieces"
+    assert wrote in " ".join(result.output.split())
     with np.load(run / "shortlist.npz", allow_pickle=False) as data:  # readable without lstmmt
         assert data["candidates"].shape == (100, 3) and len(data["always"]) == len(SPECIALS) + 5
-    translated = runner.invoke(app, ["translate", str(run), "-i", str(tmp_path / "in.txt"), "--shortlist", "--beam", "2"])
+    arguments = ["translate", str(run), "-i", str(tmp_path / "in.txt"), "--shortlist", "--beam", "2"]
+    translated = runner.invoke(app, arguments)
     assert translated.exit_code == 0, translated.output
     assert "over the shortlist" in translated.output
     assert Translator.load(run, device="cpu", shortlist=True).shortlist.meta["per_source"] == 3
@@ -111,7 +113,8 @@ def test_a_shortlist_of_every_id_translates_as_the_full_vocabulary(run, beam, ch
 def test_a_restricted_shortlist_produces_only_allowed_ids(run, beam):
     base = Translator.load(run, device="cpu", beam_size=beam)
     vocab = base.tokenizer.tgt_vocab_size
-    sentences = [np.asarray(ids, dtype=np.int32) for ids in base.tokenizer.encode_src([l for l in LINES if l.strip()])]
+    encoded = base.tokenizer.encode_src([line for line in LINES if line.strip()])
+    sentences = [np.asarray(ids, dtype=np.int32) for ids in encoded]
     unrestricted = {t for hyps in base.search(sentences) for t in hyps[0].tokens}
     # Candidates only: every source piece allows 20 and 21, nothing else is (the specials aside).
     via_candidates = Shortlist(np.tile(np.array([20, 21], dtype=np.int32), (vocab, 1)), SPECIALS.copy(), {})

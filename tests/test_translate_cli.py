@@ -178,3 +178,45 @@ def test_evaluate_split_translates_again_for_other_options(tiny_run, tmp_path):
     assert invoke("shortlist", tiny_run, "--per-source", "1", "--frequent", "2").exit_code == 0
     assert invoke("evaluate", tiny_run, "--split", "test", "--shortlist", "--quantize", "int8").exit_code == 0
     assert narrowed.stat().st_mtime_ns > written  # a rewritten shortlist makes the old translation stale
+
+
+@pytest.fixture()
+def config_reads(monkeypatch) -> list[Path]:
+    """The config.yaml files read with Config.load from now on, in order."""
+    from lstmmt.config import Config
+
+    read: list[Path] = []
+    load = Config.load.__func__
+
+    def counted(cls, path):
+        read.append(Path(path))
+        return load(cls, path)
+
+    monkeypatch.setattr(Config, "load", classmethod(counted))
+    return read
+
+
+@pytest.mark.parametrize("command", [
+    ["translate", "-i", "{src}", "-o", "{out}/out.txt", "--beam", "3"],
+    ["score", "--src", "{src}", "--tgt", "{src}", "-o", "{out}/scores.txt"],
+    ["plot-attention", "seven", "-o", "{out}/attention.png", "--beam", "3"],
+    ["evaluate", "--split", "test", "--beam", "3"],
+], ids=lambda command: command[0])
+def test_a_command_reads_the_run_config_once(tiny_run, tmp_path, config_reads, command):
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # evaluate writes its translation into the run
+    args = [arg.format(src=run / "data/test.src.txt", out=tmp_path) for arg in command]
+    result = invoke(args[0], run, *args[1:])
+    assert result.exit_code == 0, result.output
+    assert config_reads == [run / "config.yaml"]
+
+
+def test_serve_reads_the_run_config_once_and_serves_its_decode_settings(tiny_run, config_reads, monkeypatch):
+    from lstmmt.serve import startup
+
+    served = {}
+    monkeypatch.setattr(startup, "serve", lambda translator, model, *args: served.update(translator=translator, model=model))
+    result = invoke("serve", tiny_run, "--port", "0", "--beam", "3", "--set", "decode.max_len_a=1.2")
+    assert result.exit_code == 0, result.output
+    assert config_reads == [tiny_run / "config.yaml"]
+    decode = served["translator"].decode
+    assert (decode.beam_size, decode.max_len_a, served["model"].source, served["model"].target) == (3, 1.2, "en", "de")

@@ -8,6 +8,7 @@ scores; learning is tested in test_cli.py).
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lstmmt import Translator
+from lstmmt import Translator, UserError
 from lstmmt.cli import app
 from lstmmt.config import DecodeConfig
 from lstmmt.decoding import Ensemble, search_corpus
 from lstmmt.search import beam_search, max_lengths
-
-from tests.test_search import LENGTHS, SRC, TABLE, A, B, TableModel  # hand-built step models
+from tests.test_search import (  # hand-built step models
+    LENGTHS,
+    SRC,
+    TABLE,
+    A,
+    B,
+    TableModel,
+)
 
 runner = CliRunner()
 
@@ -112,8 +119,9 @@ def test_forced_decoding_scores_equal_the_search_scores_of_the_same_output(run):
     lines = [line for line in LINES if line.strip()]
     translations = translator.translate(lines)
     scores = translator.score(lines, [t.text for t in translations])
-    hyps = translator.search(translator._encode(lines, 1))
-    forced = translator._force(translator._encode(lines, 1), [np.asarray(h[0].tokens, dtype=np.int32) for h in hyps])
+    encoded = translator._encode(lines, 1, translator.decode)
+    hyps = translator.search(encoded)
+    forced = translator._force(encoded, [np.asarray(h[0].tokens, dtype=np.int32) for h in hyps], translator.decode)
     for hyp, f in zip(hyps, forced):
         assert math.isclose(float(f.log_probs.sum()), hyp[0].log_prob, rel_tol=1e-4, abs_tol=1e-4)
     assert all(s.tokens >= 1 and s.log_prob <= 0 and math.isclose(s.score, s.log_prob / s.tokens, rel_tol=1e-9) for s in scores)
@@ -121,8 +129,8 @@ def test_forced_decoding_scores_equal_the_search_scores_of_the_same_output(run):
 
 def test_forced_decoding_of_a_hand_built_model():
     """TableModel: P(B | BOS) = 0.4, P(EOS | B) = 0.9, so [B] scores ln 0.36; [A, C] ln(0.6 * 0.3 * 1)."""
-    from lstmmt.decoding import forced_log_probs
     from lstmmt.batching import pad
+    from lstmmt.decoding import forced_log_probs
     from lstmmt.tokenizer import EOS
 
     C = 6
@@ -179,7 +187,7 @@ def test_an_ensemble_of_two_hand_built_models_finds_the_hand_computed_best():
 
 def test_an_ensemble_of_one_model_equals_that_model(run):
     translator = Translator.load(run, device="cpu", beam_size=4, n_best=2)
-    sentences = translator._encode([line for line in LINES if line.strip()], 1)
+    sentences = translator._encode([line for line in LINES if line.strip()], 1, translator.decode)
     alone = search_corpus(translator.models[0], sentences, translator.decode, translator.device, "fp32")
     ensemble = search_corpus(Ensemble(translator.models), sentences, translator.decode, translator.device, "fp32")
     assert [[(h.tokens, h.score) for h in hyps] for hyps in alone] == [[(h.tokens, h.score) for h in hyps] for hyps in ensemble]
@@ -223,3 +231,37 @@ def test_user_error_is_part_of_the_package_api():
     from lstmmt.errors import UserError
 
     assert lstmmt.UserError is UserError and "UserError" in lstmmt.__all__
+
+
+def test_a_call_with_other_search_settings_gives_what_a_translator_loaded_with_them_gives(run, translator):
+    """One Translator serves calls with different search-time settings: each call's results equal
+    those of a Translator loaded with that call's settings."""
+    decode = translator.decode.updated(beam_size=3, n_best=2, length_penalty=0.5, max_len_b=2, max_source_tokens=3)
+    loaded = Translator.load(run, device="cpu", decode=decode)
+    lines = LINES + ["on Monday the third of May and the fourth of June"]
+    assert translator.translate(lines, alignment=True, decode=decode) == loaded.translate(lines, alignment=True)
+    assert translator.translate(lines) == Translator.load(run, device="cpu", precision="fp32").translate(lines)
+    targets = ["sieben"] * len(lines)
+    assert translator.score(lines, targets, decode=decode) == loaded.score(lines, targets)
+    assert translator.score(lines, targets, decode=decode) != translator.score(lines, targets)
+
+
+def test_load_takes_a_decode_config_and_overrides_laid_over_it(run):
+    decode = replace(DecodeConfig(), beam_size=2, n_best=2, precision="fp32", max_len_b=3)
+    assert Translator.load(run, device="cpu", decode=decode).decode == decode
+    assert Translator.load(run, device="cpu", decode=decode, n_best=1).decode == replace(decode, n_best=1)
+    with pytest.raises(UserError, match="decode.beam_size must be"):
+        Translator.load(run, device="cpu", decode=replace(decode, beam_size=0))
+
+
+@pytest.mark.parametrize("key,value", [("precision", "bf16"), ("quantize", "int8"), ("shortlist", True)])
+def test_a_call_cannot_change_what_load_prepared_the_models_for(translator, key, value):
+    with pytest.raises(UserError, match=f"decode.{key} is read when the model loads"):
+        translator.translate(["seven"], decode=replace(translator.decode, **{key: value}))
+    with pytest.raises(UserError, match=f"decode.{key} is read when the model loads"):
+        translator.score(["seven"], ["sieben"], decode=replace(translator.decode, **{key: value}))
+
+
+def test_a_call_with_settings_out_of_range_is_refused(translator):
+    with pytest.raises(UserError, match="decode.n_best must be"):
+        translator.translate(["seven"], decode=replace(translator.decode, beam_size=2, n_best=3))
