@@ -19,6 +19,7 @@ demo: install
 	$(MAKE) -C recipes/toy PYTHON=$(PYTHON)
 
 test: dev
+	$(PYTHON) -m ruff check lstmmt tests benchmarks data
 	$(PYTHON) -m pytest
 
 clean:

@@ -13,8 +13,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from lstmmt.device import cpu_flags, cpu_model
 
@@ -45,7 +46,7 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine(device: Optional[str] = None) -> dict[str, Any]:
+def machine(device: str | None = None) -> dict[str, Any]:
     """Facts needed to compare two runs of a benchmark."""
     import torch
 
@@ -97,7 +98,7 @@ def cpu_seconds() -> float:
 # -- subprocesses ---------------------------------------------------------------------------
 
 
-def thread_env(threads: Optional[int], base: Optional[dict[str, str]] = None) -> dict[str, str]:
+def thread_env(threads: int | None, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     if threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -106,9 +107,9 @@ def thread_env(threads: Optional[int], base: Optional[dict[str, str]] = None) ->
     return env
 
 
-def run_measured(cmd: Sequence[str], log_path: Path, env: Optional[dict[str, str]] = None,
-                 cwd: Optional[Path] = None, stdin_path: Optional[Path] = None,
-                 stdout_path: Optional[Path] = None) -> dict[str, Any]:
+def run_measured(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, stdin_path: Path | None = None,
+                 stdout_path: Path | None = None) -> dict[str, Any]:
     """Run a command to completion; stdout/stderr to files. Returns wall/CPU seconds and peak RSS
     (from wait4, so the child's own numbers), and raises with the log tail on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +267,7 @@ TRANSLATE_VARIANTS = {"fp32": [], "shortlist": ["--shortlist"], "int8": ["--quan
 """lstmmt translation variants the benchmarks measure: their extra `lstmmt translate` options."""
 
 
-def ensure_shortlist(run: Path, threads: Optional[int]) -> dict[str, Any]:
+def ensure_shortlist(run: Path, threads: int | None) -> dict[str, Any]:
     """RUN/shortlist.npz's settings, writing it first (`lstmmt shortlist`, defaults, untimed) when the run has none."""
     import numpy as np
 

@@ -31,8 +31,9 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common import CACHE, DEFAULT_DATA, REPO, emit, log, machine
 
@@ -43,9 +44,11 @@ every 400 steps (the recipe's CPU-sized interval would validate every few second
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--budget", type=float, default=465.0, help="seconds for all parts together (8 minutes less start-up)")
+    ap.add_argument("--budget", type=float, default=465.0,
+                    help="seconds for all parts together (8 minutes less start-up)")
     ap.add_argument("--train-minutes", type=float, default=3.0, help="cap of the Multi30k training")
     ap.add_argument("--batch-tokens", type=int, default=16384, help="training batch for train_speed and the recipe run")
     ap.add_argument("--lines", type=int, default=10_000, help="translate_speed input lines")
@@ -56,7 +59,7 @@ def parse_args() -> argparse.Namespace:
 class Part:
     """One subprocess with a timeout; its stdout's JSON (or pytest's report) becomes the result."""
 
-    def __init__(self, check: "Check", name: str) -> None:
+    def __init__(self, check: Check, name: str) -> None:
         self.check, self.name = check, name
         self.log_path = WORK / f"{name}.log"
 
@@ -124,7 +127,7 @@ class Check:
             entry = {"status": "timeout", "error": str(exc)}
         except Failed as exc:
             entry = {"status": "failed", "error": str(exc), "result": exc.result}
-        except Exception as exc:  # a part's failure is reported, and the next part runs
+        except Exception as exc:  # noqa: BLE001 (a part's failure is reported, and the next part runs)
             entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         entry["seconds"] = round(time.monotonic() - start, 1)
         log(f"{name}: {entry['status']} in {entry['seconds']} s")
@@ -144,11 +147,12 @@ def pytest_report(junit: Path) -> Callable[[str], Any]:
         suite = ET.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         cases = suite.findall("testcase")
-        failed = [f"{c.get('name')}: {(c.find('failure') if c.find('failure') is not None else c.find('error')).get('message', '')[:300]}"
-                  for c in cases if c.find("failure") is not None or c.find("error") is not None]
+        problems = [(c, c.find("failure") if c.find("failure") is not None else c.find("error")) for c in cases]
+        failed = [f"{c.get('name')}: {problem.get('message', '')[:300]}"
+                  for c, problem in problems if problem is not None]
         skipped = [c.get("name") for c in cases if c.find("skipped") is not None]
-        result = {"tests": len(cases), "passed": len(cases) - len(failed) - len(skipped), "failed": failed, "skipped": skipped,
-                  "seconds": round(float(suite.get("time", 0)), 1)}
+        result = {"tests": len(cases), "passed": len(cases) - len(failed) - len(skipped), "failed": failed,
+                  "skipped": skipped, "seconds": round(float(suite.get("time", 0)), 1)}
         if failed or not cases:
             raise Failed(f"{len(failed)} of {len(cases)} cuda tests failed", result)
         return result
@@ -166,8 +170,9 @@ def main() -> None:
         emit({**info, "status": "no CUDA device", "cuda": False, "machine": machine(),
               "note": "PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); nothing was measured"})
         return
-    info |= {"status": "ran", "cuda": True, "gpu": torch.cuda.get_device_name(0), "gpu_count": torch.cuda.device_count(),
-             "cuda_version": torch.version.cuda, "bf16_supported": torch.cuda.is_bf16_supported(including_emulation=False),
+    info |= {"status": "ran", "cuda": True, "gpu": torch.cuda.get_device_name(0),
+             "gpu_count": torch.cuda.device_count(), "cuda_version": torch.version.cuda,
+             "bf16_supported": torch.cuda.is_bf16_supported(including_emulation=False),
              "machine": machine("cuda"), "budget_s": args.budget}
     check = Check(args)
     py = sys.executable
@@ -177,13 +182,15 @@ def main() -> None:
 
     junit = WORK / "cuda_tests.xml"
     junit.unlink(missing_ok=True)
-    check.part("cuda_tests", lambda p: p.run([py, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider",
-                                               f"--junitxml={junit}"], 180, pytest_report(junit)))
+    cuda_tests = [py, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider",
+                  f"--junitxml={junit}"]
+    check.part("cuda_tests", lambda p: p.run(cuda_tests, 180, pytest_report(junit)))
 
     def preprocess(p: Part) -> Any:
         code = ("import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import json; "
                 "from common import ensure_preprocessed; "
-                f"print(json.dumps({{'run': str(ensure_preprocessed(Path({str(run_base)!r}), Path({str(args.data_dir)!r})))}}))")
+                f"run = ensure_preprocessed(Path({str(run_base)!r}), Path({str(args.data_dir)!r})); "
+                "print(json.dumps({'run': str(run)}))")
         return p.run([py, "-c", code], 120)
 
     check.part("preprocess", preprocess)
@@ -199,7 +206,8 @@ def main() -> None:
         if not shape:
             raise Skipped("needs the batch shape of train_bf16 or train_fp32")
         return p.run([py, bench / "lstm_limit.py", "--device", "cuda", "--styles", "fused", "--dtypes", "bf16,fp32",
-                      "--sentences", shape["sentences"], "--src-len", shape["src_len"], "--tgt-len", shape["tgt_len"]], 60)
+                      "--sentences", shape["sentences"], "--src-len", shape["src_len"], "--tgt-len", shape["tgt_len"]],
+                     60)
 
     check.part("limit", limit)
 
@@ -223,7 +231,8 @@ def main() -> None:
         valid = [json.loads(line) for line in (recipe_run / "logs/metrics.jsonl").read_text().splitlines()]
         speeds = [r["tgt_tokens_per_s"] for r in valid if r["event"] == "train"]
         return {"max_time_s": round(minutes * 60), "overrides": sets, "summary": summary,
-                "valid_bleu_curve": [[r["step"], round(r["elapsed"]), round(r["bleu"], 2)] for r in valid if r["event"] == "valid"],
+                "valid_bleu_curve": [[r["step"], round(r["elapsed"]), round(r["bleu"], 2)]
+                                     for r in valid if r["event"] == "valid"],
                 "median_tgt_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None}
 
     check.part("multi30k", multi30k, needs=("preprocess",))
@@ -231,18 +240,20 @@ def main() -> None:
     def bleu(p: Part) -> Any:
         scores = p.run([py, "-m", "lstmmt", "evaluate", recipe_run, "--split", "test", "--json", "--device", "cuda",
                         "--checkpoint", "best"], 90)
-        return {"test": "test_2016_flickr", "bleu": scores["bleu"], "chrf": scores["chrf"], "signature": scores["signatures"]["bleu"]}
+        return {"test": "test_2016_flickr", "bleu": scores["bleu"], "chrf": scores["chrf"],
+                "signature": scores["signatures"]["bleu"]}
 
     check.part("bleu", bleu, needs=("multi30k",))
 
     def translate(p: Part) -> Any:
-        result = p.run([py, bench / "translate_speed.py", "--run", recipe_run, "--device", "cuda", "--lines", args.lines,
-                        "--beams", "1,5", "--data-dir", args.data_dir], 150)
+        result = p.run([py, bench / "translate_speed.py", "--run", recipe_run, "--device", "cuda",
+                        "--lines", args.lines, "--beams", "1,5", "--data-dir", args.data_dir], 150)
         return {"lines": result["lines"], "startup_s": result.get("startup_s"), "beams": result["beams"]}
 
     check.part("translate", translate, needs=("multi30k",))
 
-    emit({**info, "total_s": round(time.monotonic() - check.start, 1), "parts": check.results, "summary": summary(check)})
+    emit({**info, "total_s": round(time.monotonic() - check.start, 1), "parts": check.results,
+          "summary": summary(check)})
 
 
 def summarise_speed(result: dict[str, Any]) -> dict[str, Any]:
@@ -251,8 +262,8 @@ def summarise_speed(result: dict[str, Any]) -> dict[str, Any]:
     seconds = result["seconds"]
     tokens = {side: result[f"{side}_tokens_per_s"] * seconds for side in ("src", "tgt")}
     total_sentences = result["sentences_per_s"] * seconds
-    keep = ("precision_run", "parameters", "steps", "tgt_tokens_per_s", "src_tokens_per_s", "steps_per_s", "tgt_tokens_per_step",
-            "padding_share", "collate_share", "peak_gpu_mb", "mean_train_loss", "efficiency")
+    keep = ("precision_run", "parameters", "steps", "tgt_tokens_per_s", "src_tokens_per_s", "steps_per_s",
+            "tgt_tokens_per_step", "padding_share", "collate_share", "peak_gpu_mb", "mean_train_loss", "efficiency")
     return {**{k: result.get(k) for k in keep}, "batch_tokens": result["config"]["batch_tokens"],
             "batch_shape": {"sentences": round(sentences), "src_len": max(1, round(tokens["src"] / total_sentences)),
                             "tgt_len": max(1, round(tokens["tgt"] / total_sentences))}}

@@ -26,7 +26,8 @@ from common import emit, flops_per_tgt_token, log, machine
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sentences", type=int, default=512, help="sentences per batch")
     ap.add_argument("--src-len", type=int, default=14)
     ap.add_argument("--tgt-len", type=int, default=14)
@@ -119,15 +120,16 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     if device.type == "cuda":  # as lstmmt trains: TF32 for fp32 products
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     dtypes = args.dtypes.split(",") if args.dtypes else (["bf16", "fp32"] if device.type == "cuda" else ["fp32"])
     steps = args.steps or (10 if device.type == "cuda" else 3)
     tgt_tokens = args.sentences * args.tgt_len
-    model = SimpleNamespace(embed_size=args.embed, hidden_size=args.hidden, encoder_layers=args.enc_layers, decoder_layers=1,
-                            attention="luong", tie_embeddings=False, input_feeding=False)
+    model = SimpleNamespace(embed_size=args.embed, hidden_size=args.hidden, encoder_layers=args.enc_layers,
+                            decoder_layers=1, attention="luong", tie_embeddings=False, input_feeding=False)
     rows = []
     for style in args.styles.split(","):
         fused = style == "fused"

@@ -49,7 +49,8 @@ still come from pip (PIP_INDEX_URL / PIP_FIND_LINKS point it at a mirror or a wh
     python benchmarks/peers.py > peers.json
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --remeasure
     python benchmarks/peers.py --systems lstmmt-bf16,opennmt --train-steps 1000 --translate-only
-    python benchmarks/peers.py --systems lstmmt,opennmt-noif --train-steps 300 --translate-only --variants shortlist,int8
+    python benchmarks/peers.py --systems lstmmt,opennmt-noif --train-steps 300 --translate-only \
+        --variants shortlist,int8
 
 --variants also translates with lstmmt's shortlist and/or int8 options on the same model, by
 the same method (`translate:VARIANT` in its results; ratios against the like-with-like peer).
@@ -66,12 +67,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
-from common import (CACHE, DEFAULT_DATA, TRANSLATE_VARIANTS, emit, ensure_preprocessed, ensure_shortlist, exit_on_sigterm, log,
-                    lstmmt_cmd, machine, read_test_source, run_measured, thread_env)
+from common import (
+    CACHE,
+    DEFAULT_DATA,
+    TRANSLATE_VARIANTS,
+    emit,
+    ensure_preprocessed,
+    ensure_shortlist,
+    exit_on_sigterm,
+    log,
+    lstmmt_cmd,
+    machine,
+    read_test_source,
+    run_measured,
+    thread_env,
+)
 
 SYSTEMS = ("lstmmt", "lstmmt-bf16", "lstmmt-if", "opennmt", "opennmt-noif", "joeynmt")
 LIKE_WITH_LIKE = {
@@ -101,10 +116,13 @@ TRAINING_SETTINGS = ("train_steps", "warmup", "steps", "threads", "device")
 """What --translate-only needs to match to reuse a trained model."""
 MAX_OUTPUT = 100
 TEST_BATCH_TOKENS = 1600
+Command = tuple[list[str], Path | None, Path | None]
+"""A translate command, the file to feed its stdin (or None) and the file its stdout goes to (or None)."""
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--work", type=Path, default=CACHE / "peers", help="cache folder: venvs, data, models, results")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
@@ -113,23 +131,29 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--beam", type=int, default=5)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every system trains and translates (cuda: the first GPU)")
-    ap.add_argument("--test-lines", type=int, default=0, help="translate only the first N test lines (0: all 1,000; for smoke tests)")
-    ap.add_argument("--repeat", type=int, default=10, help="translate the test set repeated this many times (start-up amortised)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where every system trains and translates (cuda: the first GPU)")
+    ap.add_argument("--test-lines", type=int, default=0,
+                    help="translate only the first N test lines (0: all 1,000; for smoke tests)")
+    ap.add_argument("--repeat", type=int, default=10,
+                    help="translate the test set repeated this many times (start-up amortised)")
     ap.add_argument("--torch", choices=["auto", "pip", "current"], default="auto",
-                    help=f"peers' torch: pip ({TORCH_SPEC}), current (this interpreter's, no download), auto (current for a "
-                         "CUDA build with --device cuda, else pip)")
-    ap.add_argument("--variants", default="", help="comma-separated translation variants of lstmmt to measure too, on the same "
-                    "model: shortlist, int8, shortlist+int8 (the shortlist is built untimed when missing)")
+                    help=f"peers' torch: pip ({TORCH_SPEC}), current (this interpreter's, no download), "
+                         "auto (current for a CUDA build with --device cuda, else pip)")
+    ap.add_argument("--variants", default="",
+                    help="comma-separated translation variants of lstmmt to measure too, on the same model: "
+                         "shortlist, int8, shortlist+int8 (the shortlist is built untimed when missing)")
     ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
-    ap.add_argument("--translate-only", action="store_true", help="keep the trained models and training figures; translate again")
+    ap.add_argument("--translate-only", action="store_true",
+                    help="keep the trained models and training figures; translate again")
     args = ap.parse_args()
     if args.train_steps < args.warmup + args.steps:
         ap.error("--train-steps must be at least --warmup + --steps")
     args.torch = torch_source(args.torch, args.device)
     args.variants = [v for v in args.variants.split(",") if v]
     if set(args.variants) - set(Lstmmt.variants):
-        ap.error(f"unknown variant(s) {', '.join(sorted(set(args.variants) - set(Lstmmt.variants)))}; choose from {', '.join(Lstmmt.variants)}")
+        unknown_variants = ", ".join(sorted(set(args.variants) - set(Lstmmt.variants)))
+        ap.error(f"unknown variant(s) {unknown_variants}; choose from {', '.join(Lstmmt.variants)}")
     unknown = set(args.systems.split(",")) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
@@ -154,7 +178,7 @@ class LoadSampler:
         while not self._stop.wait(self.every):
             self.samples.append(os.getloadavg()[0])
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 
@@ -207,15 +231,17 @@ def ensure_venv(name: str, work: Path, torch_from: str = "pip") -> Path:
             done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
             if done.returncode != 0:
                 tail = [line for line in install_log.read_text().splitlines() if "Location 'file:" not in line][-15:]
-                raise RuntimeError(f"pip install {' '.join(packages)} failed (exit {done.returncode}):\n" + "\n".join(tail))
+                raise RuntimeError(f"pip install {' '.join(packages)} failed (exit {done.returncode}):\n"
+                                   + "\n".join(tail))
 
         system_site = ["--system-site-packages"] if torch_from == "current" else []
-        subprocess.run([sys.executable, "-m", "venv", *system_site, str(venv)], check=True, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run([sys.executable, "-m", "venv", *system_site, str(venv)], check=True, stdout=out,
+                       stderr=subprocess.STDOUT)
         if torch_from == "pip":
             pip(TORCH_SPEC)
         else:  # the interpreter's torch, seen through system site-packages: check it is the one
-            subprocess.run([str(python), "-c", "import torch, sys; sys.exit(torch.__file__ is None)"], check=True, stdout=out,
-                           stderr=subprocess.STDOUT)
+            subprocess.run([str(python), "-c", "import torch, sys; sys.exit(torch.__file__ is None)"], check=True,
+                           stdout=out, stderr=subprocess.STDOUT)
         for step in RECIPES[name]:
             pip(*step)
     marker.write_text(json.dumps(recipe))
@@ -246,12 +272,14 @@ def export_data(run: Path, data_dir: Path, out: Path, test_lines: int = 0) -> di
                     handle.write(" ".join(sp.id_to_piece(int(t)) for t in encoded[i]) + "\n")
             counts[f"{split}.{lang}"] = count
     # Pieces 0-3 are lstmmt's <pad> <unk> <s> </s>; each peer adds its own four specials.
-    (out / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(4, sp.get_piece_size())), encoding="utf-8")
+    pieces = "".join(sp.id_to_piece(i) + "\n" for i in range(4, sp.get_piece_size()))
+    (out / "vocab.txt").write_text(pieces, encoding="utf-8")
     test_src = read_test_source(data_dir)[: counts["test.en"]]
     test_ref = rundir.text("test", "tgt").read_text(encoding="utf-8").splitlines()[: counts["test.en"]]
     (out / "test.raw.en").write_text("\n".join(test_src) + "\n", encoding="utf-8")
     (out / "test.ref.de").write_text("\n".join(test_ref) + "\n", encoding="utf-8")
-    (out / "one.sp.en").write_text(" ".join(sp.encode("A man is riding a bicycle.", out_type=str)) + "\n", encoding="utf-8")
+    one = " ".join(sp.encode("A man is riding a bicycle.", out_type=str))
+    (out / "one.sp.en").write_text(one + "\n", encoding="utf-8")
     (out / "one.raw.en").write_text("A man is riding a bicycle.\n", encoding="utf-8")
     meta = {"pieces": sp.get_piece_size(), "lines": counts}
     done.write_text(json.dumps(meta))
@@ -273,13 +301,15 @@ def steps_opennmt(log_text: str) -> list[tuple[int, float, float]]:
     rows = []
     pattern = re.compile(r"\[(\S+ \S+) INFO\] Step\s+(\d+)/\s*\d+;.*?bsz:\s*([\d.]+)/\s*([\d.]+)/")
     for match in pattern.finditer(log_text):
-        rows.append((int(match.group(2)), _stamp(match.group(1)), float(match.group(4))))  # report_every 1: bsz = the batch
+        # report_every 1: bsz = the batch
+        rows.append((int(match.group(2)), _stamp(match.group(1)), float(match.group(4))))
     return rows
 
 
 def steps_joeynmt(log_text: str) -> list[tuple[int, float, float]]:
     rows, previous = [], None
-    pattern = re.compile(r"^(\S+ \S+) - INFO - joeynmt.training - Epoch\s+\d+, Step:\s+(\d+),.*Tokens per Sec:\s+([\d.]+)", re.M)
+    pattern = re.compile(r"^(\S+ \S+) - INFO - joeynmt.training - Epoch\s+\d+, Step:\s+(\d+),"
+                         r".*Tokens per Sec:\s+([\d.]+)", re.M)
     for match in pattern.finditer(log_text):
         stamp = _stamp(match.group(1))
         tokens = float(match.group(3)) * (stamp - previous) if previous is not None else 0.0
@@ -305,7 +335,8 @@ def window(rows: list[tuple[int, float, float]], warmup: int, steps: int) -> dic
     by_step = {step: (t, tokens) for step, t, tokens in rows}
     first, last = warmup, warmup + steps
     if first not in by_step or last not in by_step:
-        raise RuntimeError(f"log lacks step {first} or {last} (has {min(by_step, default=None)}..{max(by_step, default=None)})")
+        has = f"{min(by_step, default=None)}..{max(by_step, default=None)}"
+        raise RuntimeError(f"log lacks step {first} or {last} (has {has})")
     seconds = by_step[last][0] - by_step[first][0]
     tokens = sum(by_step[s][1] for s in range(first + 1, last + 1) if s in by_step)
     return {"window_steps": [first + 1, last], "seconds": round(seconds, 2), "steps_per_s": round(steps / seconds, 4),
@@ -327,7 +358,7 @@ class System:
 
     def prepare(self) -> None: ...
 
-    venv: Optional[str] = None
+    venv: str | None = None
     """The RECIPES entry of the virtualenv this system runs in (None: this interpreter)."""
 
     def reuse(self) -> None:
@@ -346,7 +377,7 @@ class System:
     variants: dict[str, list[str]] = {}
     """Translation variants measured with --variants: their extra translate options."""
 
-    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> Command:
         """The command (with the `extra` options of a variant), the file to feed its stdin (or
         None) and the file its stdout goes to (or None)."""
         ...
@@ -354,7 +385,7 @@ class System:
     def prepare_variant(self, variant: str) -> None:
         """What a variant needs besides the trained model (built untimed)."""
 
-    def reported_translate_s(self, log_text: str) -> Optional[float]:
+    def reported_translate_s(self, log_text: str) -> float | None:
         return None
 
     def source_for(self, kind: str) -> Path:
@@ -363,7 +394,7 @@ class System:
     def hypotheses(self, output: Path) -> list[str]:
         return [detok(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
-    def parameters(self, train_log: str) -> Optional[int]:
+    def parameters(self, train_log: str) -> int | None:
         return None
 
 
@@ -381,14 +412,17 @@ class Lstmmt(System):
     def train_cmd(self) -> list[str]:
         steps = self.args.train_steps
         sets = [
-            "model.embed_size=256", "model.hidden_size=512", f"model.encoder_layers={ENCODER_LAYERS}", "model.decoder_layers=1",
+            "model.embed_size=256", "model.hidden_size=512", f"model.encoder_layers={ENCODER_LAYERS}",
+            "model.decoder_layers=1",
             "model.attention=luong", f"model.input_feeding={str(self.input_feeding).lower()}", "model.dropout=0.3",
             "model.tie_embeddings=false",  # an untied 512x8000 output layer, as the peers have
             "train.batch_tokens=4096", "train.lr=0.001", "train.lr_schedule=constant", "train.warmup_steps=0",
             "train.label_smoothing=0.1", "train.clip_norm=1.0", "train.log_every=1", f"train.valid_every={steps}",
-            f"train.threads={self.args.threads}", f"train.device={self.args.device}", "train.seed=1", f"train.precision={self.precision}",
+            f"train.threads={self.args.threads}", f"train.device={self.args.device}", "train.seed=1",
+            f"train.precision={self.precision}",
         ]
-        return lstmmt_cmd("train", str(self.dir), "--max-steps", str(steps), "--restart", *[x for s in sets for x in ("--set", s)])
+        return lstmmt_cmd("train", str(self.dir), "--max-steps", str(steps), "--restart",
+                          *[x for s in sets for x in ("--set", s)])
 
     def steps(self) -> list[tuple[int, float, float]]:
         return steps_lstmmt((self.dir / "logs" / "metrics.jsonl").read_text())
@@ -398,10 +432,11 @@ class Lstmmt(System):
 
     variants = {name: flags for name, flags in TRANSLATE_VARIANTS.items() if flags}
 
-    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
-        return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output), "--beam", str(self.args.beam),
-                          "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam), "--checkpoint", "last", "--device", self.args.device,
-                          "--precision", self.precision, *extra), None, None
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> Command:
+        return lstmmt_cmd("translate", str(self.dir), "-i", str(source), "-o", str(output),
+                          "--beam", str(self.args.beam), "--batch-tokens", str(TEST_BATCH_TOKENS * self.args.beam),
+                          "--checkpoint", "last",
+                          "--device", self.args.device, "--precision", self.precision, *extra), None, None
 
     def prepare_variant(self, variant: str) -> None:
         """The shortlist variants need RUN/shortlist.npz: `lstmmt shortlist` with its defaults, once."""
@@ -411,7 +446,7 @@ class Lstmmt(System):
     def hypotheses(self, output: Path) -> list[str]:
         return output.read_text(encoding="utf-8").splitlines()
 
-    def parameters(self, train_log: str) -> Optional[int]:
+    def parameters(self, train_log: str) -> int | None:
         match = re.search(r"Model: ([\d,]+) parameters", train_log)
         return int(match.group(1).replace(",", "")) if match else None
 
@@ -438,12 +473,15 @@ class OpenNMT(System):
         self.python = ensure_venv(self.venv, self.args.work, self.args.torch)
         self.fresh_dir()
         config = {
-            "save_data": str(self.dir), "src_vocab": str(self.data / "vocab.txt"), "tgt_vocab": str(self.data / "vocab.txt"),
+            "save_data": str(self.dir), "src_vocab": str(self.data / "vocab.txt"),
+            "tgt_vocab": str(self.data / "vocab.txt"),
             "share_vocab": True, "src_words_min_frequency": 0, "tgt_words_min_frequency": 0,
-            "data": {"corpus_1": {"path_src": str(self.data / "train.sp.en"), "path_tgt": str(self.data / "train.sp.de")}},
+            "data": {"corpus_1": {"path_src": str(self.data / "train.sp.en"),
+                                  "path_tgt": str(self.data / "train.sp.de")}},
             "save_model": str(self.dir / "model"), "save_checkpoint_steps": self.args.train_steps,
             "train_steps": self.args.train_steps, "valid_steps": 10**9, "report_every": 1, "seed": 1,
-            "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "LSTM", "enc_layers": ENCODER_LAYERS, "dec_layers": 1,
+            "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "LSTM", "enc_layers": ENCODER_LAYERS,
+            "dec_layers": 1,
             "hidden_size": 512, "word_vec_size": 256, "share_embeddings": True, "global_attention": "general",
             "input_feed": self.input_feed, "bridge": True, "dropout": 0.3, "label_smoothing": 0.1,
             "optim": "adam", "learning_rate": 0.001, "max_grad_norm": 1.0,
@@ -463,17 +501,19 @@ class OpenNMT(System):
     def steps(self) -> list[tuple[int, float, float]]:
         return steps_opennmt((self.dir / "train.log").read_text(errors="replace"))
 
-    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> Command:
         model = self.dir / f"model_step_{self.args.train_steps}.pt"
-        return [str(self.python.parent / "onmt_translate"), "-model", str(model), "-src", str(source), "-output", str(output),
-                "-beam_size", str(self.args.beam), "-batch_type", "tokens", "-batch_size", str(TEST_BATCH_TOKENS),
-                "-max_length", str(MAX_OUTPUT), "-length_penalty", "avg", "-report_time", "-gpu", "0" if self.args.device == "cuda" else "-1"], None, None
+        gpu = "0" if self.args.device == "cuda" else "-1"
+        return [str(self.python.parent / "onmt_translate"), "-model", str(model), "-src", str(source),
+                "-output", str(output), "-beam_size", str(self.args.beam), "-batch_type", "tokens",
+                "-batch_size", str(TEST_BATCH_TOKENS), "-max_length", str(MAX_OUTPUT), "-length_penalty", "avg",
+                "-report_time", "-gpu", gpu], None, None
 
-    def reported_translate_s(self, log_text: str) -> Optional[float]:
+    def reported_translate_s(self, log_text: str) -> float | None:
         match = re.search(r"Total translation time \(s\): ([\d.]+)", log_text)
         return float(match.group(1)) if match else None
 
-    def parameters(self, train_log: str) -> Optional[int]:
+    def parameters(self, train_log: str) -> int | None:
         match = re.search(r"\* number of parameters: (\d+)", train_log)
         return int(match.group(1)) if match else None
 
@@ -493,17 +533,19 @@ class JoeyNMT(System):
     def prepare(self) -> None:
         self.python = ensure_venv(self.venv, self.args.work, self.args.torch)
         self.fresh_dir()
-        side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": str(self.data / "vocab.txt")}  # noqa: E731
+        vocab = str(self.data / "vocab.txt")
+        side = lambda lang: {"lang": lang, "level": "word", "lowercase": False, "voc_file": vocab}  # noqa: E731
         config = {
             "name": "m30k_bench", "model_dir": str(self.dir / "model"), "use_cuda": self.args.device == "cuda",
-            "data": {"train": str(self.data / "train.sp"), "dev": str(self.data / "valid.sp"), "test": str(self.data / "test.sp"),
-                     "dataset_type": "plain", "src": side("en"), "trg": side("de")},
-            "testing": {"beam_size": self.args.beam, "beam_alpha": 1.0, "batch_size": TEST_BATCH_TOKENS, "batch_type": "token",
-                        "max_output_length": MAX_OUTPUT, "eval_metrics": ["bleu"],
+            "data": {"train": str(self.data / "train.sp"), "dev": str(self.data / "valid.sp"),
+                     "test": str(self.data / "test.sp"), "dataset_type": "plain", "src": side("en"), "trg": side("de")},
+            "testing": {"beam_size": self.args.beam, "beam_alpha": 1.0, "batch_size": TEST_BATCH_TOKENS,
+                        "batch_type": "token", "max_output_length": MAX_OUTPUT, "eval_metrics": ["bleu"],
                         "load_model": str(self.dir / "model" / "latest.ckpt")},
             "training": {
                 "random_seed": 1, "optimizer": "adam", "learning_rate": 0.001,
-                "scheduling": "exponential", "decrease_factor": 1.0,  # constant lr (the default scheduler fails on torch 2.13)
+                # a constant rate (the default scheduler fails on torch 2.13)
+                "scheduling": "exponential", "decrease_factor": 1.0,
                 "batch_size": 4096, "batch_type": "token", "normalization": "tokens", "label_smoothing": 0.1,
                 "clip_grad_norm": 1.0, "epochs": 1000, "updates": self.args.train_steps, "logging_freq": 1,
                 "validation_freq": 10**9, "early_stopping_metric": "ppl", "keep_best_ckpts": 1, "overwrite": True,
@@ -511,10 +553,11 @@ class JoeyNMT(System):
             },
             "model": {
                 "initializer": "xavier_uniform", "tied_embeddings": True,
-                "encoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256}, "hidden_size": 256,
-                            "bidirectional": True, "num_layers": ENCODER_LAYERS, "dropout": 0.3},
-                "decoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256}, "hidden_size": 512,
-                            "attention": "luong", "input_feeding": True, "init_hidden": "bridge", "num_layers": 1, "dropout": 0.3},
+                "encoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256},
+                            "hidden_size": 256, "bidirectional": True, "num_layers": ENCODER_LAYERS, "dropout": 0.3},
+                "decoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": {"embedding_dim": 256},
+                            "hidden_size": 512, "attention": "luong", "input_feeding": True, "init_hidden": "bridge",
+                            "num_layers": 1, "dropout": 0.3},
             },
         }
         import yaml
@@ -527,28 +570,29 @@ class JoeyNMT(System):
     def steps(self) -> list[tuple[int, float, float]]:
         return steps_joeynmt((self.dir / "train.log").read_text(errors="replace"))
 
-    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> tuple[list[str], Optional[Path], Optional[Path]]:
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> Command:
         # stdin to stdout: JoeyNMT 2.3.0's `translate -o FILE` fails after decoding
         # (AttributeError: 'BaseConfig' object has no attribute 'n_best', prediction.py).
         return [str(self.python), "-m", "joeynmt", "translate", str(self.dir / "config.yaml")], source, output
 
-    def reported_translate_s(self, log_text: str) -> Optional[float]:
+    def reported_translate_s(self, log_text: str) -> float | None:
         match = re.search(r"Generation took ([\d.]+)\[sec\]", log_text)
         return float(match.group(1)) if match else None
 
-    def parameters(self, train_log: str) -> Optional[int]:
+    def parameters(self, train_log: str) -> int | None:
         match = re.search(r"Total params: (\d+)", train_log)
         return int(match.group(1)) if match else None
 
 
-CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-bf16": LstmmtBF16, "lstmmt-if": LstmmtIF, "opennmt": OpenNMT,
-                                           "opennmt-noif": OpenNMTNoIF, "joeynmt": JoeyNMT}
+CLASSES: dict[str, Callable[..., System]] = {"lstmmt": Lstmmt, "lstmmt-bf16": LstmmtBF16, "lstmmt-if": LstmmtIF,
+                                           "opennmt": OpenNMT, "opennmt-noif": OpenNMTNoIF, "joeynmt": JoeyNMT}
 
 
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def measure(system: System, args: argparse.Namespace, references: list[str], trained: Optional[dict[str, Any]]) -> dict[str, Any]:
+def measure(system: System, args: argparse.Namespace, references: list[str],
+            trained: dict[str, Any] | None) -> dict[str, Any]:
     """Train (unless `trained` holds an earlier training of this system) and translate."""
     result: dict[str, Any] = {"system": system.name}
     if trained is None:
@@ -568,16 +612,19 @@ def measure(system: System, args: argparse.Namespace, references: list[str], tra
 
 def measure_training(system: System, args: argparse.Namespace) -> dict[str, Any]:
     train_log = system.dir / "train.log"
-    log(f"{system.name}: training {args.train_steps} steps (timed window: steps {args.warmup + 1}-{args.warmup + args.steps})")
+    log(f"{system.name}: training {args.train_steps} steps "
+        f"(timed window: steps {args.warmup + 1}-{args.warmup + args.steps})")
     with LoadSampler() as load:
         proc = run_measured(system.train_cmd(), train_log, env=system.env)
     figures = {**window(system.steps(), args.warmup, args.steps), "run": proc, "loadavg_1min": load.summary(),
                "parameters": system.parameters(train_log.read_text(errors="replace"))}
-    log(f"{system.name}: {figures['tgt_tokens_per_s']:,.0f} target tokens/s over the window (load {figures['loadavg_1min']['mean']})")
+    log(f"{system.name}: {figures['tgt_tokens_per_s']:,.0f} target tokens/s over the window "
+        f"(load {figures['loadavg_1min']['mean']})")
     return figures
 
 
-def measure_translation(system: System, args: argparse.Namespace, references: list[str], variant: Optional[str] = None) -> dict[str, Any]:
+def measure_translation(system: System, args: argparse.Namespace, references: list[str],
+                        variant: str | None = None) -> dict[str, Any]:
     """Beam search over the test set repeated --repeat times, less the same command on one line
     (with a variant's extra options, e.g. lstmmt's shortlist)."""
     import sacrebleu
@@ -592,7 +639,8 @@ def measure_translation(system: System, args: argparse.Namespace, references: li
             if kind == "test":
                 source = repeated(source, args.repeat)
             cmd, stdin, stdout = system.translate_cmd(source, output, extra)
-            timings[kind] = run_measured(cmd, system.dir / f"translate.{kind}{suffix}.log", env=system.env, stdin_path=stdin, stdout_path=stdout)
+            timings[kind] = run_measured(cmd, system.dir / f"translate.{kind}{suffix}.log", env=system.env,
+                                         stdin_path=stdin, stdout_path=stdout)
     test_log = (system.dir / f"translate.test{suffix}.log").read_text(errors="replace")
     outputs = system.hypotheses(system.dir / f"translate.test{suffix}.out")
     lines = len(references) * args.repeat
@@ -614,7 +662,8 @@ def measure_translation(system: System, args: argparse.Namespace, references: li
         "copies_identical": all(outputs[i] == outputs[i % len(references)] for i in range(lines)),
         "loadavg_1min": load.summary(),
     }
-    log(f"{system.name}{' ' + variant if variant else ''}: {figures['sentences_per_s']} sentences/s (beam {args.beam}), "
+    log(f"{system.name}{' ' + variant if variant else ''}: {figures['sentences_per_s']} sentences/s "
+        f"(beam {args.beam}), "
         f"BLEU {figures['bleu']}, {figures['mean_output_words']} words/line")
     return figures
 
@@ -632,12 +681,13 @@ def repeated(path: Path, copies: int) -> Path:
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """lstmmt's figures over the peer's: like with like first (LIKE_WITH_LIKE), then each
     toolkit's best setting that ran (BEST_SETTINGS)."""
-    figures = {"train_tgt_tokens_per_s": ("train", "tgt_tokens_per_s"), "translate_sentences_per_s": ("translate", "sentences_per_s")}
+    figures = {"train_tgt_tokens_per_s": ("train", "tgt_tokens_per_s"),
+               "translate_sentences_per_s": ("translate", "sentences_per_s")}
 
-    def value(name: str, part: str, key: str) -> Optional[float]:
+    def value(name: str, part: str, key: str) -> float | None:
         return results.get(name, {}).get(part, {}).get(key) or None
 
-    def compare(mine: str, peer: str, part: str, key: str) -> Optional[dict[str, Any]]:
+    def compare(mine: str, peer: str, part: str, key: str) -> dict[str, Any] | None:
         a, b = value(mine, part, key), value(peer, part, key)
         return {"lstmmt": mine, "peer": peer, "ratio": round(a / b, 3)} if a and b else None
 
@@ -653,7 +703,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 for variant in Lstmmt.variants:
                     a, b = value(mine, f"translate:{variant}", key), value(peer, part, key)
                     if a and b:
-                        rows[f"{mine}:{variant}/{peer}"] = {"lstmmt": f"{mine} {variant}", "peer": peer, "ratio": round(a / b, 3)}
+                        rows[f"{mine}:{variant}/{peer}"] = {"lstmmt": f"{mine} {variant}", "peer": peer,
+                                                            "ratio": round(a / b, 3)}
         out[label] = {pair: row for pair, row in rows.items() if row}
     return out
 
@@ -666,8 +717,8 @@ def main() -> None:
     data = args.work / ("data" if not args.test_lines else f"data-test{args.test_lines}")
     meta = export_data(base_run, args.data_dir, data, args.test_lines)
     references = (data / "test.ref.de").read_text(encoding="utf-8").splitlines()
-    settings = {"train_steps": args.train_steps, "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "beam": args.beam,
-                "test_lines": args.test_lines or 1000, "repeat": args.repeat, "device": args.device}
+    settings = {"train_steps": args.train_steps, "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
+                "beam": args.beam, "test_lines": args.test_lines or 1000, "repeat": args.repeat, "device": args.device}
     results: dict[str, dict[str, Any]] = {}
     for name in args.systems.split(","):
         cached = args.work / "results" / f"{name}.json"
@@ -685,7 +736,7 @@ def main() -> None:
         system = CLASSES[name](args, data, base_run)
         try:
             results[name] = measure(system, args, references, trained) | {"settings": settings}
-        except Exception as exc:  # a peer that cannot be installed or run is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 (a peer that cannot be installed or run is reported, not fatal)
             log(f"{name}: FAILED: {exc}")
             results[name] = {"system": name, "error": str(exc), "settings": settings}
             continue

@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from common import CACHE, emit, exit_on_sigterm, loadavg, log, machine  # noqa: E402
-
-import toy  # noqa: E402
+import toy
+from common import CACHE, emit, exit_on_sigterm, loadavg, log, machine
 
 SETTINGS = ["--set", "tokenizer.vocab_size=500", "--set", "data.max_ratio=10"]
 TRAIN = ["--max-steps", "30", "--set", "train.valid_every=1000000", "--set", "train.log_every=10",
@@ -42,7 +41,8 @@ def write_corpus(folder: Path, pairs: int, seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for split, count in (("train", pairs), ("valid", 200)):
-        with open(folder / f"{split}.en", "w", encoding="utf-8") as en, open(folder / f"{split}.de", "w", encoding="utf-8") as de:
+        with (open(folder / f"{split}.en", "w", encoding="utf-8") as en,
+              open(folder / f"{split}.de", "w", encoding="utf-8") as de):
             for i in range(count):
                 source, target = toy.sample_pair(rng)
                 en.write(source + "\n")
@@ -69,7 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5_000_000, help="pairs in the large corpus")
     parser.add_argument("--small", type=int, default=50_000, help="pairs in the small corpus")
-    parser.add_argument("--reuse", action="store_true", help="skip preprocessing where an earlier run of this script did it")
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip preprocessing where an earlier run of this script did it")
     args = parser.parse_args()
     result: dict = {"benchmark": "preprocess_scale", "machine": machine(), "loadavg_before": loadavg()}
     lstmmt = [sys.executable, "-m", "lstmmt"]
@@ -77,11 +78,13 @@ def main() -> None:
         corpus, run = CACHE / f"scale-corpus-{pairs}", CACHE / f"scale-run-{pairs}"
         start = time.perf_counter()
         write_corpus(corpus, pairs, seed=pairs)
-        entry: dict = {"pairs": pairs, "corpus_mb": round(sum(f.stat().st_size for f in corpus.glob("train.*")) / 2**20, 1),
+        corpus_bytes = sum(f.stat().st_size for f in corpus.glob("train.*"))
+        entry: dict = {"pairs": pairs, "corpus_mb": round(corpus_bytes / 2**20, 1),
                        "generate_seconds": round(time.perf_counter() - start, 1)}
         if not (args.reuse and (run / "data" / "train.tgt.offsets.npy").exists()):
             entry["preprocess"] = measured([*lstmmt, "preprocess", str(run), "--src-lang", "en", "--tgt-lang", "de",
-                                            "--train", str(corpus / "train"), "--valid", str(corpus / "valid"), "--force", *SETTINGS])
+                                            "--train", str(corpus / "train"), "--valid", str(corpus / "valid"),
+                                            "--force", *SETTINGS])
             entry["preprocess"]["pairs_per_s"] = round(pairs / entry["preprocess"]["seconds"])
         entry["train_30_steps"] = measured([*lstmmt, "train", str(run), *TRAIN])
         if name == "large":
@@ -91,8 +94,8 @@ def main() -> None:
         log(f"{name}: {entry}")
     result["train_rss_ratio_large_to_small"] = round(
         result["large"]["train_30_steps"]["peak_rss_mb"] / result["small"]["train_30_steps"]["peak_rss_mb"], 3)
-    result["train_rss_ratio_same_window"] = round(
-        result["large"]["train_30_steps_small_window"]["peak_rss_mb"] / result["small"]["train_30_steps"]["peak_rss_mb"], 3)
+    large, small = result["large"]["train_30_steps_small_window"], result["small"]["train_30_steps"]
+    result["train_rss_ratio_same_window"] = round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)
     if "preprocess" in result["large"]:
         result["preprocess_under_2gb"] = result["large"]["preprocess"]["peak_rss_mb"] < 2048
     result["loadavg_after"] = loadavg()

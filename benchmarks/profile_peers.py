@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import CACHE, DEFAULT_DATA, emit, ensure_preprocessed, log, machine, thread_env
 import peers
+from common import CACHE, DEFAULT_DATA, emit, ensure_preprocessed, log, machine, thread_env
 
 OPENNMT_WRAPPER = r"""
 import json, sys, time
@@ -57,7 +57,8 @@ def profiled(self, true_batches, *args, **kwargs):
         prof = state["profiler"]
         prof.__exit__(None, None, None)
         ops = [{"op": e.key, "self_us": e.self_cpu_time_total, "calls": e.count} for e in prof.key_averages()]
-        json.dump({"steps": steps, "wall_s": state["wall"], "tgt_tokens": state["tokens"], "ops": ops}, open(out_path, "w"))
+        json.dump({"steps": steps, "wall_s": state["wall"], "tgt_tokens": state["tokens"], "ops": ops},
+                  open(out_path, "w"))
         sys.exit(0)
     return result
 
@@ -67,9 +68,11 @@ main()
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--work", type=Path, default=CACHE / "peers", help="peers.py's cache folder (its venv and data are reused)")
+    ap.add_argument("--work", type=Path, default=CACHE / "peers",
+                    help="peers.py's cache folder (its venv and data are reused)")
     ap.add_argument("--input-feeding", action="store_true", help="profile the input-feeding decoders")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5, help="profiled steps")
@@ -99,8 +102,8 @@ def summarise(ops: list[dict[str, Any]], wall_s: float, tgt_tokens: int, top: in
         "inside_ops_ms": round(inside_ms, 1),
         "outside_ops_ms": round(wall_s * 1000 * per_k - inside_ms, 1),
         "tgt_tokens_per_s": round(tgt_tokens / wall_s, 1),
-        "top_ops": [{"op": op["op"], "ms": round(op["self_us"] / 1000 * per_k, 1), "calls_per_1k": round(op["calls"] * per_k, 1)}
-                    for op in ranked[:top]],
+        "top_ops": [{"op": op["op"], "ms": round(op["self_us"] / 1000 * per_k, 1),
+                     "calls_per_1k": round(op["calls"] * per_k, 1)} for op in ranked[:top]],
     }
 
 
@@ -108,12 +111,14 @@ def profile_opennmt(system: peers.OpenNMT, args: argparse.Namespace) -> tuple[di
     system.prepare()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.json"
-        cmd = [str(system.python), "-c", OPENNMT_WRAPPER, str(args.warmup), str(args.steps), str(out), "-config", str(system.dir / "config.yaml")]
+        cmd = [str(system.python), "-c", OPENNMT_WRAPPER, str(args.warmup), str(args.steps), str(out),
+               "-config", str(system.dir / "config.yaml")]
         done = subprocess.run(cmd, env=system.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if not out.exists():
             raise RuntimeError(f"OpenNMT-py profile failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
         raw = json.loads(out.read_text())
-    return summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top), per_1k_tokens(raw["ops"], raw["tgt_tokens"])
+    summary = summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top)
+    return summary, per_1k_tokens(raw["ops"], raw["tgt_tokens"])
 
 
 def profile_lstmmt(system: peers.Lstmmt, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float]]:
@@ -122,14 +127,16 @@ def profile_lstmmt(system: peers.Lstmmt, args: argparse.Namespace) -> tuple[dict
     sets = [sets[i + 1] for i, a in enumerate(sets) if a == "--set"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ops.json"
-        cmd = [sys.executable, str(Path(__file__).with_name("train_speed.py")), "--threads", str(args.threads), "--warmup", str(args.warmup),
-               "--steps", "1", "--profile", str(args.steps), "--profile-json", str(out), "--peak-size", "-1",
+        cmd = [sys.executable, str(Path(__file__).with_name("train_speed.py")), "--threads", str(args.threads),
+               "--warmup", str(args.warmup), "--steps", "1", "--profile", str(args.steps), "--profile-json", str(out),
+               "--peak-size", "-1",
                *[x for s in sets for x in ("--set", s)]]
-        done = subprocess.run(cmd, env=thread_env(args.threads), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"lstmmt profile failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
         raw = json.loads(out.read_text())
-    return summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top), per_1k_tokens(raw["ops"], raw["tgt_tokens"])
+    summary = summarise(raw["ops"], raw["wall_s"], raw["tgt_tokens"], args.top)
+    return summary, per_1k_tokens(raw["ops"], raw["tgt_tokens"])
 
 
 def main() -> None:

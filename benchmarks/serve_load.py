@@ -25,13 +25,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from common import DEFAULT_DATA, emit, exit_on_sigterm, log, lstmmt_cmd, machine, read_test_source, thread_env
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="trained run directory to serve")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="Multi30k folder with test_2016_flickr.en[.gz]")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent client counts")
@@ -42,7 +43,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--checkpoint", default="best")
     ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: torch's default)")
     ap.add_argument("--serve-args", default="", help="more `lstmmt serve` options, space-separated")
-    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per configuration before clients stop sending")
+    ap.add_argument("--time-limit", type=float, default=300.0,
+                    help="seconds per configuration before clients stop sending")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     ap.add_argument("--warmup", type=int, default=5, help="requests sent before measuring, one at a time")
     return ap.parse_args()
@@ -52,8 +54,9 @@ class Served:
     """The server subprocess, its address read from stderr."""
 
     def __init__(self, args: argparse.Namespace, batching: bool, queue_size: int):
-        cmd = lstmmt_cmd("serve", str(args.run), "--port", "0", "--device", args.device, "--checkpoint", args.checkpoint,
-                         "--beam", str(args.beam), "--queue-size", str(queue_size), *args.serve_args.split())
+        cmd = lstmmt_cmd("serve", str(args.run), "--port", "0", "--device", args.device,
+                         "--checkpoint", args.checkpoint, "--beam", str(args.beam), "--queue-size", str(queue_size),
+                         *args.serve_args.split())
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if not batching:
@@ -70,7 +73,8 @@ class Served:
                 break
         else:
             raise SystemExit(f"the server exited {self.proc.wait()}:\n" + "\n".join(self.stderr))
-        threading.Thread(target=lambda: [self.stderr.append(line.rstrip()) for line in self.proc.stderr], daemon=True).start()
+        threading.Thread(target=lambda: [self.stderr.append(line.rstrip()) for line in self.proc.stderr],
+                         daemon=True).start()
 
     def reset_peak(self) -> None:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
@@ -100,7 +104,7 @@ class Served:
 
 def client(served: Served, sentences: list[str], start: int, count: int, deadline: float, timeout: float,
            latencies: list[float], errors: list[str]) -> None:
-    connection: Optional[http.client.HTTPConnection] = None
+    connection: http.client.HTTPConnection | None = None
     for i in range(count):
         if time.monotonic() > deadline:
             return
@@ -126,7 +130,7 @@ def client(served: Served, sentences: list[str], start: int, count: int, deadlin
         connection.close()
 
 
-def percentile(values: list[float], q: float) -> Optional[float]:
+def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -151,10 +155,12 @@ def measure(served: Served, sentences: list[str], clients: int, args: argparse.N
     batches = after["batches"] - before["batches"]
     return {
         "clients": clients, "requests": len(latencies) + len(errors), "ok": len(latencies), "errors": len(errors),
-        "error_examples": sorted(set(errors))[:3], "stopped_early": len(latencies) + len(errors) < clients * args.requests,
+        "error_examples": sorted(set(errors))[:3],
+        "stopped_early": len(latencies) + len(errors) < clients * args.requests,
         "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 2),
         "latency_ms": {"mean": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
-                       "p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99),
+                       "p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                       "p99": percentile(latencies, 99),
                        "max": round(max(latencies) * 1000, 1) if latencies else None},
         "requests_per_batch": round((after["requests"] - before["requests"]) / batches, 2) if batches else None,
         "server_peak_rss_mb": served.peak_rss_mb(),
@@ -179,7 +185,8 @@ def main() -> None:
             for clients in args.clients:
                 log(f"batching {mode}: {clients} clients x {args.requests} requests")
                 figures = {"batching": mode, **measure(served, sentences, clients, args)}
-                log(json.dumps({k: figures[k] for k in ("requests_per_s", "latency_ms", "errors", "requests_per_batch")}))
+                shown = ("requests_per_s", "latency_ms", "errors", "requests_per_batch")
+                log(json.dumps({k: figures[k] for k in shown}))
                 result["results"].append(figures)
         finally:
             result.setdefault("server_exit", {})[mode] = served.stop()

@@ -30,6 +30,7 @@ batch shape up to a fixed capacity (with ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,11 +39,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-import toy  # noqa: E402  (the embedded corpus generator lives in data/, not in the package)
+import toy
 
 TINY_RUN = [
     "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
@@ -86,10 +88,8 @@ def feed(pipe: IO[bytes], lines: Iterator[bytes]) -> None:
     except BrokenPipeError:
         pass  # translate died; its exit status and stderr tell why
     finally:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             pipe.close()
-        except BrokenPipeError:
-            pass
 
 
 def measure(run: Path, lines: int, beam: int, threads: int, seed: int) -> dict[str, float | int]:

@@ -25,10 +25,21 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from common import (CACHE, DEFAULT_DATA, cpu_seconds, efficiency, emit, ensure_preprocessed, flops_per_tgt_token, log, machine,
-                    peak_rss_mb, reset_peak_rss)
+from common import (
+    CACHE,
+    DEFAULT_DATA,
+    cpu_seconds,
+    efficiency,
+    emit,
+    ensure_preprocessed,
+    flops_per_tgt_token,
+    log,
+    machine,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 
 COMPARISON_MODEL = [
     "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
@@ -38,18 +49,24 @@ COMPARISON_MODEL = [
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder with Multi30k train/val/test_2016_flickr .en/.de(.gz)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                    help="folder with Multi30k train/val/test_2016_flickr .en/.de(.gz)")
     ap.add_argument("--run", type=Path, default=CACHE / "m30k-8k", help="preprocessed run directory (made if missing)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override (repeatable)")
     ap.add_argument("--steps", type=int, default=60, help="timed steps")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--profile", type=int, default=0, metavar="K", help="after timing, profile K more steps and report the top ops")
-    ap.add_argument("--profile-json", type=Path, default=None, metavar="FILE", help="with --profile: every op's self time to FILE")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="after timing, profile K more steps and report the top ops")
+    ap.add_argument("--profile-json", type=Path, default=None, metavar="FILE",
+                    help="with --profile: every op's self time to FILE")
     ap.add_argument("--peak-size", type=int, default=0, metavar="N",
-                    help="N x N matmuls for the measured peak (0: 4096 on a GPU, 2048 on a CPU); -1 skips the efficiency figure")
+                    help="N x N matmuls for the measured peak (0: 4096 on a GPU, 2048 on a CPU); "
+                         "-1 skips the efficiency figure")
     ap.add_argument("--peak-repeats", type=int, default=5, help="timed matmuls per dtype (the best counts)")
     return ap.parse_args()
 
@@ -61,7 +78,8 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int = 15, raw_json: Optional[Path] = None) -> list[dict[str, Any]]:
+def profile_steps(trainer: Any, batches: Any, steps: int, device: Any, top: int = 15,
+                  raw_json: Path | None = None) -> list[dict[str, Any]]:
     """Top ops by self time over `steps` training steps (self CPU time; CUDA time too on a GPU).
     With `raw_json`, every op's self time and calls, the steps' wall time and target tokens
     go to that file too (profile_peers.py reads it)."""
@@ -88,7 +106,8 @@ def top_ops(prof: Any, steps: int, device: Any, top: int) -> list[dict[str, Any]
     sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_key), reverse=True)
     total = sum(getattr(e, sort_key) for e in events) or 1
-    log(f"profile (totals over {steps} steps or batches):\n" + prof.key_averages().table(sort_by=sort_key, row_limit=top))
+    table = prof.key_averages().table(sort_by=sort_key, row_limit=top)
+    log(f"profile (totals over {steps} steps or batches):\n" + table)
     rows = []
     for event in events[:top]:
         self_us = getattr(event, sort_key)
@@ -184,12 +203,14 @@ def main() -> None:
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     result["peak_rss_mb" if rss_reset else "peak_rss_mb_process_lifetime"] = round(peak_rss_mb(), 1)
     if args.peak_size >= 0:
-        flops = flops_per_tgt_token(config.model, trainer.tokenizer.tgt_vocab_size, totals["src_tokens"] / totals["tgt_tokens"],
-                                    totals["attended"] / totals["tgt_tokens"])
+        per_tgt = {key: totals[key] / totals["tgt_tokens"] for key in ("src_tokens", "attended")}
+        flops = flops_per_tgt_token(config.model, trainer.tokenizer.tgt_vocab_size, per_tgt["src_tokens"],
+                                    per_tgt["attended"])
         size = args.peak_size or (4096 if device.type == "cuda" else 2048)
         result["precision_run"] = trainer.precision.name
-        result["efficiency"] = efficiency(flops, result["tgt_tokens_per_s"], trainer.precision.name, device, size, args.peak_repeats)
-        log(f"{result['efficiency']['achieved_gflops']:,.1f} GFLOP/s achieved, {result['efficiency']['efficiency']:.1%} of the "
+        result["efficiency"] = achieved = efficiency(flops, result["tgt_tokens_per_s"], trainer.precision.name, device,
+                                                     size, args.peak_repeats)
+        log(f"{achieved['achieved_gflops']:,.1f} GFLOP/s achieved, {achieved['efficiency']:.1%} of the "
             f"measured {trainer.precision.name} peak")
     if args.profile:
         result["profile_top_ops"] = profile_steps(trainer, batches, args.profile, device, raw_json=args.profile_json)

@@ -51,10 +51,25 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from common import (CACHE, DEFAULT_DATA, TRANSLATE_VARIANTS, emit, ensure_preprocessed, ensure_shortlist, exit_on_sigterm, log,
-                    lstmmt_cmd, machine, peak_rss_mb, read_test_source, reset_peak_rss, run_measured, thread_env)
+from common import (
+    CACHE,
+    DEFAULT_DATA,
+    TRANSLATE_VARIANTS,
+    emit,
+    ensure_preprocessed,
+    ensure_shortlist,
+    exit_on_sigterm,
+    log,
+    lstmmt_cmd,
+    machine,
+    peak_rss_mb,
+    read_test_source,
+    reset_peak_rss,
+    run_measured,
+    thread_env,
+)
 
 QUICK_MODEL = [
     "model.embed_size=256", "model.hidden_size=512", "model.encoder_layers=2", "model.decoder_layers=1",
@@ -63,24 +78,35 @@ QUICK_MODEL = [
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, default=None, help="trained run directory (default: train a quick one in benchmarks/.cache)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=None,
+                    help="trained run directory (default: train a quick one in benchmarks/.cache)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--lines", type=int, default=10_000, help="input lines (test_2016_flickr.en repeated)")
     ap.add_argument("--beams", default="1,5", help="comma-separated beam sizes")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="OMP/MKL threads for the translate process (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="OMP/MKL threads for the translate process (0: torch's default)")
     ap.add_argument("--checkpoint", default="last", help="best, last, averaged or a path")
-    ap.add_argument("--batch-tokens", type=int, default=0, help="translate --batch-tokens (0: the run's decode.batch_tokens)")
+    ap.add_argument("--batch-tokens", type=int, default=0,
+                    help="translate --batch-tokens (0: the run's decode.batch_tokens)")
     ap.add_argument("--mode", choices=["cli", "inprocess"], default="cli")
     ap.add_argument("--train-steps", type=int, default=200, help="steps for the quick model when --run is not given")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override for the quick model")
-    ap.add_argument("--profile", type=int, default=0, metavar="K", help="profile K batches of beam-5 search in-process and report the top ops")
-    ap.add_argument("--latency", type=int, default=0, metavar="N", help="measure pipe latency over N lines instead of throughput")
-    ap.add_argument("--pause", type=float, default=0.5, help="with --latency: seconds between an answer and the next line")
-    ap.add_argument("--latency-timeout", type=float, default=60.0, help="with --latency: give up on a line after this many seconds")
-    ap.add_argument("--variants", default="fp32", help=f"comma-separated rows per beam: {', '.join(TRANSLATE_VARIANTS)}")
-    ap.add_argument("--ref", type=Path, default=None, help="references of the input for BLEU (default: test_2016_flickr.de of --data-dir)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the quick model")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="profile K batches of beam-5 search in-process and report the top ops")
+    ap.add_argument("--latency", type=int, default=0, metavar="N",
+                    help="measure pipe latency over N lines instead of throughput")
+    ap.add_argument("--pause", type=float, default=0.5,
+                    help="with --latency: seconds between an answer and the next line")
+    ap.add_argument("--latency-timeout", type=float, default=60.0,
+                    help="with --latency: give up on a line after this many seconds")
+    ap.add_argument("--variants", default="fp32",
+                    help=f"comma-separated rows per beam: {', '.join(TRANSLATE_VARIANTS)}")
+    ap.add_argument("--ref", type=Path, default=None,
+                    help="references of the input for BLEU (default: test_2016_flickr.de of --data-dir)")
     args = ap.parse_args()
     args.variants = args.variants.split(",")
     unknown = [v for v in args.variants if v not in TRANSLATE_VARIANTS]
@@ -91,10 +117,11 @@ def parse_args() -> argparse.Namespace:
 
 def decode_options(variant: str) -> dict[str, Any]:
     """The variant as Translator.load keywords (in-process mode)."""
-    return {"shortlist": "shortlist" in variant.split("+"), "quantize": "int8" if "int8" in variant.split("+") else "none"}
+    parts = variant.split("+")
+    return {"shortlist": "shortlist" in parts, "quantize": "int8" if "int8" in parts else "none"}
 
 
-def read_references(args: argparse.Namespace, lines: int) -> Optional[list[str]]:
+def read_references(args: argparse.Namespace, lines: int) -> list[str] | None:
     """The references of the repeated input, or None when there are none to read."""
     import gzip
 
@@ -154,11 +181,14 @@ def make_input(data_dir: Path, lines: int) -> Path:
 def count_tokens(run: Path, lines: list[str]) -> int:
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer" / ("spm.model" if (run / "tokenizer" / "spm.model").exists() else "tgt.model")))
+    tokenizer = run / "tokenizer"
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer / ("spm.model" if (tokenizer / "spm.model").exists()
+                                                                else "tgt.model")))
     return sum(len(ids) + 1 for ids in sp.encode(lines))
 
 
-def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespace, variant: str = "fp32") -> tuple[dict[str, Any], list[str]]:
+def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespace,
+                  variant: str = "fp32") -> tuple[dict[str, Any], list[str]]:
     cmd = lstmmt_cmd("translate", str(run), "-i", str(input_path), "-o", "-", "--beam", str(beam),
                      "--device", args.device, "--checkpoint", args.checkpoint, *TRANSLATE_VARIANTS[variant])
     if args.batch_tokens:
@@ -166,7 +196,7 @@ def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespa
     err_path = CACHE / "logs" / f"translate-beam{beam}-{variant}.err"
     err_path.parent.mkdir(parents=True, exist_ok=True)
     out: list[str] = []
-    first: Optional[float] = None
+    first: float | None = None
     start = time.perf_counter()
     with open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=thread_env(args.threads))
@@ -179,8 +209,8 @@ def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespa
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed; see {err_path}:\n{err_path.read_text()[-2000:]}")
-    return {"wall_s": round(wall, 3), "first_line_s": round(first or wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}, out
+    return {"wall_s": round(wall, 3), "first_line_s": round(first or wall, 3),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}, out
 
 
 class _Sink(io.StringIO):
@@ -201,11 +231,12 @@ def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argpa
     import torch
 
     from lstmmt import Translator
-    from lstmmt.translate import translate_stream
+    from lstmmt.linestream import translate_stream
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args), **decode_options(variant))
+    translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args),
+                                 **decode_options(variant))
     device = translator.device
     reset_peak_rss()
     if device.type == "cuda":
@@ -217,7 +248,8 @@ def translate_inprocess(run_path: Path, input_path: Path, beam: int, args: argpa
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
-    figures: dict[str, Any] = {"wall_s": round(wall, 3), "first_line_s": round(sink.first or wall, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    figures: dict[str, Any] = {"wall_s": round(wall, 3), "first_line_s": round(sink.first or wall, 3),
+                               "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return figures, sink.getvalue().splitlines()
@@ -230,12 +262,14 @@ def batch_tokens(args: argparse.Namespace) -> dict[str, int]:
 
 def pipe_latency(run: Path, input_path: Path, beam: int, args: argparse.Namespace) -> dict[str, Any]:
     """Seconds from writing a line into translate's stdin to reading its translation, per line."""
-    cmd = lstmmt_cmd("translate", str(run), "--beam", str(beam), "--device", args.device, "--checkpoint", args.checkpoint)
+    cmd = lstmmt_cmd("translate", str(run), "--beam", str(beam), "--device", args.device,
+                     "--checkpoint", args.checkpoint)
     lines = input_path.read_text(encoding="utf-8").splitlines()[: args.latency + 1]
     err_path = CACHE / "logs" / f"latency-beam{beam}.err"
     err_path.parent.mkdir(parents=True, exist_ok=True)
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=thread_env(args.threads))
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                env=thread_env(args.threads))
         assert proc.stdin is not None and proc.stdout is not None
         try:
             # The first line is a warm-up: its answer waits for start-up and model loading too.
@@ -259,7 +293,8 @@ def answer_seconds(proc: subprocess.Popen, line: str, pause: float, timeout: flo
     proc.stdin.flush()
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
-        raise SystemExit(f"no answer within {timeout:.0f}s to a line written into an open pipe (translate waits for more input)")
+        raise SystemExit(f"no answer within {timeout:.0f}s to a line written into an open pipe "
+                         "(translate waits for more input)")
     proc.stdout.readline()
     return time.perf_counter() - start
 
@@ -275,23 +310,24 @@ def startup_seconds(run: Path, args: argparse.Namespace, variant: str = "fp32") 
     return run_measured(cmd, CACHE / "logs" / f"startup-{variant}.err", env=thread_env(args.threads))["wall_s"]
 
 
-def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int,
+                 args: argparse.Namespace) -> list[dict[str, Any]]:
     """Top ops by self CPU time over `batches` batches of beam search (in-process)."""
     import numpy as np
     from torch.profiler import ProfilerActivity, profile
+    from train_speed import top_ops
 
     from lstmmt import Translator
     from lstmmt.batching import token_batches
     from lstmmt.device import default_batch_tokens
-
-    from train_speed import top_ops
 
     translator = Translator.load(run_path, args.checkpoint, args.device, beam_size=beam, **batch_tokens(args))
     device = translator.device
     lines = input_path.read_text(encoding="utf-8").splitlines()[:1000]
     sentences = [np.asarray(ids, dtype=np.int32) for ids in translator.tokenizer.encode_src(lines)]
     lengths = np.array([len(s) + 1 for s in sentences])
-    budget = translator.decode.batch_tokens or default_batch_tokens(device, training=False)  # None: the device's default
+    # None: the device's default
+    budget = translator.decode.batch_tokens or default_batch_tokens(device, training=False)
     chosen = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // beam))
     chosen = chosen[len(chosen) // 2 : len(chosen) // 2 + batches]  # middle-length batches
     translator.search([sentences[i] for i in chosen[0]])  # warm-up
@@ -300,16 +336,18 @@ def profile_beam(run_path: Path, input_path: Path, beam: int, batches: int, args
     with profile(activities=activities) as prof:
         for indices in chosen:
             translator.search([sentences[i] for i in indices])  # one batch: the budget cut them
-    log(f"profiled {len(chosen)} batch(es) of {len(chosen[0])} sentences, beam {beam}, in {time.perf_counter() - start:.2f}s")
+    log(f"profiled {len(chosen)} batch(es) of {len(chosen[0])} sentences, beam {beam}, "
+        f"in {time.perf_counter() - start:.2f}s")
     return top_ops(prof, len(chosen), device, 15)
 
 
-def measure(run: Path, input_path: Path, beam: int, variant: str, source_lines: list[str], references: Optional[list[str]],
-            startup: Optional[float], args: argparse.Namespace) -> dict[str, Any]:
+def measure(run: Path, input_path: Path, beam: int, variant: str, source_lines: list[str], references: list[str] | None,
+            startup: float | None, args: argparse.Namespace) -> dict[str, Any]:
     """One row: translate the input with this beam and variant; speed, memory and (with references) BLEU."""
     log(f"beam {beam}, {variant}: translating {len(source_lines):,} lines ({args.mode})")
     load = machine()["loadavg_1_5_15"]
-    figures, output = (translate_cli if args.mode == "cli" else translate_inprocess)(run, input_path, beam, args, variant)
+    translate = translate_cli if args.mode == "cli" else translate_inprocess
+    figures, output = translate(run, input_path, beam, args, variant)
     if len(output) != len(source_lines):
         raise SystemExit(f"beam {beam}, {variant}: {len(output)} output lines for {len(source_lines)} input lines")
     tgt_tokens = count_tokens(run, output)
@@ -330,7 +368,8 @@ def measure(run: Path, input_path: Path, beam: int, variant: str, source_lines: 
         import sacrebleu
 
         entry["bleu"] = round(sacrebleu.corpus_bleu(output, [references]).score, 2)
-    log(f"beam {beam}, {variant}: {entry['sentences_per_s']:.1f} sentences/s, {entry['tgt_tokens_per_s']:.0f} tokens/s, "
+    log(f"beam {beam}, {variant}: {entry['sentences_per_s']:.1f} sentences/s, "
+        f"{entry['tgt_tokens_per_s']:.0f} tokens/s, "
         f"first line after {entry['first_line_s']:.2f}s, peak RSS {entry['peak_rss_mb']:.0f} MiB"
         + (f", BLEU {entry['bleu']:.2f}" if "bleu" in entry else ""))
     return entry
@@ -359,7 +398,8 @@ def main() -> None:
         result["latency"] = {}
         for beam in beams:
             result["latency"][str(beam)] = entry = pipe_latency(run, input_path, beam, args)
-            log(f"beam {beam}: pipe latency median {entry['median_s']:.3f}s, max {entry['max_s']:.3f}s over {entry['lines']} lines")
+            log(f"beam {beam}: pipe latency median {entry['median_s']:.3f}s, max {entry['max_s']:.3f}s "
+                f"over {entry['lines']} lines")
         emit(result)
         return
     references = read_references(args, len(source_lines))
@@ -374,7 +414,8 @@ def main() -> None:
     for beam in beams:
         for variant in args.variants:
             entry = measure(run, input_path, beam, variant, source_lines, references, startup.get(variant), args)
-            (result["beams"] if variant == "fp32" else result.setdefault("variants", {}).setdefault(variant, {}))[str(beam)] = entry
+            rows = result["beams"] if variant == "fp32" else result.setdefault("variants", {}).setdefault(variant, {})
+            rows[str(beam)] = entry
     if args.profile:
         result["profile_beam5_top_ops"] = profile_beam(run, input_path, 5, args.profile, args)
     result["loadavg_after"] = machine()["loadavg_1_5_15"]

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Pair = tuple[str, str]
 """An English sentence and its German translation."""
@@ -575,7 +575,8 @@ def _day_phrase(rng: random.Random, past: bool) -> Pair:
     if past:
         forms += [(f"last {en_day}", f"letzten {de_day}"), ("yesterday", "gestern")]
     else:
-        forms += [(f"next {en_day}", f"nächsten {de_day}"), (f"on {en_day}s", f"{de_day.lower()}s"), ("tomorrow", "morgen")]
+        forms += [(f"next {en_day}", f"nächsten {de_day}"), (f"on {en_day}s", f"{de_day.lower()}s"),
+                  ("tomorrow", "morgen")]
     return rng.choice(forms)
 
 

@@ -19,7 +19,8 @@ def plot_attention(alignment: Alignment, output: Path) -> Path:
         matplotlib.use("Agg")  # files only; never needs a display
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("plot-attention needs matplotlib: pip install 'lstmmt[plot]'") from None
+        raise UserError("plot-attention needs matplotlib: pip install 'lstmmt[plot]' "
+                        "(in a checkout: pip install -e '.[plot]')") from None
     rows, columns = len(alignment.target), len(alignment.source)
     figure, axes = plt.subplots(figsize=(max(4.0, 0.45 * columns + 1.5), max(3.0, 0.4 * rows + 1.2)))
     image = axes.imshow(alignment.weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -33,8 +32,8 @@ class Averaged:
 
     paths: list[Path]
     target: Path
-    averaged_bleu: Optional[float] = None  # None: not checked (no validation split, --no-check, or best.pt's weights)
-    best_bleu: Optional[float] = None
+    averaged_bleu: float | None = None  # None: not checked (no validation split, --no-check, or best.pt's weights)
+    best_bleu: float | None = None
     same_as_best: bool = False  # the average holds best.pt's weights: nothing to compare
 
     @property

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,25 +34,26 @@ if TYPE_CHECKING:
 class Batch:
     src: Tensor  # (B, S) source ids + EOS, padded
     src_lengths: Tensor  # (B,) source lengths incl. EOS
-    tgt_in: Optional[Tensor]  # (B, T) BOS + target ids, padded
-    tgt_out: Optional[Tensor]  # (B, T) target ids + EOS, padded
+    tgt_in: Tensor | None  # (B, T) BOS + target ids, padded
+    tgt_out: Tensor | None  # (B, T) target ids + EOS, padded
     indices: np.ndarray  # (B,) positions of these sentences in what collate read them from
     tgt_tokens: int  # real target tokens (incl. EOS), for loss normalisation and tokens/s
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         """The batch on `device`; from pinned memory (see `pin_memory`) the copies do not block."""
         return self._map(lambda t: t.to(device, non_blocking=True))
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """The batch in page-locked host memory, so copies to a GPU run asynchronously."""
         return self._map(Tensor.pin_memory)
 
-    def _map(self, function: Callable[[Tensor], Tensor]) -> "Batch":
+    def _map(self, function: Callable[[Tensor], Tensor]) -> Batch:
         move = lambda t: None if t is None else function(t)  # noqa: E731
-        return Batch(move(self.src), move(self.src_lengths), move(self.tgt_in), move(self.tgt_out), self.indices, self.tgt_tokens)
+        return Batch(move(self.src), move(self.src_lengths), move(self.tgt_in), move(self.tgt_out), self.indices,
+                     self.tgt_tokens)
 
 
-def pad(sequences: Sequence[np.ndarray], prefix: Optional[int] = None, suffix: Optional[int] = None) -> Tensor:
+def pad(sequences: Sequence[np.ndarray], prefix: int | None = None, suffix: int | None = None) -> Tensor:
     """Right-padded (B, L) int64 tensor of sequences, each with optional prefix/suffix token."""
     extra = (prefix is not None) + (suffix is not None)
     out = np.full((len(sequences), max(len(s) for s in sequences) + extra), PAD, dtype=np.int64)
@@ -65,7 +67,7 @@ def pad(sequences: Sequence[np.ndarray], prefix: Optional[int] = None, suffix: O
     return torch.from_numpy(out)
 
 
-def collate(indices: np.ndarray, src: Sequence[np.ndarray], tgt: Optional[Sequence[np.ndarray]] = None) -> Batch:
+def collate(indices: np.ndarray, src: Sequence[np.ndarray], tgt: Sequence[np.ndarray] | None = None) -> Batch:
     """Build a Batch from the sentences at `indices` (src/tgt are indexable corpora of id arrays)."""
     src_seqs = [src[i] for i in indices]
     src_lengths = torch.tensor([len(s) + 1 for s in src_seqs], dtype=torch.int64)
@@ -73,7 +75,8 @@ def collate(indices: np.ndarray, src: Sequence[np.ndarray], tgt: Optional[Sequen
         return Batch(pad(src_seqs, suffix=EOS), src_lengths, None, None, indices, 0)
     tgt_seqs = [tgt[i] for i in indices]
     tokens = sum(len(t) + 1 for t in tgt_seqs)
-    return Batch(pad(src_seqs, suffix=EOS), src_lengths, pad(tgt_seqs, prefix=BOS), pad(tgt_seqs, suffix=EOS), indices, tokens)
+    return Batch(pad(src_seqs, suffix=EOS), src_lengths, pad(tgt_seqs, prefix=BOS), pad(tgt_seqs, suffix=EOS), indices,
+                 tokens)
 
 
 def token_batches(order: np.ndarray, lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
@@ -108,7 +111,9 @@ def epoch_windows(sentences: int, window_sentences: int, seed: int, epoch: int) 
     return [shuffled[i : i + per_window] for i in range(0, len(shuffled), per_window)]
 
 
-def window_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, window: int) -> list[np.ndarray]:
+def window_batches(
+    src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, window: int,
+) -> list[np.ndarray]:
     """The batches of one window (positions in it), in order: a pure function of (seed, epoch, window).
 
     Sentences are sorted by (target, source) length with random tie-breaking, cut into
@@ -124,8 +129,8 @@ def window_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_token
 
 
 def epoch_batches(
-    src: "EncodedSide", tgt: "EncodedSide", batch_tokens: int, window_sentences: int, seed: int, epoch: int,
-) -> Iterator[tuple["Sentences", "Sentences", np.ndarray]]:
+    src: EncodedSide, tgt: EncodedSide, batch_tokens: int, window_sentences: int, seed: int, epoch: int,
+) -> Iterator[tuple[Sentences, Sentences, np.ndarray]]:
     """Every training batch of one epoch in order, as (source window, target window, positions
     in them): a pure function of (seed, epoch). One window's lengths are in memory at a time."""
     for number, ranges in enumerate(epoch_windows(len(src), window_sentences, seed, epoch)):
@@ -165,7 +170,7 @@ def read_ahead(items: Iterator[Any], transform: Callable[[Any], Any], depth: int
                 if not put(transform(item)):
                     return
             put(end)
-        except BaseException as exc:  # re-raised in the reading thread
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the reading thread)
             put(exc)
 
     thread = threading.Thread(target=produce, name="lstmmt-read-ahead", daemon=True)

@@ -34,7 +34,7 @@ def reference() -> str:
 
 
 def _help(text: str | None) -> str:
-    return inspect.cleandoc(text or "").replace("[serve]", "\\[serve]") + "\n" if text else ""
+    return inspect.cleandoc(text or "").replace("\\[", "[") + "\n" if text else ""  # rich's escaped brackets
 
 
 def _metavar(argument: Any) -> str:

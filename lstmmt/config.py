@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -145,10 +145,15 @@ class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
     seed: int = setting(1, "seeds initialisation, dropout and the batch order", low=0, high=2**32 - 1)
-    batch_tokens: Optional[int] = setting(
+    batch_tokens: int | None = setting(
         None, "padded tokens per batch (longest side + 1, times sentences); null: the device chooses when training "
         "starts (4,096 on a CPU, 16,384 on a GPU) and the choice is written into `config.yaml`, so a resumed run keeps "
         "it on any device", low=1, null="chosen by the device")
+    accumulate: int = setting(
+        1, "token-budget batches per optimizer step (gradient accumulation): their gradients are summed and the "
+        "loss is normalised over all of them, so a step sees `batch_tokens` x this tokens on the memory of one batch; "
+        "steps (`max_steps`, schedules, `valid_every`, `log_every`, checkpoints) count optimizer steps. Under several "
+        "processes the gradients are all-reduced once per step", low=1)
     window_sentences: int = setting(
         1_000_000, "sentences read, sorted by length and cut into batches together: training reads the corpus window "
         "by window (blocks of 1,000 consecutive sentences, shuffled each epoch and dealt into windows), so its memory "
@@ -172,12 +177,12 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "label-smoothed cross-entropy", low=0, below=1)
     max_steps: int = setting(100_000, "stop after this many updates (`--max-steps`)", low=1)
     max_epochs: int = setting(1000, "stop after this many passes over the data", low=1)
-    max_time: Optional[str] = setting(
+    max_time: str | None = setting(
         None, "training-time budget (`--max-time`), summed over resumed sessions; training validates and stops when "
         "it is spent", words=DURATION, null="no limit")
     valid_every: int = setting(1000, "validate (loss, perplexity, greedy BLEU) and save checkpoints every this many "
                                      "steps", low=1)
-    valid_every_time: Optional[str] = setting(
+    valid_every_time: str | None = setting(
         None, "also validate when this much training time (e.g. `5m`) has passed since the last validation, so a slow "
         "machine validates often enough to pick a good checkpoint; each validation's cost is logged as `seconds` in "
         "`metrics.jsonl`", words=DURATION, null="by steps only")
@@ -192,6 +197,11 @@ class TrainConfig:
     log_every: int = setting(100, "steps between lines in `logs/metrics.jsonl` and progress updates", low=1)
     device: str = setting("auto", "CUDA when available, else the CPU (`--device`)", words="auto, cpu, cuda or cuda:N")
     threads: int = setting(0, "CPU threads for PyTorch", low=0, note="(0 = torch's default)")
+    init_from: str | None = setting(
+        None, "the parent whose weights the run started from (set by `train --init-from PARENT`: a run directory's "
+        "best checkpoint, a checkpoint file or a release): the first start of the run, and `--restart`, load them with "
+        "a fresh optimizer and schedule; later starts resume from the run's own checkpoints",
+        words="a path", null="trained from scratch")
 
     @functools.cached_property
     def max_time_seconds(self) -> float:
@@ -210,8 +220,9 @@ class DecodeConfig:
 
     beam_size: int = setting(5, "beam size (`--beam`)", low=1, note="(1 is greedy search)")
     n_best: int = setting(1, "hypotheses kept per sentence, best first (`--n-best`): `translate` writes "
-                             "`line ||| text ||| score` rows, `--format jsonl` an `n_best` list",
-                          low=1, high="beam_size")
+                             "`line ||| text ||| score` rows, `--format jsonl` an `n_best` list; when sampling "
+                             "(`sample_topk`), the number of samples drawn per sentence",
+                          low=1, note="(at most beam_size in beam search)")
     length_penalty: float = setting(
         1.0, "hypothesis score = log-probability / length ** length_penalty (`--length-penalty`; beyond its range "
         "length ** length_penalty overflows); 0 ranks by log-probability alone, larger values favour longer outputs, "
@@ -219,7 +230,7 @@ class DecodeConfig:
     max_len_a: float = setting(1.5, "outputs stop at `max_len_a * source_length + max_len_b` tokens (EOS included, "
                                     "at least 1)", low=0, high=100)
     max_len_b: int = setting(10, "see `max_len_a`", low=0, high=10_000)
-    batch_tokens: Optional[int] = setting(
+    batch_tokens: int | None = setting(
         None, "source tokens x beam per translation batch (`--batch-tokens`); `score` counts the longer side; null: "
         "chosen by the device (8,000 on a CPU, 32,768 on a GPU)", low=1, null="the device's default")
     precision: Literal["auto", "fp32", "bf16"] = setting(
@@ -244,7 +255,7 @@ class DecodeConfig:
         "`auto` then means fp32). On a GPU it is refused. The tied output projection (the default, "
         "`model.tie_embeddings: true`) multiplies by the embedding matrix and stays fp32; with untied embeddings the "
         "output Linear is int8 too. Works with `shortlist`. Read by the same commands as `shortlist`")
-    workers: Optional[int] = setting(
+    workers: int | None = setting(
         None, "batches searched at once on a CPU (`--set decode.workers=N`), each by its own thread with an equal "
         "share of torch's CPU threads (`OMP_NUM_THREADS`, `serve --threads`); null: one per torch thread, never more "
         "than there are batches, so a short input still gets every thread. Translations do not change (the same "
@@ -252,14 +263,49 @@ class DecodeConfig:
         "copies); on a 2-core CPU two batches on one thread each searched 1.12-1.17x faster than one batch on two "
         "threads (docs/performance.md). On a GPU always 1. Validation during training uses it too",
         low=1, null="one per CPU thread")
+    sample_topk: int | None = setting(
+        None, "sample translations instead of searching for the best (back-translation; `--set "
+        "decode.sample_topk=0`): each output token is drawn from the model's next-token distribution, 0 from the "
+        "whole of it, K from its K most likely tokens. Each sentence gets `n_best` independent samples (duplicates "
+        "possible), best first by `score`, which is the model's own log-probability normalised as in beam search; "
+        "`beam_size` is not used. Works with `shortlist` (samples among the pieces it allows) and ensembles (samples "
+        "from their averaged distribution)", low=0, null="beam search")
+    temperature: float = setting(
+        1.0, "when sampling: tokens are drawn from softmax(log-probabilities / temperature); below 1 sharpens the "
+        "distribution towards the most likely tokens, above 1 flattens it; scores keep the model's log-probabilities. "
+        "Another value without `sample_topk` is refused", low=0.01, high=100)
+    seed: int = setting(
+        1, "when sampling: seeds the draws. The same seed, input and batch settings (`batch_tokens`) give the same "
+        "samples on the same device, with any number of `workers`: each batch's draws are seeded from the seed and "
+        "the batch's sentences",
+        low=0, high=2**32 - 1)
+
+    @property
+    def hypotheses_per_sentence(self) -> int:
+        """Hypotheses searched side by side per sentence, as a batch budget counts them: the beam, or the samples."""
+        return self.beam_size if self.sample_topk is None else self.n_best
 
     def check(self) -> None:
         """Each setting within its declared range, named with its key (UserError otherwise). The
         length settings are bounded so search's arithmetic stays finite: length ** length_penalty
-        for any output length, and max_len_a * source length + max_len_b as a token count."""
+        for any output length, and max_len_a * source length + max_len_b as a token count;
+        temperature so that log-probabilities / temperature stay finite in float32."""
         check_ranges(self, "decode")
+        if self.sample_topk is not None:
+            return
+        if self.n_best > self.beam_size:
+            raise UserError(f"decode.n_best must be an integer in [1, decode.beam_size ({self.beam_size})], got "
+                            f"{self.n_best}: beam search keeps at most beam_size hypotheses (set decode.sample_topk "
+                            "to draw any number of samples)")
+        if self.temperature != 1.0:
+            raise UserError(f"decode.temperature {shown(self.temperature)} applies only when sampling: set "
+                            "decode.sample_topk (0 = the whole distribution) or leave decode.temperature at 1.0")
 
-    def updated(self, **values: Any) -> "DecodeConfig":
+    def greedy(self) -> DecodeConfig:
+        """These settings for greedy search (validation during training): beam 1, one hypothesis, no sampling."""
+        return self.updated(beam_size=1, n_best=1, sample_topk=None, temperature=1.0)
+
+    def updated(self, **values: Any) -> DecodeConfig:
         """These settings with `values` (decode keys) replaced, each type- and range-checked."""
         hints = typing.get_type_hints(DecodeConfig)
         unknown = sorted(set(values) - set(hints))
@@ -281,7 +327,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Range and cross-field checks, run before any data is touched or any file written."""
         for name in ("data", "tokenizer", "model", "train"):
             check_ranges(getattr(self, name), name)
@@ -313,7 +359,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
         return _build(cls, _moved_keys(raw), "").validate()
 
     def save(self, path: Path) -> None:
@@ -322,10 +368,10 @@ class Config:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def load(cls, path: Path) -> "Config":
+    def load(cls, path: Path) -> Config:
         return cls.from_dict(read_yaml(path))
 
-    def merged(self, raw: dict[str, Any]) -> "Config":
+    def merged(self, raw: dict[str, Any]) -> Config:
         """This config with the (possibly partial) sections in `raw` laid over it."""
         base = self.to_dict()
         for section, values in _moved_keys(raw).items():
@@ -336,7 +382,7 @@ class Config:
             base[section].update(values)
         return Config.from_dict(base)
 
-    def with_overrides(self, assignments: list[str]) -> "Config":
+    def with_overrides(self, assignments: list[str]) -> Config:
         """Apply `section.key=value` strings, each value parsed and checked against the field's type."""
         raw: dict[str, dict[str, Any]] = {}
         for assignment in assignments:
@@ -585,7 +631,7 @@ def parse_duration(text: str) -> float:
     """Seconds in a duration such as '90s', '30m', '1.5h' or a bare number of seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     stripped = text.strip().lower()
-    scale = units.get(stripped[-1:], None)
+    scale = units.get(stripped[-1:])
     number = stripped[:-1] if scale else stripped
     try:
         seconds = float(number) * (scale or 1)

@@ -17,16 +17,16 @@ import itertools
 import json
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from lstmmt.errors import UserError
 
 Pair = tuple[str, str, bool]
 """Source line, target line, and whether invalid UTF-8 was replaced in either."""
-Pairs = tuple[list[str], list[str], dict[str, int]]
 
 # Everything str.splitlines() splits on: kept out of sentences so any reader sees one line per pair.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
@@ -77,17 +77,6 @@ def iter_pairs(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
     return readers[source.kind](source, src_lang, tgt_lang)
 
 
-def read_pairs(source: Source, src_lang: str, tgt_lang: str) -> Pairs:
-    """All of a (small) source at once: source lines, target lines and counts
-    {"read": pairs, "invalid_utf8": pairs with bad bytes}."""
-    src, tgt, invalid = [], [], 0
-    for s, t, bad in iter_pairs(source, src_lang, tgt_lang):
-        src.append(s)
-        tgt.append(t)
-        invalid += bad
-    return src, tgt, {"read": len(src), "invalid_utf8": invalid}
-
-
 def local_files(source: Source, src_lang: str, tgt_lang: str) -> list[Path]:
     """The local files a source reads (to record their hashes); empty for a hub dataset."""
     if source.kind == "prefix":
@@ -101,8 +90,7 @@ def local_files(source: Source, src_lang: str, tgt_lang: str) -> list[Path]:
 def _iter_prefix(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
     src_path, tgt_path = (_side_file(source.path, lang) for lang in (src_lang, tgt_lang))
     src_lines, tgt_lines = _lines(src_path), _lines(tgt_path)
-    count = 0
-    for raw_src, raw_tgt in itertools.zip_longest(src_lines, tgt_lines):
+    for count, (raw_src, raw_tgt) in enumerate(itertools.zip_longest(src_lines, tgt_lines)):
         if raw_src is None or raw_tgt is None:  # one side ended first: count the rest of the other
             src_total = count + (raw_src is not None) + sum(1 for _ in src_lines)
             tgt_total = count + (raw_tgt is not None) + sum(1 for _ in tgt_lines)
@@ -110,7 +98,6 @@ def _iter_prefix(source: Source, src_lang: str, tgt_lang: str) -> Iterator[Pair]
                 f"{src_path} has {src_total} lines but {tgt_path} has {tgt_total}: "
                 "the two sides must be line-aligned (one sentence per line, in the same order)"
             )
-        count += 1
         yield _decoded_pair(raw_src, raw_tgt)
 
 
@@ -226,7 +213,7 @@ def _load_splits(source: Source) -> Any:
         )
     try:
         loaded = load()
-    except Exception as exc:  # `datasets` raises many types (network, missing config, damaged files)
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types: network, config, damaged files)
         config = f" (config {source.dataset_config})" if source.dataset_config else ""
         raise UserError(f"could not load dataset {source.path!r}{config} via {how}: {exc}{advice}") from None
     if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):

@@ -10,9 +10,10 @@ business of lstmmt/translator.py and the steps above it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class Members(NamedTuple):
 
     parts: tuple[Any, ...]
 
-    def select(self, index: Tensor) -> "Members":
+    def select(self, index: Tensor) -> Members:
         return Members(tuple(part.select(index) for part in self.parts))
 
 
@@ -105,9 +106,10 @@ def restricted(model: StepModel, ids: Tensor) -> StepModel:
 
 
 def search_batch(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig,
-                 shortlist: Optional[Shortlist] = None) -> list[list[Hypothesis]]:
+                 shortlist: Shortlist | None = None) -> list[list[Hypothesis]]:
     """search() of one batch; with a shortlist, over the target ids it allows for this batch's
-    source pieces (the one place search is narrowed), and the hypotheses' tokens mapped back to full ids."""
+    source pieces (the one place search is narrowed; sampling draws among them), and the
+    hypotheses' tokens mapped back to full ids."""
     if shortlist is None:
         return search(model, src, src_lengths, decode)
     ids = shortlist.allowed(src)
@@ -117,17 +119,20 @@ def search_batch(model: StepModel, src: Tensor, src_lengths: Tensor, decode: Dec
 
 
 def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], decode: DecodeConfig, device: torch.device,
-                  precision: str, shortlist: Optional[Shortlist] = None) -> list[list[Hypothesis]]:
+                  precision: str, shortlist: Shortlist | None = None) -> list[list[Hypothesis]]:
     """Search every sentence (source ids without EOS); results in input order.
 
-    Sorting by length keeps padding low; the batch budget counts source tokens x beams.
-    Each sentence's result does not depend on the batch it lands in, except with a
-    shortlist, whose allowed ids are the union over the batch (see search_batch). On a CPU
-    the batches are shared among decode.workers threads (`search_workers`).
+    Sorting by length keeps padding low; the batch budget counts source tokens x beams (or
+    samples). Each sentence's result does not depend on the batch it lands in, except with a
+    shortlist, whose allowed ids are the union over the batch (see search_batch), and when
+    sampling, whose draws are seeded per batch (lstmmt.search.seeded_generator: the same
+    batches, the same samples). On a CPU the batches are shared among decode.workers threads
+    (`search_workers`).
     """
     lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
     budget = decode.batch_tokens or default_batch_tokens(device, training=False)
-    batches = token_batches(np.argsort(lengths, kind="stable"), lengths, max(1, budget // decode.beam_size))
+    batches = token_batches(np.argsort(lengths, kind="stable"), lengths,
+                            max(1, budget // decode.hypotheses_per_sentence))
 
     def search_one(indices: np.ndarray) -> list[list[Hypothesis]]:
         batch = collate(indices, sentences).to(device)
@@ -180,7 +185,7 @@ class Forced:
     """Forced decoding of one sentence pair."""
 
     log_probs: np.ndarray  # (T+1,) log-probability of each target token and of EOS
-    attention: Optional[np.ndarray]  # (T+1, S+1) weights over source tokens and EOS, when asked for
+    attention: np.ndarray | None  # (T+1, S+1) weights over source tokens and EOS, when asked for
 
 
 def force_corpus(model: StepModel, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], decode: DecodeConfig,
@@ -189,7 +194,7 @@ def force_corpus(model: StepModel, sources: Sequence[np.ndarray], targets: Seque
     source, in input order; with `attention_of`, also the mean attention of those models."""
     lengths = np.array([max(len(s), len(t)) + 1 for s, t in zip(sources, targets)], dtype=np.int64)
     budget = decode.batch_tokens or default_batch_tokens(device, training=False)
-    results: list[Optional[Forced]] = [None] * len(sources)
+    results: list[Forced | None] = [None] * len(sources)
     for indices in token_batches(np.argsort(lengths, kind="stable"), lengths, budget):
         batch = collate(indices, sources, targets).to(device)
         with autocast(device, precision), recording_attention(attention_of) as attention:

@@ -12,8 +12,8 @@ import itertools
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -54,7 +54,8 @@ class SideWriter:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False, "shape": (self._tokens,)}
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False,
+                  "shape": (self._tokens,)}
 
         def write_ids(tmp: Path) -> None:
             self._raw.seek(0)
@@ -139,7 +140,7 @@ class EncodedSide:
         self._ids, self._offsets = ids, offsets
 
     @classmethod
-    def open(cls, run: RunDir, split: str, side: str) -> "EncodedSide":
+    def open(cls, run: RunDir, split: str, side: str) -> EncodedSide:
         """Open one split and side; UserError if preprocess did not write it or its two files disagree."""
         paths = run.ids(split, side), run.offsets(split, side)
         for path in paths:

@@ -5,8 +5,8 @@ permission) becomes one line from io_error_message; anything else is a bug.
 """
 
 import errno
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class UserError(Exception):

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from rich.console import Console
 from rich.text import Text
 
 from lstmmt import checkpoint as checkpoints
 from lstmmt.config import Config, DecodeConfig
+from lstmmt.console import stderr
 from lstmmt.errors import UserError
+from lstmmt.linestream import translate_file, warn
 from lstmmt.rundir import RunDir, check_output, write_output_text
 from lstmmt.scoring import score
-from lstmmt.translate import translate_file, warn
 from lstmmt.translator import Translator
-
-stderr = Console(stderr=True)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -39,8 +37,8 @@ def read_lines(path: Path) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: Optional[str] = None,
-                   name: Optional[str] = None) -> dict[str, Any]:
+def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: str | None = None,
+                   name: str | None = None) -> dict[str, Any]:
     """Score hyp against ref and save the result: scores/split-SPLIT.json for a stored split,
     else scores/NAME.json, NAME given or derived from the whole hypothesis path (RunDir.hyp_score).
     A named file holding another hypothesis's score is never replaced, nor is either input; the

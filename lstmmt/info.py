@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lstmmt.config import Config
-from lstmmt.metrics import read_metrics
+from lstmmt.metrics_log import read_metrics
 from lstmmt.rundir import RunDir
 
 
@@ -21,6 +21,7 @@ def describe(run: RunDir) -> RenderableType:
     title = Text.assemble((str(run.root), "bold"), f": {config.data.src_lang} -> {config.data.tgt_lang}")
     parts: list[RenderableType] = [title]
     parts.append(_settings(config))
+    parts.append(_parent(run, config))
     parts.append(_splits(meta))
     parts.append(_checkpoints(run))
     parts.append(_validation(run))
@@ -31,11 +32,28 @@ def describe(run: RunDir) -> RenderableType:
 def _settings(config: Config) -> Table:
     table = Table(title="config (config.yaml)", show_header=False)
     m, t, tok = config.model, config.train, config.tokenizer
-    table.add_row("tokenizer", f"SentencePiece {tok.model_type}, vocab {tok.vocab_size}, {'joint' if tok.joint else 'separate'}")
+    table.add_row("tokenizer", f"SentencePiece {tok.model_type}, vocab {tok.vocab_size}, "
+                               f"{'joint' if tok.joint else 'separate'}")
     table.add_row("model", f"embed {m.embed_size}, hidden {m.hidden_size}, encoder {m.encoder_layers}x BiLSTM, "
-                           f"decoder {m.decoder_layers}x LSTM, {m.attention} attention, input feeding {m.input_feeding}")
-    table.add_row("train", f"batch {t.batch_tokens} tokens, lr {t.lr} ({t.lr_schedule}), max steps {t.max_steps}, max time {t.max_time}")
+                           f"decoder {m.decoder_layers}x LSTM, {m.attention} attention, "
+                           f"input feeding {m.input_feeding}")
+    accumulated = f" x {t.accumulate} per step" if t.accumulate > 1 else ""
+    table.add_row("train", f"batch {t.batch_tokens} tokens{accumulated}, lr {t.lr} ({t.lr_schedule}), "
+                           f"max steps {t.max_steps}, max time {t.max_time}")
     return table
+
+
+def _parent(run: RunDir, config: Config) -> Text | None:
+    """The parent the run started from (train.init_from), with the sha256 of the weights it
+    loaded once finished training has recorded it in train.json."""
+    if config.train.init_from is None:
+        return None
+    try:
+        recorded = json.loads(run.train_summary.read_text(encoding="utf-8"))["init_from"]["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        recorded = None
+    digest = f" (weights sha256 {recorded[:16]}...)" if isinstance(recorded, str) else ""
+    return Text(f"started from {config.train.init_from}{digest}")
 
 
 def _splits(meta: dict) -> Table:

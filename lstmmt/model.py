@@ -14,7 +14,7 @@ NamedTuples whose `select(index)` picks and reorders rows (beams, finished sente
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class Memory(NamedTuple):
     keys: Tensor  # (B, S, K) attention keys, precomputed once per batch
     mask: Tensor  # (B, S) True at real (non-pad) source positions
 
-    def select(self, index: Tensor) -> "Memory":
+    def select(self, index: Tensor) -> Memory:
         return Memory(*(t.index_select(0, index) for t in self))
 
 
@@ -46,9 +46,9 @@ class DecoderState(NamedTuple):
 
     h: Tensor  # (layers, B, H)
     c: Tensor  # (layers, B, H)
-    feed: Optional[Tensor]  # (B, H) previous attentional state, with input feeding only
+    feed: Tensor | None  # (B, H) previous attentional state, with input feeding only
 
-    def select(self, index: Tensor) -> "DecoderState":
+    def select(self, index: Tensor) -> DecoderState:
         feed = None if self.feed is None else self.feed.index_select(0, index)
         return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index), feed)
 
@@ -58,9 +58,9 @@ class OutputRows(NamedTuple):
     lstmmt/shortlist.py), sliced once per batch rather than at every step (`OutputLayer.rows`)."""
 
     ids: Tensor  # (V',) sorted full-vocabulary target ids
-    weight: Optional[Tensor]  # (V', E or H) their rows of the output weight (None with int8)
-    bias: Optional[Tensor]  # (V',)
-    int8: Optional[nn.Module] = None  # with an int8 output layer: its rows as an int8 Linear of their own
+    weight: Tensor | None  # (V', E or H) their rows of the output weight (None with int8)
+    bias: Tensor | None  # (V',)
+    int8: nn.Module | None = None  # with an int8 output layer: its rows as an int8 Linear of their own
 
     def logits(self, x: Tensor) -> Tensor:
         """Output-layer inputs (..., E or H) -> logits over ids (..., V')."""
@@ -131,12 +131,12 @@ class LSTM(nn.LSTM):
     autocast already runs bf16.
     """
 
-    def forward(self, x: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> Any:
+    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> Any:
         if x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
             return self.run_in(torch.bfloat16, x, hx)
         return super().forward(x, hx)
 
-    def run_in(self, dtype: torch.dtype, x: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> Any:
+    def run_in(self, dtype: torch.dtype, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> Any:
         """The forward pass with input, states and weights cast to `dtype`, outside autocast."""
         with torch.autocast(x.device.type, enabled=False):
             weights = {name: weight.to(dtype) for name, weight in self.named_parameters()}
@@ -238,7 +238,7 @@ class OutputLayer:
     the model when called, so the Linears quantize.py swaps into the model are the ones used.
     """
 
-    def __init__(self, model: "Seq2Seq"):
+    def __init__(self, model: Seq2Seq):
         self.model = model
         self.tied = model.config.tie_embeddings
 
@@ -258,7 +258,7 @@ class OutputLayer:
             return self.model.tgt_embed.weight, self.model.output_bias
         return self.model.output.weight, self.model.output.bias
 
-    def __call__(self, attentional: Tensor, rows: Optional[OutputRows] = None) -> Tensor:
+    def __call__(self, attentional: Tensor, rows: OutputRows | None = None) -> Tensor:
         """Logits over every target id (..., V), or over rows.ids only (..., V')."""
         x = self.inputs(attentional)
         if rows is not None:
@@ -399,7 +399,7 @@ class Seq2Seq(nn.Module):
         return attentional
 
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: DecoderState,
-                    rows: Optional[OutputRows] = None) -> tuple[Tensor, DecoderState]:
+                    rows: OutputRows | None = None) -> tuple[Tensor, DecoderState]:
         """One step for search: previous tokens (N,) -> log-probabilities (N, V) and the next state.
 
         With `rows` (a vocabulary shortlist) the distribution covers rows.ids only (N, V'):

@@ -19,7 +19,7 @@ loss and gradients in float64).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ gradient less often; 2**21 (8 MB, 260 rows, sized to stay in cache) trained 7-11
 a 2-core AVX2 EPYC (docs/performance.md, session 9). A GPU: 4,000 rows."""
 
 
-def output_loss(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+def output_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
                 label_smoothing: float = 0.0) -> Tensor:
     """Summed label-smoothed cross-entropy of logits hidden @ weight.T + bias over the rows
     whose target is not PAD. hidden (N, H), weight (V, H), bias (V,) or None, targets (N,);
@@ -45,7 +45,7 @@ def output_loss(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets:
 
 class _OutputLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
                 label_smoothing: float, needs_grad: bool) -> Tensor:
         grads = None
         if needs_grad:
@@ -72,7 +72,7 @@ class _OutputLoss(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_total: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
         grad_hidden, grad_weight, grad_bias = ctx.grads
         ctx.grads = None
         return (grad_hidden * grad_total, grad_weight * grad_total,

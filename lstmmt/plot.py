@@ -7,10 +7,10 @@ matplotlib is an optional extra (`pip install 'lstmmt[plot]'`), imported only he
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lstmmt.errors import UserError
-from lstmmt.metrics import read_metrics
+from lstmmt.metrics_log import read_metrics
 from lstmmt.rundir import RunDir, check_output, write_output
 
 
@@ -26,7 +26,7 @@ def read_events(run: RunDir, event: str) -> list[dict]:
     return read_metrics(run.metrics, event)
 
 
-def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
+def plot_learning_curve(run: RunDir, output: Path | None = None) -> Path:
     """Write RUN/logs/learning_curve.png (or `output`, checked and written as rundir's
     check_output and write_output do) and return its path."""
     target = Path(output) if output else run.learning_curve
@@ -37,16 +37,19 @@ def plot_learning_curve(run: RunDir, output: Optional[Path] = None) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("plotting needs matplotlib: pip install 'lstmmt[plot]'") from None
+        raise UserError("plotting needs matplotlib: pip install 'lstmmt[plot]' "
+                        "(in a checkout: pip install -e '.[plot]')") from None
     valid, train = read_events(run, "valid"), read_events(run, "train")
     if not valid:
         raise UserError(f"{run.root} has no validation results yet: train past the first validation first")
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharey="row")
-    for column, (x_key, x_label, scale) in enumerate([("step", "step", 1.0), ("elapsed", "training time (minutes)", 60.0)]):
+    x_axes = [("step", "step", 1.0), ("elapsed", "training time (minutes)", 60.0)]
+    for column, (x_key, x_label, scale) in enumerate(x_axes):
         bleu_axis, loss_axis = axes[0][column], axes[1][column]
-        bleu_axis.plot([r[x_key] / scale for r in valid], [r["bleu"] for r in valid], marker="o", label="validation BLEU")
+        x_valid = [r[x_key] / scale for r in valid]
+        bleu_axis.plot(x_valid, [r["bleu"] for r in valid], marker="o", label="validation BLEU")
         loss_axis.plot([r[x_key] / scale for r in train], [r["loss"] for r in train], alpha=0.6, label="training loss")
-        loss_axis.plot([r[x_key] / scale for r in valid], [r["loss"] for r in valid], marker="o", label="validation loss")
+        loss_axis.plot(x_valid, [r["loss"] for r in valid], marker="o", label="validation loss")
         loss_axis.set_xlabel(x_label)
         for axis in (bleu_axis, loss_axis):
             axis.grid(alpha=0.3)

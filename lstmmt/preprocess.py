@@ -23,19 +23,20 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from lstmmt import __version__
 from lstmmt.config import Config, DataConfig
+from lstmmt.console import stderr
 from lstmmt.corpus import MissingSplit, Pair, Source, iter_pairs, local_files
 from lstmmt.encoded import SideWriter, write_side
 from lstmmt.errors import UserError
@@ -47,8 +48,6 @@ REFERENCE_SPLITS = ("valid", "test")
 DROP_REASONS = {"train": ("empty", "invalid_utf8", "too_long", "bad_ratio"), "valid": ("empty",), "test": ("empty",)}
 ENCODE_CHUNK = 50_000
 """Training pairs encoded at a time: bounds the memory of Python id lists on large corpora."""
-
-console = Console(stderr=True, soft_wrap=True)  # stdout stays clean for pipes; long paths stay on one line
 
 T = TypeVar("T")
 Problem = Callable[[Any, Any], str | None]
@@ -79,10 +78,10 @@ def kept_settings(run: RunDir, force: bool) -> Config:
     try:
         old = Config.load(run.config)
     except UserError as exc:
-        console.print(f"[yellow]warning:[/] not keeping the settings of {escape(str(run.config))} ({escape(str(exc))}); "
+        stderr.print(f"[yellow]warning:[/] not keeping the settings of {escape(str(run.config))} ({escape(str(exc))}); "
                       "model, train and decode settings start from the defaults")
         return Config()
-    console.print(f"keeping the model, train and decode settings of {escape(str(run.config))} "
+    stderr.print(f"keeping the model, train and decode settings of {escape(str(run.config))} "
                   "(change them with --set or --config)")
     return replace(Config(), model=old.model, train=old.train, decode=old.decode)
 
@@ -97,8 +96,8 @@ def _check_parent(config: Config, parent: RunDir) -> None:
     """The parent's languages and tokenizer settings, or one line saying which differ."""
     theirs = Config.load(parent.config)
     if (config.data.src_lang, config.data.tgt_lang) != (theirs.data.src_lang, theirs.data.tgt_lang):
-        raise UserError(f"--tokenizer-from {parent.root} is {theirs.data.src_lang}->{theirs.data.tgt_lang}, this corpus "
-                        f"{config.data.src_lang}->{config.data.tgt_lang}: use the parent's languages")
+        raise UserError(f"--tokenizer-from {parent.root} is {theirs.data.src_lang}->{theirs.data.tgt_lang}, "
+                        f"this corpus {config.data.src_lang}->{config.data.tgt_lang}: use the parent's languages")
     changed = [f"tokenizer.{k}" for k, v in asdict(theirs.tokenizer).items() if getattr(config.tokenizer, k) != v]
     if changed:
         raise UserError(f"--tokenizer-from {parent.root} takes its tokenizer as it is, but {', '.join(changed)} "
@@ -118,10 +117,11 @@ def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], 
         text_files = {side: Path(tmp) / f"train.{side}.txt" for side in SIDES}
         clean_pairs = _clean_train(sources["train"], config.data, text_files, stats)
         if parent is None:
-            console.print(f"training the tokenizer on {clean_pairs:,} pairs")
-            train_tokenizer(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]), config.tokenizer, run.tokenizer_dir)
+            stderr.print(f"training the tokenizer on {clean_pairs:,} pairs")
+            train_tokenizer(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]), config.tokenizer,
+                            run.tokenizer_dir)
         else:
-            console.print(f"using the tokenizer of {escape(str(parent.root))}")
+            stderr.print(f"using the tokenizer of {escape(str(parent.root))}")
             copy_tokenizer(parent.tokenizer_dir, run.tokenizer_dir)
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         stats["train"]["kept"] = _encode_train(run, tokenizer, text_files, config.data, stats["train"]["dropped"])
@@ -172,7 +172,7 @@ def _clear_previous(run: RunDir, force: bool) -> None:
         )
     if any(run.checkpoints.glob("*.pt")):
         old_models = escape(str(run.checkpoints))
-        console.print(f"[yellow]warning:[/] {old_models} holds models trained on the old data and tokenizer")
+        stderr.print(f"[yellow]warning:[/] {old_models} holds models trained on the old data and tokenizer")
     run.meta.unlink(missing_ok=True)  # first, so a crash from here on leaves the run visibly unfinished
     outputs = [path(split, side) for path in (run.ids, run.offsets, run.text) for split in SPLITS for side in SIDES]
     for path in outputs + model_files(run.tokenizer_dir):
@@ -192,17 +192,19 @@ def _foreign_file(run: RunDir) -> Path | None:
     return None
 
 
-def _read_reference(split: str, source: Source, data: DataConfig, stats: dict[str, dict]) -> tuple[list[str], list[str]] | None:
+def _read_reference(
+    split: str, source: Source, data: DataConfig, stats: dict[str, dict],
+) -> tuple[list[str], list[str]] | None:
     """A valid/test split's pairs with two non-empty sides, or None (with a warning) when an
     optional dataset split does not exist."""
-    console.print(f"reading {split} from {escape(source.path)}")
+    stderr.print(f"reading {split} from {escape(source.path)}")
     counts, dropped = {"read": 0, "invalid_utf8": 0}, dict.fromkeys(DROP_REASONS[split], 0)
     try:
         pairs = list(_clean(iter_pairs(source, data.src_lang, data.tgt_lang), _empty_side, counts, dropped))
     except MissingSplit as missing:
         if source.required:
             raise
-        console.print(f"[yellow]warning:[/] {escape(str(missing))}; continuing without a {split} split")
+        stderr.print(f"[yellow]warning:[/] {escape(str(missing))}; continuing without a {split} split")
         return None
     stats[split] = {**counts, "dropped": dropped}
     _require_pairs(split, source, bool(pairs), stats[split])
@@ -212,7 +214,7 @@ def _read_reference(split: str, source: Source, data: DataConfig, stats: dict[st
 def _clean_train(source: Source, data: DataConfig, text_files: dict[str, Path], stats: dict[str, dict]) -> int:
     """Stream the training pairs through the text filters into one plain text file per side;
     returns the number of pairs written."""
-    console.print(f"reading train from {escape(source.path)}")
+    stderr.print(f"reading train from {escape(source.path)}")
     counts, dropped = {"read": 0, "invalid_utf8": 0}, dict.fromkeys(DROP_REASONS["train"], 0)
     kept = 0
     with open(text_files["src"], "w", encoding="utf-8", newline="\n") as src_out, \
@@ -230,7 +232,9 @@ def _clean_train(source: Source, data: DataConfig, text_files: dict[str, Path], 
     return kept
 
 
-def _clean(pairs: Iterable[Pair], problem: Problem, counts: dict[str, int], dropped: dict[str, int]) -> Iterator[tuple[str, str]]:
+def _clean(
+    pairs: Iterable[Pair], problem: Problem, counts: dict[str, int], dropped: dict[str, int],
+) -> Iterator[tuple[str, str]]:
     """The (source, target) texts in which `problem` finds nothing, counting what was read and dropped."""
     for src, tgt, bad_bytes in pairs:
         counts["read"] += 1
@@ -260,7 +264,9 @@ def _text_lines(path: Path) -> Iterator[str]:
             yield line[:-1]
 
 
-def _encode_train(run: RunDir, tokenizer: Tokenizer, text_files: dict[str, Path], data: DataConfig, dropped: dict[str, int]) -> int:
+def _encode_train(
+    run: RunDir, tokenizer: Tokenizer, text_files: dict[str, Path], data: DataConfig, dropped: dict[str, int],
+) -> int:
     """Encode the cleaned training text chunk by chunk into RUN/data, without the pairs the length
     filters drop; returns the number of pairs kept."""
     writers = {side: SideWriter(run, "train", side) for side in SIDES}
@@ -280,7 +286,7 @@ def _encode_train(run: RunDir, tokenizer: Tokenizer, text_files: dict[str, Path]
 
 def _progress() -> Progress:
     """A counter for long passes over the training data; it disappears when done."""
-    return Progress(*Progress.get_default_columns()[:1], "{task.completed:,} pairs", console=console, transient=True)
+    return Progress(*Progress.get_default_columns()[:1], "{task.completed:,} pairs", console=stderr, transient=True)
 
 
 def _drop_pairs(src: list[T], tgt: list[T], problem: Problem, dropped: dict[str, int]) -> tuple[list[T], list[T]]:
@@ -363,4 +369,4 @@ def _show_summary(run: RunDir, stats: dict[str, dict]) -> None:
     for split, counts in stats.items():
         dropped = [str(counts["dropped"].get(reason, "-")) for reason in reasons]
         table.add_row(split, str(counts["read"]), *dropped, str(counts["kept"]))
-    console.print(table)
+    stderr.print(table)

@@ -53,7 +53,7 @@ class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
         super().set_weight_bias(w, b)
         self.unpacked = (w, b)
 
-    def rows(self, ids: Tensor) -> "Int8Linear":
+    def rows(self, ids: Tensor) -> Int8Linear:
         """An int8 Linear of the output rows `ids` only, packed once (about 3 ms for 3,000 rows)."""
         weight, bias = self.unpacked
         rows = Int8Linear(self.in_features, len(ids), dtype=torch.qint8)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal
 
 from lstmmt.errors import UserError, first_line
 from lstmmt.rundir import RunDir, atomic_write_text, check_output, sha256_file, write_output
@@ -67,7 +67,7 @@ class Release:
     def card(self) -> Path:
         return self.root / CARD
 
-    def model(self, tokenizer: "Tokenizer") -> "Seq2Seq":
+    def model(self, tokenizer: Tokenizer) -> Seq2Seq:
         """The model, in fp32, with the release's weights (bf16 weights are widened)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_model
@@ -139,7 +139,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise UserError(f"{file} is not an lstmmt release manifest")
     if manifest["format_version"] > FORMAT_VERSION:
         raise UserError(f"{file}: release format {manifest['format_version']} was written by a newer lstmmt "
-                        f"({manifest.get('lstmmt_version', '?')}); this one reads format {FORMAT_VERSION}: upgrade lstmmt")
+                        f"({manifest.get('lstmmt_version', '?')}); this one reads format {FORMAT_VERSION}: "
+                        "upgrade lstmmt")
     return manifest
 
 
@@ -165,7 +166,7 @@ def _unpack(archive: Path) -> Path:
             tar.extractall(target, filter="data")  # no absolute paths, no links out, no devices
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"cannot unpack {archive} (damaged or not a release archive): {first_line(exc, 200)}") from None
-    inner = [p for p in target.iterdir()]
+    inner = list(target.iterdir())
     if len(inner) == 1 and inner[0].is_dir():
         return inner[0]
     return target
@@ -175,8 +176,8 @@ def _unpack(archive: Path) -> Path:
 
 
 def export(run: RunDir, output: Path, checkpoint_name: str = "best", dtype: Dtype = "fp32",
-           decode: Optional["DecodeConfig"] = None, license: Optional[str] = None,
-           description: Optional[str] = None) -> Path:
+           decode: DecodeConfig | None = None, license: str | None = None,
+           description: str | None = None) -> Path:
     """Write a release of `checkpoint_name` of `run` to `output` (a folder, or a .tar.gz file);
     the folder or file appears only once complete. `decode`: the release's decode settings
     (default: the run's). Returns `output`."""
@@ -215,7 +216,7 @@ def _tar(folder: Path, file: Path) -> None:
 
 
 def _write_release(run: RunDir, folder: Path, source: Path, payload: dict[str, Any], dtype: Dtype,
-                   decode: Optional["DecodeConfig"], license: Optional[str], description: Optional[str]) -> None:
+                   decode: DecodeConfig | None, license: str | None, description: str | None) -> None:
     """Every file of the release in `folder`, the manifest last."""
     from dataclasses import replace
 
@@ -245,7 +246,7 @@ def _write_release(run: RunDir, folder: Path, source: Path, payload: dict[str, A
     atomic_write_text(folder / MANIFEST, json.dumps(facts, indent=2) + "\n")
 
 
-def _save_weights(config: "Config", payload: dict[str, Any], path: Path, dtype: Dtype, run: RunDir) -> int:
+def _save_weights(config: Config, payload: dict[str, Any], path: Path, dtype: Dtype, run: RunDir) -> int:
     """Write the checkpoint's weights with safetensors (a tied tensor once); the parameter count."""
     import torch
     from safetensors.torch import save_model
@@ -271,7 +272,7 @@ def _version() -> str:
 # -- the model card -------------------------------------------------------------------------
 
 
-def model_card(run: RunDir, config: "Config", facts: dict[str, Any], description: Optional[str]) -> str:
+def model_card(run: RunDir, config: Config, facts: dict[str, Any], description: str | None) -> str:
     """README.md of a release: what the model is and what the run measured, from the run's files."""
     src, tgt = config.data.src_lang, config.data.tgt_lang
     lines = [f"# lstmmt {src}->{tgt} translation model", ""]
@@ -294,21 +295,24 @@ def _training_data(run: RunDir) -> list[str]:
     meta = run.read_meta()
     lines = ["## Training data", "", "| split | pairs kept | pairs read | files (sha256) |", "|---|---:|---:|---|"]
     for split, stats in meta["splits"].items():
-        files = meta.get("sources", {}).get(split, {}).get("files", [])
-        named = "<br>".join(f"`{Path(f['path']).name}` ({f.get('sha256', '?')[:16]}...)" for f in files
-                            if isinstance(f, dict) and "path" in f) or meta.get("sources", {}).get(split, {}).get("path", "")
+        source = meta.get("sources", {}).get(split, {})
+        named = "<br>".join(f"`{Path(f['path']).name}` ({f.get('sha256', '?')[:16]}...)"
+                            for f in source.get("files", []) if isinstance(f, dict) and "path" in f)
+        named = named or source.get("path", "")
         lines.append(f"| {split} | {stats.get('kept', '?')} | {stats.get('read', '?')} | {named} |")
     filters = meta.get("filters", {})
     if filters:
         lines += ["", f"Filters on {', '.join(filters.get('applied_to', []))}: pairs with a side over "
-                      f"{filters.get('max_tokens')} subword tokens or a length ratio over {filters.get('max_ratio')} dropped."]
+                      f"{filters.get('max_tokens')} subword tokens or a length ratio over {filters.get('max_ratio')} "
+                      "dropped."]
     return lines + [""]
 
 
-def _settings(config: "Config") -> list[str]:
+def _settings(config: Config) -> list[str]:
     m, t, tok = config.model, config.train, config.tokenizer
     return ["## Model and training settings", "",
-            f"- Tokenizer: SentencePiece {tok.model_type}, {tok.vocab_size:,} pieces, {'joint' if tok.joint else 'separate'}",
+            f"- Tokenizer: SentencePiece {tok.model_type}, {tok.vocab_size:,} pieces, "
+            f"{'joint' if tok.joint else 'separate'}",
             f"- Model: embeddings {m.embed_size}, {m.encoder_layers}-layer BiLSTM encoder, {m.decoder_layers}-layer "
             f"LSTM decoder of {m.hidden_size}, {m.attention} attention, input feeding {str(m.input_feeding).lower()}, "
             f"tied embeddings {str(m.tie_embeddings).lower()}",

@@ -13,7 +13,8 @@ Layout (documented in README.md):
     RUN/shortlist.npz               vocabulary shortlist for search (`lstmmt shortlist`; lstmmt/shortlist.py)
     RUN/logs/train.log, metrics.jsonl
     RUN/translations/NAME.hyp       translate output
-    RUN/scores/NAME.json            evaluate output (split-SPLIT.json for --split, hyp-STEM.HASH.json or --name for --hyp)
+    RUN/scores/NAME.json            evaluate output (split-SPLIT.json for --split,
+                                    hyp-STEM.HASH.json or --name for --hyp)
     RUN/.lock                       held (flock) by preprocess, train and average; holds the holder's PID
 
 Outputs a user names (`-o`) go through write_output and check_output: atomic for files,
@@ -32,10 +33,11 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from lstmmt.errors import UserError, io_context
 
@@ -44,6 +46,10 @@ SIDES = ("src", "tgt")
 
 @dataclass(frozen=True)
 class RunDir:
+    """One run directory, the unit of state: each path of the layout above is a property (no step
+    spells another step's file names), the checks that earlier steps ran (`require_preprocessed`,
+    `require_checkpoint`) and the lock that keeps two writing steps out of one run (`lock`)."""
+
     root: Path
 
     @property
@@ -152,7 +158,8 @@ class RunDir:
         try:
             meta = json.loads(self.meta.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise UserError(f"{self.root} has no preprocessed data: run `lstmmt preprocess {self.root} ...` first") from None
+            raise UserError(f"{self.root} has no preprocessed data: "
+                            f"run `lstmmt preprocess {self.root} ...` first") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
             meta = None
         if not (isinstance(meta, dict) and isinstance(meta.get("splits"), dict)

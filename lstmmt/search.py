@@ -1,15 +1,20 @@
-"""Greedy and batched beam search over any model with the step API (`StepModel`).
+"""Greedy search, batched beam search and sampling over any model with the step API (`StepModel`).
 
 Search never knows it is an LSTM, or one model: an ensemble is one more StepModel
 (lstmmt/decoding.py). Beam search keeps all live sentences x beams as one tensor program:
 each step is one top-k over beam x vocabulary per sentence; hypotheses that end are set
 aside, and a sentence with `beam_size` finished hypotheses stops searching. Finished sentences
 leave the batch in steps (see `_BeamState._rows_to_keep`), so the batch takes only a few
-shapes as it shrinks. Every setting comes from one DecodeConfig.
+shapes as it shrinks. Greedy search and sampling extend one hypothesis per row a token at a
+time (`_token_by_token`), picking the most likely token or drawing one. Every setting comes
+from one DecodeConfig.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -64,7 +69,10 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
 
 def search(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig) -> list[list[Hypothesis]]:
     """The decode.n_best best hypotheses per sentence: greedy search for beam size 1 (the
-    same result as a beam of one, faster), beam search otherwise."""
+    same result as a beam of one, faster), beam search otherwise; with decode.sample_topk,
+    n_best samples, drawn with the batch's own generator (`seeded_generator`)."""
+    if decode.sample_topk is not None:
+        return sample_search(model, src, src_lengths, decode, seeded_generator(decode.seed, src))
     if decode.beam_size == 1:
         return [[hyp] for hyp in greedy_search(model, src, src_lengths, decode)]
     return beam_search(model, src, src_lengths, decode)
@@ -75,23 +83,74 @@ def greedy_search(model: StepModel, src: Tensor, src_lengths: Tensor, decode: De
     """The most probable next token at every step, for a whole batch; one hypothesis per sentence."""
     memory, state = model.encode(src, src_lengths)
     limits = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b).to(src.device)
-    batch = src.size(0)
-    prev = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    log_prob = torch.zeros(batch, dtype=torch.float64, device=src.device)
+    return _token_by_token(model, memory, state, limits, decode.length_penalty, _most_likely)
+
+
+@torch.inference_mode()
+def sample_search(model: StepModel, src: Tensor, src_lengths: Tensor, decode: DecodeConfig,
+                  generator: torch.Generator) -> list[list[Hypothesis]]:
+    """decode.n_best independent samples per sentence, best first: every token drawn by
+    `sample_tokens` (decode.sample_topk, decode.temperature) with `generator`, which must be on
+    src's device. A sample's score is the model's log-probability of it, normalised by length
+    as in beam search, so samples and beam search hypotheses compare."""
+    n = decode.n_best
+    memory, state = model.encode(src, src_lengths)
+    # each sentence's n samples in consecutive rows, paired with its one memory row as a beam's are
+    copies = torch.arange(src.size(0), device=src.device).repeat_interleave(n)  # (B * n,)
+    limits = max_lengths(src_lengths, decode.max_len_a, decode.max_len_b).to(src.device).index_select(0, copies)
+    draw = functools.partial(sample_tokens, topk=decode.sample_topk, temperature=decode.temperature,
+                             generator=generator)
+    samples = _token_by_token(model, memory, state.select(copies), limits, decode.length_penalty, draw)
+    return [sorted(samples[i:i + n], key=lambda h: -h.score) for i in range(0, len(samples), n)]
+
+
+def sample_tokens(log_probs: Tensor, topk: int, temperature: float, generator: torch.Generator) -> Tensor:
+    """One token per row (N,) drawn from softmax(log_probs / temperature) over the row's `topk`
+    most likely tokens (all of them for 0); log_probs (N, V)."""
+    logits, ids = log_probs / temperature, None
+    if 0 < topk < logits.size(-1):
+        logits, ids = logits.topk(topk, dim=-1)  # (N, topk)
+    drawn = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (N, 1) positions in logits
+    return (drawn if ids is None else ids.gather(1, drawn)).squeeze(1)
+
+
+def seeded_generator(seed: int, src: Tensor) -> torch.Generator:
+    """The random generator of one batch, on src's device, seeded from `seed` and the batch's
+    source ids src (B, S) alone: a batch draws the same samples whichever worker thread searches
+    it, in whatever order or call, while batches of other sentences draw apart (one stream for
+    every chunk of a long input would repeat its draws)."""
+    ids = src.to("cpu", torch.int64).numpy()
+    key = np.array([seed, *ids.shape], dtype=np.int64).tobytes() + ids.tobytes()
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return torch.Generator(device=src.device).manual_seed(int.from_bytes(digest, "little"))
+
+
+def _most_likely(log_probs: Tensor) -> Tensor:
+    """The most probable token of each row: (N, V) -> (N,)."""
+    return log_probs.argmax(dim=-1)
+
+
+def _token_by_token(model: StepModel, memory: Rows, state: Rows, limits: Tensor, length_penalty: float,
+                    choose: Callable[[Tensor], Tensor]) -> list[Hypothesis]:
+    """One hypothesis per decoder row, extended by the token `choose` picks from the row's
+    log-probabilities (N, V) -> (N,) until EOS or the row's length limit (limits (N,), on the
+    device); its log-probability sums the model's log-probabilities of the tokens chosen."""
+    rows, device = limits.size(0), limits.device
+    prev = torch.full((rows,), BOS, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    log_prob = torch.zeros(rows, dtype=torch.float64, device=device)
     steps = []
     for t in range(int(limits.max())):
         log_probs, state = model.decode_step(prev, memory, state)
-        prev = log_probs.argmax(dim=-1).masked_fill(done, EOS)
+        prev = choose(log_probs).masked_fill(done, EOS)
         prev = prev.masked_fill(limits <= t + 1, EOS)  # the last allowed position ends the sentence
         log_prob += log_probs.gather(1, prev.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
         steps.append(prev)
         done |= prev == EOS
         if bool(done.all()):
             break
-    rows = torch.stack(steps, dim=1).tolist()
-    tokens = [row[: row.index(EOS)] if EOS in row else row for row in rows]
-    return [Hypothesis(t, lp / (len(t) + 1) ** decode.length_penalty, lp) for t, lp in zip(tokens, log_prob.tolist())]
+    tokens = [row[: row.index(EOS)] if EOS in row else row for row in torch.stack(steps, dim=1).tolist()]
+    return [Hypothesis(t, lp / (len(t) + 1) ** length_penalty, lp) for t, lp in zip(tokens, log_prob.tolist())]
 
 
 @torch.inference_mode()
@@ -193,8 +252,8 @@ class _BeamState:
         ranked = min(beam_size, top_scores.size(1))  # the candidates that rank within the top `beam_size`
         beams = top_beams[:, :ranked, None].expand(n, ranked, step_tokens)
         histories = self.tokens.view(n, -1, step_tokens).gather(1, beams)
-        packed = torch.cat([top_scores[:, :ranked, None].double(), is_eos[:, :ranked, None].double(), histories.double()],
-                           dim=2)
+        packed = torch.cat([top_scores[:, :ranked, None].double(), is_eos[:, :ranked, None].double(),
+                            histories.double()], dim=2)
         host = packed.cpu().numpy()  # (n, ranked, 2 + step)
         ended = (host[:, :, 1] > 0) & np.isfinite(host[:, :, 0])
         for row, candidate in zip(*np.nonzero(ended)):

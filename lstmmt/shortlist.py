@@ -73,7 +73,7 @@ class Shortlist:
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, run: RunDir, src_vocab: int, tgt_vocab: int) -> "Shortlist":
+    def load(cls, run: RunDir, src_vocab: int, tgt_vocab: int) -> Shortlist:
         """RUN/shortlist.npz, checked to belong to this run's tokenizer (UserError otherwise)."""
         path, remedy = run.shortlist, f"run `lstmmt shortlist {run.root}`"
         try:
@@ -85,10 +85,12 @@ class Shortlist:
         except (OSError, ValueError, KeyError):
             raise UserError(f"{path} is damaged (not the file `lstmmt shortlist` writes): {remedy} again") from None
         if (meta.get("format") != FORMAT or candidates.dtype != np.int32 or candidates.ndim != 2
-                or candidates.shape[0] != src_vocab or always.dtype != np.int32 or not np.array_equal(always[:len(SPECIALS)], SPECIALS)):
+                or candidates.shape[0] != src_vocab or always.dtype != np.int32
+                or not np.array_equal(always[:len(SPECIALS)], SPECIALS)):
             raise UserError(f"{path} is damaged or from another version of lstmmt: {remedy} again")
         if meta.get("tokenizer_sha256") != run.tokenizer_digest() or meta.get("tgt_vocab") != tgt_vocab:
-            raise UserError(f"{path} was built for another tokenizer (the run was preprocessed again since): {remedy} again")
+            raise UserError(f"{path} was built for another tokenizer (the run was preprocessed again since): "
+                            f"{remedy} again")
         return cls(candidates, always, meta)
 
     def summary(self) -> str:

@@ -12,8 +12,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 
@@ -121,7 +121,7 @@ class Tokenizer:
         self.tgt_vocab_size: int = tgt.get_piece_size()
 
     @classmethod
-    def load(cls, directory: Path) -> "Tokenizer":
+    def load(cls, directory: Path) -> Tokenizer:
         """The tokenizer that preprocess trained into `directory` (joint or separate)."""
         directory = Path(directory)
         if (directory / "spm.model").is_file():

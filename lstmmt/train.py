@@ -1,7 +1,8 @@
 """The train step: one loop you can read in a sitting.
 
-    resume (or start), then for each token-budget batch:
-      train   forward, label-smoothed loss, backward, clip, Adam step
+    resume (or start, perhaps from a parent's weights), then for each optimizer step:
+      train   for each of its train.accumulate token-budget batches: forward, label-smoothed
+              loss, backward (gradients add up); then clip, Adam step
       events  a stop signal, max_time spent, a log line or a validation due (agreed by all ranks)
       act     in this order: log -> validate (best, patience, plateau) -> save -> stop
 
@@ -10,9 +11,10 @@ once, without validating: the user waits), max_steps, max_time, non-finite losse
 epoch of max_epochs trained, or patience; every stop but a signal validates before it saves.
 
 The order of batches is a pure function of (seed, epoch) and every RNG state is in the
-checkpoint, so a resumed run continues exactly where the interrupted one was. Under
-torchrun the same loop runs on every rank, each on its shard of every batch (see
-lstmmt/distributed.py); rank 0 validates, logs and saves (lstmmt/trainlog.py).
+checkpoint, which is written only between optimizer steps, so a resumed run continues exactly
+where the interrupted one was. Under torchrun the same loop runs on every rank, each on its
+shard of every batch (see lstmmt/distributed.py); rank 0 validates, logs and saves
+(lstmmt/trainlog.py).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import itertools
 import math
 import signal
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lstmmt import checkpoint, distributed
 from lstmmt.batching import Batch, collate, epoch_batches, prefetched
+from lstmmt.checkpoint import Parent, describe_vocab
 from lstmmt.config import Config, TrainConfig
 from lstmmt.device import choose_precision, default_batch_tokens, hardware, prepare_device
 from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
@@ -47,23 +52,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FAILED_STOPS = {**{sig.name: 128 + sig for sig in STOP_SIGNALS}, "non-finite loss": 1}
 """Ways training can end unfinished, with the exit status the CLI gives each."""
 MAX_NONFINITE = 10
-"""Consecutive skipped batches after which training stops: the model or the data is broken."""
-
-
-def _vocabulary(info: Any) -> str:
-    """checkpoint.vocab_info in words: "a joint vocabulary of 100 pieces", or one per side."""
-    if not isinstance(info, dict):
-        return "an unrecorded vocabulary"
-    if info.get("joint"):
-        return f"a joint vocabulary of {info.get('tgt')} pieces"
-    return f"vocabularies of {info.get('src')} source and {info.get('tgt')} target pieces"
+"""Consecutive skipped optimizer steps after which training stops: the model or the data is broken."""
 
 
 @dataclass
 class TrainState:
     """Where training stands; saved in every checkpoint."""
 
-    step: int = 0  # batches trained on, including any skipped for a non-finite gradient
+    step: int = 0  # optimizer steps taken, including any skipped for a non-finite gradient
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already trained on
     best_bleu: float = -1.0
@@ -71,7 +67,7 @@ class TrainState:
     lr_scale: float = 1.0  # plateau schedule's decay so far
     elapsed: float = 0.0  # training seconds over all sessions
     stopped: str = ""  # why the last session ended (informational; limits are checked afresh on resume)
-    nonfinite_in_a_row: int = 0  # batches skipped for a non-finite gradient since the last good one
+    nonfinite_in_a_row: int = 0  # steps skipped for a non-finite gradient since the last good one
     last_valid_elapsed: float = 0.0  # `elapsed` at the last validation (for train.valid_every_time)
 
 
@@ -79,7 +75,7 @@ class TrainState:
 class Events:
     """What a training step brought about, the same on every rank; the loop acts on these alone."""
 
-    signal: Optional[str] = None  # the name of a stop signal that reached any rank
+    signal: str | None = None  # the name of a stop signal that reached any rank
     out_of_time: bool = False  # train.max_time is spent (on any rank)
     epochs_done: bool = False  # no batch is left: every epoch of train.max_epochs is trained
     log_due: bool = False  # a log line: every train.log_every steps, and before stopping
@@ -122,9 +118,9 @@ class StopSignal:
     """Turns the first of the STOP_SIGNALS into a flag the loop checks after each step."""
 
     def __init__(self) -> None:
-        self.received: Optional[str] = None
+        self.received: str | None = None
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
@@ -157,7 +153,7 @@ class LogWindow:
         self.skipped += found_inf
         self.in_a_row.mul_(found_inf).add_(found_inf)
 
-    def read_and_reset(self) -> tuple[Optional[tuple[float, float]], int, int]:
+    def read_and_reset(self) -> tuple[tuple[float, float] | None, int, int]:
         """((loss per target token, target tokens/s) over the window and all ranks, or None if
         empty), batches skipped in the window, and consecutive skips up to now."""
         skipped, in_a_row = int(self.skipped.item()), int(self.in_a_row.item())
@@ -167,6 +163,19 @@ class LogWindow:
         self.skipped.zero_()
         self.tokens, self.start = 0, time.perf_counter()
         return ((loss / tokens, tokens / seconds) if tokens else None), skipped, in_a_row
+
+
+def optimizer_steps(
+    batches: Iterable[tuple[Batch, float, tuple[int, int] | None]],
+) -> Iterator[tuple[list[tuple[Batch, float]], tuple[int, int]]]:
+    """The items of `Trainer.batches` grouped into optimizer steps: each step's (batch, weight)
+    pairs, and the position after it that its last batch carries."""
+    parts: list[tuple[Batch, float]] = []
+    for batch, weight, position in batches:
+        parts.append((batch, weight))
+        if position is not None:
+            yield parts, position
+            parts = []
 
 
 class Trainer:
@@ -183,7 +192,7 @@ class Trainer:
         self.tokenizer = Tokenizer.load(run.tokenizer_dir)
         self.train_src = EncodedSide.open(run, "train", "src")
         self.train_tgt = EncodedSide.open(run, "train", "tgt")
-        self.validation: Optional[Validation] = None  # None: the run has no validation split
+        self.validation: Validation | None = None  # None: the run has no validation split
         if run.has_split("valid"):
             self.validation = Validation.open(run, self.tokenizer, config, device, self.precision)
         torch.manual_seed(config.train.seed)  # the same initial weights on every rank
@@ -197,6 +206,7 @@ class Trainer:
         # `found_inf` is set (see train_step), as it does for PyTorch's GradScaler.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, fused=True)
         self.state = TrainState()
+        self.init_from: dict[str, str] | None = None  # Parent.record of the weights the run started from
         self.last_valid: dict[str, float] = {}
         self.time_budget = config.train.max_time_seconds
         self.valid_interval = config.train.valid_every_seconds
@@ -220,10 +230,10 @@ class Trainer:
         window = LogWindow(self.device, self.ranks)
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed
         with StopSignal() as stop, self.out:
-            for batch, weight, position in prefetched(self.batches(), self.device):
+            for parts, position in optimizer_steps(prefetched(self.batches(), self.device)):
                 self.state.epoch, self.state.batch_in_epoch = position
-                loss, found_inf = self.train_step(batch, weight)
-                window.add(loss, batch.tgt_tokens if weight else 0, found_inf)
+                loss, found_inf = self.optimizer_step(parts)
+                window.add(loss, sum(batch.tgt_tokens for batch, weight in parts if weight), found_inf)
                 self.state.elapsed = elapsed_before + time.perf_counter() - session_start
                 self.out.update_bar(step=self.state.step, **self._progress_position())
                 if reason := self._act(self._events(stop), window):
@@ -237,40 +247,58 @@ class Trainer:
             self._write_summary()
         return self.state
 
-    def batches(self) -> Iterator[tuple[Batch, float, tuple[int, int]]]:
+    def batches(self) -> Iterator[tuple[Batch, float, tuple[int, int] | None]]:
         """This rank's part of each training batch from the current position on, epoch after
-        epoch, with the weight that turns its summed loss into its share of the whole batch's
-        mean loss, and the (epoch, batch_in_epoch) position after it. The position travels
-        with the batch because a prefetching reader runs ahead of training."""
+        epoch, with the weight that turns its summed loss into its share of its optimizer step's
+        mean loss. A step is train.accumulate batches (fewer at the end of an epoch); its last
+        batch carries the (epoch, batch_in_epoch) position after the step, the others None, as a
+        run resumes only between steps. The position travels with the batch because a
+        prefetching reader runs ahead of training."""
         cfg = self.config.train
         for epoch in range(self.state.epoch, cfg.max_epochs):
             done = self.state.batch_in_epoch if epoch == self.state.epoch else 0
             batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed,
                                     epoch)
-            for number, (src, tgt, indices) in enumerate(itertools.islice(batches, done, None), start=done + 1):
-                batch_tokens = int(tgt.lengths[indices].sum()) + len(indices)  # + EOS each
-                # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
-                mine, weight = shard(indices, self.ranks), self.ranks.world / batch_tokens
-                if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
-                    mine, weight = indices[:1], 0.0
-                yield collate(mine, src, tgt), weight, (epoch, number)
+            numbered = enumerate(itertools.islice(batches, done, None), start=done + 1)
+            while step := list(itertools.islice(numbered, cfg.accumulate)):
+                step_tokens = sum(int(tgt.lengths[i].sum()) + len(i) for _, (_, tgt, i) in step)  # + EOS each
+                for number, (src, tgt, indices) in step:
+                    # DDP averages gradients over ranks, hence world / tokens rather than 1 / tokens.
+                    mine, weight = shard(indices, self.ranks), self.ranks.world / step_tokens
+                    if len(mine) == 0:  # fewer sentences than ranks: join the all-reduce with zero weight
+                        mine, weight = indices[:1], 0.0
+                    yield collate(mine, src, tgt), weight, (epoch, number) if number == step[-1][0] else None
 
     def train_step(self, batch: Batch, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on loss x weight (see `batches`); returns the summed loss and
-        found_inf (1.0 if the gradient was not finite and the update was skipped), both device
-        tensors: no host sync. Gradients are all-reduced by then, so every rank skips alike."""
+        """One optimizer step on one batch: `optimizer_step` of it alone."""
+        return self.optimizer_step([(batch, weight)])
+
+    def optimizer_step(self, parts: Sequence[tuple[Batch, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the summed gradients of loss x weight over a step's batches (see
+        `batches`); returns the summed loss and found_inf (1.0 if the gradient was not finite and
+        the update was skipped), both device tensors: no host sync. Under DDP the last batch's
+        backward all-reduces the sum, so every rank skips alike."""
         cfg = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.state.step, self.state.lr_scale, self.state.elapsed)
-        loss = token_loss(self.replica, batch.to(self.device), self.precision.name, cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
+        losses = [self._backward(batch, weight, last=number == len(parts))
+                  for number, (batch, weight) in enumerate(parts, start=1)]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
         found_inf = (~torch.isfinite(grad_norm)).float()
         self.optimizer.found_inf = found_inf
         self.optimizer.step()
         self.state.step += 1
-        return loss.detach(), found_inf
+        return sum(losses[1:], start=losses[0]), found_inf
+
+    def _backward(self, batch: Batch, weight: float, last: bool) -> torch.Tensor:
+        """Add the gradient of the batch's loss x weight to the parameters' gradients; the summed
+        loss. Under DDP only the `last` batch of a step all-reduces: the others run under no_sync."""
+        with nullcontext() if last or not self.ranks.distributed else self.replica.no_sync():
+            loss = token_loss(self.replica, batch.to(self.device), self.precision.name,
+                              self.config.train.label_smoothing)
+            (loss * weight).backward()
+        return loss.detach()
 
     def _events(self, stop: StopSignal) -> Events:
         """This step's events as every rank sees them (one all-reduce under DDP), so that all
@@ -342,7 +370,7 @@ class Trainer:
                 "config": self.config.to_dict(), "vocab": checkpoint.vocab_info(self.tokenizer),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "state": asdict(self.state), "valid": dict(self.last_valid), "step": self.state.step,
-                "rng": checkpoint.rng_state(self.device),
+                "rng": checkpoint.rng_state(self.device), "init_from": self.init_from,
             }
             checkpoint.save_training(self.run, payload, best, self.config.train.keep_checkpoints)
 
@@ -358,6 +386,7 @@ class Trainer:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             self.state = TrainState(**payload["state"])
+            self.init_from = payload.get("init_from")
             checkpoint.restore_rng(payload["rng"], self.device)
             self._seed_rank(self.state.step)  # checkpoints hold rank 0's RNG state only
             self.out.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})", markup=False)
@@ -365,14 +394,21 @@ class Trainer:
             return True
         return False
 
+    def start_from(self, parent: Parent) -> None:
+        """Start from the parent's weights (checked to fit by Parent.check_child), with this run's
+        fresh optimizer, schedule and state."""
+        self.model.load_state_dict(parent.weights)
+        self.init_from = parent.record()
+        self.out.print(f"Starting from the weights of {parent.path} (sha256 {parent.sha256[:12]})", markup=False)
+
     def _check_compatible(self, payload: dict[str, Any], path: Any) -> None:
         """Refuse, in one line, a checkpoint whose weights cannot fit this run's model: another
         vocabulary (preprocess --force since) or other model settings."""
         saved_vocab, vocab = payload.get("vocab"), checkpoint.vocab_info(self.tokenizer)
         if saved_vocab != vocab:
             raise UserError(
-                f"{path} was trained with {_vocabulary(saved_vocab)}, but the run's tokenizer now has "
-                f"{_vocabulary(vocab)}: pass --restart to train from scratch with this tokenizer, or preprocess "
+                f"{path} was trained with {describe_vocab(saved_vocab)}, but the run's tokenizer now has "
+                f"{describe_vocab(vocab)}: pass --restart to train from scratch with this tokenizer, or preprocess "
                 "again with the tokenizer settings the checkpoint was trained with to continue it"
             )
         saved_model = payload["config"]["model"]
@@ -401,7 +437,7 @@ class Trainer:
     def _log_window(self, window: LogWindow) -> None:
         result, skipped, self.state.nonfinite_in_a_row = window.read_and_reset()
         if skipped:
-            self.out.warn(f"{skipped} batch(es) up to step {self.state.step} gave a non-finite loss or gradient; "
+            self.out.warn(f"{skipped} step(s) up to step {self.state.step} gave a non-finite loss or gradient; "
                           "their updates were skipped (batch skipped)")
         if result is None:
             return
@@ -424,6 +460,7 @@ class Trainer:
             "training_seconds": round(self.state.elapsed, 1), "device": str(self.device),
             "precision": self.precision.name,
             "hardware": hardware(self.device) + (f" x {self.ranks.world} ranks" if self.ranks.distributed else ""),
+            **({"init_from": self.init_from} if self.init_from else {}),
         })
 
     def _report_end(self) -> None:
@@ -432,7 +469,7 @@ class Trainer:
             self.out.print(f"Stopped by {stopped} at step {self.state.step}; checkpoint saved. "
                            f"Run `lstmmt train {self.run.root}` to resume.", markup=False)
         elif stopped == "non-finite loss":
-            self.out.print(f"Training stopped: {MAX_NONFINITE} batches in a row gave a non-finite loss at step "
+            self.out.print(f"Training stopped: {MAX_NONFINITE} steps in a row gave a non-finite loss at step "
                            f"{self.state.step}. Lower train.lr, check the data, or try precision fp32; the last good "
                            f"weights are in {self.run.checkpoint('last')}.", markup=False)
         else:
@@ -441,9 +478,14 @@ class Trainer:
                            f"{'no validation set' if self.validation is None else best}.")
 
 
-def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
-    """Train (or resume training) the model of a preprocessed run directory; under torchrun, one rank of it."""
+def train(run: RunDir, config: Config, restart: bool = False, parent: Parent | None = None) -> TrainState:
+    """Train (or resume training) the model of a preprocessed run directory; under torchrun, one rank of it.
+
+    A first start (no checkpoint yet, or `restart`) of a run whose train.init_from names a parent
+    starts from the parent's weights. `parent` (checkpoint.load_parent; config built with its
+    child_config) starts the run from it: refused once the run has checkpoints, unless `restart`."""
     run.require_preprocessed()
+    parent = _parent_to_start_from(run, config, restart, parent)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     ranks, device = distributed.setup(config.train.device)
@@ -459,8 +501,24 @@ def train(run: RunDir, config: Config, restart: bool = False) -> TrainState:
             elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
                 raise UserError(f"no checkpoint in {run.checkpoints} could be read; "
                                 "pass --restart to train from scratch")
+            if parent is not None:
+                trainer.start_from(parent)
             if ranks.is_main:  # with the settings the device chose, so a resumed run (on any device) keeps them
                 trainer.config.save(run.config)
             return trainer.fit()
     finally:
         distributed.teardown()
+
+
+def _parent_to_start_from(run: RunDir, config: Config, restart: bool, given: Parent | None) -> Parent | None:
+    """The parent whose weights this start loads, checked to fit the run before anything is
+    written: `given`, or train.init_from's on a first start; None when the run resumes."""
+    started = not restart and any(run.checkpoints.glob("*.pt"))
+    if given is not None and started:
+        raise UserError(f"{run.root} has checkpoints already: --init-from applies to a run's first start; drop it "
+                        f"to resume the run, or add --restart to start it again from {given.path}")
+    if started or (given is None and config.train.init_from is None):
+        return None
+    parent = given or checkpoint.load_parent(config.train.init_from)
+    parent.check_child(run, config)
+    return parent

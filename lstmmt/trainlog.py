@@ -11,14 +11,12 @@ import json
 import time
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from lstmmt.metrics import read_metrics
+from lstmmt.console import stderr
+from lstmmt.metrics_log import read_metrics
 from lstmmt.rundir import RunDir, atomic_write_text
-
-console = Console(stderr=True, soft_wrap=True)
 
 
 class TrainingOutput:
@@ -27,7 +25,7 @@ class TrainingOutput:
         self.progress = Progress(
             TextColumn("step {task.fields[step]}"), BarColumn(),
             TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s  lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=not enabled,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False, disable=not enabled,
         )
         self._task = self.progress.add_task("train", total=None, step=0, loss=float("nan"), tps=0.0, lr=0.0)
 
@@ -59,7 +57,7 @@ class TrainingOutput:
 
     def forget_after(self, step: int) -> None:
         """Drop metrics.jsonl records of steps a resumed run will redo, so each step appears once;
-        a line torn by a kill mid-write is dropped too (lstmmt/metrics.py reads the file)."""
+        a line torn by a kill mid-write is dropped too (lstmmt/metrics_log.py reads the file)."""
         if self.enabled and self.run.metrics.exists():
             kept = [record for record in read_metrics(self.run.metrics) if record.get("step", 0) <= step]
             atomic_write_text(self.run.metrics, "".join(json.dumps(record) + "\n" for record in kept))
@@ -69,7 +67,7 @@ class TrainingOutput:
         if self.enabled:
             atomic_write_text(self.run.train_summary, json.dumps(summary, indent=2) + "\n")
 
-    def __enter__(self) -> "TrainingOutput":
+    def __enter__(self) -> TrainingOutput:
         self.progress.__enter__()
         return self
 

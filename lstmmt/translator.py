@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class Translation:
     score: float
     log_prob: float
     n_best: list[Candidate]  # decode.n_best candidates, best first (the first is text/score)
-    alignment: Optional[Alignment] = None
+    alignment: Alignment | None = None
 
 
 @dataclass
@@ -94,9 +95,9 @@ class Translator:
     `warn` receives one line per input line that was truncated (default: warnings.warn).
     """
 
-    def __init__(self, models: Union[Seq2Seq, Sequence[Seq2Seq]], tokenizer: Tokenizer, decode: DecodeConfig,
-                 device: torch.device, precision: Union[str, Precision] = "fp32",
-                 warn: Callable[[str], None] = default_warn, shortlist: Optional[Shortlist] = None):
+    def __init__(self, models: Seq2Seq | Sequence[Seq2Seq], tokenizer: Tokenizer, decode: DecodeConfig,
+                 device: torch.device, precision: str | Precision = "fp32",
+                 warn: Callable[[str], None] = default_warn, shortlist: Shortlist | None = None):
         self.models = [models] if isinstance(models, Seq2Seq) else list(models)
         self.tokenizer = tokenizer
         self.decode = decode
@@ -108,14 +109,14 @@ class Translator:
         self.step_model = step_model(self.models)
 
     @classmethod
-    def load(cls, source: Union[str, Path, RunDir, Release], checkpoint: Union[str, Sequence[str]] = "best",
-             device: str = "auto", *, decode: Optional[DecodeConfig] = None, warn: Callable[[str], None] = default_warn,
-             **overrides: Any) -> "Translator":
+    def load(cls, source: str | Path | RunDir | Release, checkpoint: str | Sequence[str] = "best",
+             device: str = "auto", *, decode: DecodeConfig | None = None, warn: Callable[[str], None] = default_warn,
+             **overrides: Any) -> Translator:
         """The model of a run directory (best, last, averaged or a checkpoint path; several
         for an ensemble of checkpoints that share this run's tokenizer) or of a release
         (`lstmmt export`; it holds one model) on `device`, searching with `decode` (None: the
         source's own decode settings, from its config.yaml) updated by `overrides` (decode keys
-        such as beam_size=5, n_best=3, precision="fp32", shortlist=True, quantize="int8"), each
+        such as beam_size=5, n_best=3, precision="fp32", shortlist=True, quantize="int8", sample_topk=0), each
         checked; `warn` as in the constructor. decode.shortlist reads shortlist.npz (a UserError
         naming `lstmmt shortlist` when missing); decode.quantize int8 needs the CPU."""
         source = source if isinstance(source, (RunDir, Release)) else open_source(source)
@@ -140,7 +141,7 @@ class Translator:
         return cls(models, tokenizer, decode, resolved, precision, warn, shortlist)
 
     def translate(self, lines: Sequence[str], alignment: bool = False, first_line: int = 1,
-                  decode: Optional[DecodeConfig] = None) -> list[Translation]:
+                  decode: DecodeConfig | None = None) -> list[Translation]:
         """Translations of `lines` (a sequence of str, TypeError otherwise), in order, one per line
         (`first_line` numbers the lines in warnings), searched with `decode` (None: this
         Translator's; see `decode_for` for what a call may change)."""
@@ -157,7 +158,7 @@ class Translator:
         return results
 
     def score(self, sources: Sequence[str], targets: Sequence[str], first_line: int = 1,
-              decode: Optional[DecodeConfig] = None) -> list[Score]:
+              decode: DecodeConfig | None = None) -> list[Score]:
         """Forced-decoding scores of each target as the translation of its source (1:1; sequences of
         str), with `decode`'s length_penalty, batch_tokens and max_source_tokens (None: this Translator's)."""
         check_lines(sources, "sources")
@@ -172,7 +173,7 @@ class Translator:
         return [Score(float(f.log_probs.sum()), float(f.log_probs.sum()) / len(f.log_probs) ** penalty,
                       len(f.log_probs)) for f in forced]
 
-    def search(self, sentences: Sequence[np.ndarray], decode: Optional[DecodeConfig] = None
+    def search(self, sentences: Sequence[np.ndarray], decode: DecodeConfig | None = None
                ) -> list[list[Hypothesis]]:
         """The decode.n_best hypotheses of each sentence (source ids without EOS), in input order,
         with `decode` (None: this Translator's); over the shortlist when there is one (forced
@@ -187,7 +188,7 @@ class Translator:
         best = [hyps[0].tokens for hyps in self.search(sentences)]
         return [one_line(text) for text in self.tokenizer.decode_tgt(best)]
 
-    def decode_for(self, decode: Optional[DecodeConfig]) -> DecodeConfig:
+    def decode_for(self, decode: DecodeConfig | None) -> DecodeConfig:
         """The settings of one call: this Translator's when None, else `decode`, checked. The
         settings `load` read (LOAD_TIME_DECODE_KEYS) must equal this Translator's: a call cannot
         change the models' precision, int8 copies or shortlist (a UserError says to load another)."""
@@ -228,7 +229,7 @@ class Translator:
         return Alignment(source + ["</s>"], target + ["</s>"], np.round(weights, 6).tolist(),
                          word_alignment(source, target, weights))
 
-    def _translation(self, src: np.ndarray, hyps: list[Hypothesis], alignment: Optional[Alignment]) -> Translation:
+    def _translation(self, src: np.ndarray, hyps: list[Hypothesis], alignment: Alignment | None) -> Translation:
         texts = [one_line(text) for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
         n_best = [Candidate(text, h.score, h.log_prob) for text, h in zip(texts, hyps)]
         return Translation(texts[0], hyps[0].score, hyps[0].log_prob, n_best, alignment)

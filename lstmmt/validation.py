@@ -55,13 +55,13 @@ class Validation:
 
     @classmethod
     def open(cls, run: RunDir, tokenizer: Tokenizer, config: Config, device: torch.device,
-             precision: Precision) -> "Validation":
+             precision: Precision) -> Validation:
         """The split as training reads it: encoded ids from data/ and the reference lines."""
         return cls(EncodedSide.open(run, "valid", "src").all(), EncodedSide.open(run, "valid", "tgt").all(),
                    read_lines(run.text("valid", "tgt")), tokenizer, config, device, precision)
 
     @classmethod
-    def of_checkpoints(cls, run: RunDir, device: str) -> "Validation":
+    def of_checkpoints(cls, run: RunDir, device: str) -> Validation:
         """Validation outside training, for a run's checkpoints: its config and tokenizer, on
         `device` prepared as training prepares it, in the training precision resolved there."""
         config, resolved = Config.load(run.config), resolve_device(device)
@@ -90,8 +90,7 @@ class Validation:
     @torch.inference_mode()
     def bleu(self, model: Seq2Seq) -> float:
         """Corpus BLEU of `model`'s greedy translations of the encoded split."""
-        greedy = Translator(model, self.tokenizer, self.config.decode.updated(beam_size=1, n_best=1), self.device,
-                            self.precision)
+        greedy = Translator(model, self.tokenizer, self.config.decode.greedy(), self.device, self.precision)
         return bleu(greedy.translate_encoded([self.src[i] for i in range(len(self.src))]), self.references)
 
     def checkpoint_bleu(self, payload: dict[str, Any], path: Path) -> float:

@@ -27,7 +27,8 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch() -> None:
     assert epoch_windows(10_500, 3000, seed=1, epoch=2) == epoch_windows(10_500, 3000, seed=1, epoch=2)
     assert epoch_windows(10_500, 3000, seed=1, epoch=2) != epoch_windows(10_500, 3000, seed=1, epoch=3)
     # Blocks mix across windows: a window is not a contiguous slice of the corpus.
-    assert any(len(window) > 1 and window[1][0] != window[0][1] for window in epoch_windows(10_500, 3000, seed=1, epoch=0))
+    windows = epoch_windows(10_500, 3000, seed=1, epoch=0)
+    assert any(len(window) > 1 and window[1][0] != window[0][1] for window in windows)
 
 
 def test_window_batches_sort_by_length_and_cover_the_window() -> None:
@@ -57,7 +58,8 @@ def test_epoch_batches_read_every_pair_once_from_disk(tmp_path) -> None:
     write_side(run, "train", "tgt", [[i, i] for i in range(2500)])
     sides = EncodedSide.open(run, "train", "src"), EncodedSide.open(run, "train", "tgt")
     seen = []
-    for src_window, tgt_window, indices in epoch_batches(*sides, batch_tokens=200, window_sentences=1000, seed=1, epoch=0):
+    batches = epoch_batches(*sides, batch_tokens=200, window_sentences=1000, seed=1, epoch=0)
+    for src_window, tgt_window, indices in batches:
         assert len(src_window) <= 1000
         rows = [(src_window[i].tolist(), tgt_window[i].tolist()) for i in indices]
         assert all(s[0] == t[0] for s, t in rows)

@@ -1,18 +1,11 @@
 """The whole pipeline through the CLI on the toy corpus: it must learn, and misuse must read well."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lstmmt.cli import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-import toy  # noqa: E402  (the embedded corpus generator lives in data/, not in the package)
-
-runner = CliRunner()
+from tests.helpers import invoke, preprocess_toy, write_corpus
 
 SMALL_MODEL = [
     "--set", "tokenizer.vocab_size=300",
@@ -22,28 +15,6 @@ SMALL_MODEL = [
     "--set", "train.lr_schedule=inverse_sqrt", "--set", "train.valid_every=150", "--set", "train.log_every=50",
     "--set", "data.max_ratio=10",
 ]
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
-
-
-def write_corpus(folder: Path, n_train: int, n_valid: int, n_test: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, pairs in toy.generate(n_train, n_valid, n_test, seed=7).items():
-        (folder / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), encoding="utf-8")
-        (folder / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
-
-
-def preprocess_toy(root: Path, n_train: int, settings: list[str], test: bool = False) -> Path:
-    """ROOT/run preprocessed from a toy corpus of n_train training pairs (plus valid and, if asked, test)."""
-    write_corpus(root / "corpus", n_train, 150 if test else 20, 150 if test else 5)
-    run = root / "run"
-    splits = ["--valid", root / "corpus/valid"] + (["--test", root / "corpus/test"] if test else [])
-    result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", root / "corpus/train", *splits, *settings)
-    assert result.exit_code == 0, result.output
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +72,7 @@ def test_translate_keeps_line_count_and_order(trained_run, tmp_path):
 
 @pytest.mark.slow
 def test_translate_as_a_filter_with_n_best(trained_run):
-    result = runner.invoke(app, ["translate", str(trained_run), "--beam", "3", "--n-best", "3"], input="on Monday\n")
+    result = invoke("translate", trained_run, "--beam", "3", "--n-best", "3", input="on Monday\n")
     assert result.exit_code == 0, result.output
     rows = [row.split(" ||| ") for row in result.stdout.splitlines()]
     assert len(rows) == 3 and all(row[0] == "0" for row in rows)

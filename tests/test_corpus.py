@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmmt.corpus import MissingSplit, Source, dataset_source, file_source, local_files, read_pairs
+from lstmmt.corpus import MissingSplit, Source, dataset_source, file_source, iter_pairs, local_files
 from lstmmt.errors import UserError
 
 SRC = ["the cat sat", "a dog ran", "hello world"]
@@ -24,6 +24,14 @@ def write(path: Path, data: bytes) -> Path:
 
 def lines(texts: list[str]) -> bytes:
     return "".join(t + "\n" for t in texts).encode()
+
+
+def read_pairs(source: Source, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str], dict[str, int]]:
+    """All pairs of a small source through iter_pairs, as preprocess reads them: the source lines,
+    the target lines and counts {"read": pairs, "invalid_utf8": pairs with bad bytes}."""
+    pairs = list(iter_pairs(source, src_lang, tgt_lang))
+    counts = {"read": len(pairs), "invalid_utf8": sum(bad for _, _, bad in pairs)}
+    return [src for src, _, _ in pairs], [tgt for _, tgt, _ in pairs], counts
 
 
 @pytest.fixture

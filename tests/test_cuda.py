@@ -20,8 +20,7 @@ import torch
 from lstmmt import checkpoint
 from lstmmt.config import Config
 from lstmmt.rundir import RunDir
-from tests.test_cli import invoke, preprocess_toy
-from tests.test_resume import TINY, fresh_copy
+from tests.helpers import TINY_TRAINING, copy_run, invoke, preprocess_toy, random_batch, random_model
 
 # cuBLAS may reduce in a different order from run to run unless its workspace is fixed
 # (PyTorch's reproducibility notes); set before this process first uses cuBLAS, for the
@@ -46,9 +45,10 @@ def bf16_runs_here() -> bool:
     return not bf16_problem(torch.device(DEVICE))
 
 
-PRECISIONS = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif("not bf16_runs_here()", reason="no CUDA device, or no bf16 on it"))]
-# TINY with a validation at the step where the interrupted run of the resume test stops.
-SETTINGS = [*TINY, "--set", "train.valid_every=20", "--set", "train.log_every=5"]
+PRECISIONS = ["fp32", pytest.param("bf16", marks=pytest.mark.skipif("not bf16_runs_here()",
+                                                                    reason="no CUDA device, or no bf16 on it"))]
+# TINY_TRAINING with a validation at the step where the interrupted run of the resume test stops.
+SETTINGS = [*TINY_TRAINING, "--set", "train.valid_every=20", "--set", "train.log_every=5"]
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +68,14 @@ def train_losses(run: Path) -> list[float]:
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_fifty_steps_train_with_finite_falling_loss(preprocessed, tmp_path, precision):
-    run = fresh_copy(preprocessed, tmp_path, precision)
+    run = copy_run(preprocessed, tmp_path, precision)
     train(run, 50, "--set", f"train.precision={precision}")
     summary = json.loads((run / "train.json").read_text())
     assert summary["precision"] == precision and summary["device"].startswith(DEVICE) and summary["step"] == 50
     losses = train_losses(run)
     assert len(losses) == 10 and all(math.isfinite(loss) for loss in losses), losses
-    # TINY on the CPU: 4.59 at step 5, 4.02 at step 50 (the mean of the last three 0.4 nats under the first two)
+    # TINY_TRAINING on the CPU: 4.59 at step 5, 4.02 at step 50
+    # (the mean of the last three 0.4 nats under the first two)
     assert sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.2, losses
     assert losses[-1] < losses[4] < losses[0], losses
 
@@ -91,7 +92,7 @@ def logits(model: torch.nn.Module, device: str) -> torch.Tensor:
 
 @needs_gpu
 def test_checkpoints_move_between_gpu_and_cpu(preprocessed, tmp_path):
-    run = fresh_copy(preprocessed, tmp_path, "moves")
+    run = copy_run(preprocessed, tmp_path, "moves")
     train(run, 20, device=DEVICE)  # saved on the GPU
     train(run, 30, device="cpu")  # resumed on the CPU: model, fused Adam state and RNG
     assert checkpoint.load(run / "checkpoints/last.pt")["step"] == 30
@@ -113,9 +114,9 @@ def test_checkpoints_move_between_gpu_and_cpu(preprocessed, tmp_path):
 @pytest.mark.parametrize("decoder_layers", [1, 2])
 def test_resume_on_the_device_is_bit_identical(preprocessed, tmp_path, decoder_layers):
     layers = ["--set", f"model.decoder_layers={decoder_layers}"]
-    reference = fresh_copy(preprocessed, tmp_path, "reference")
+    reference = copy_run(preprocessed, tmp_path, "reference")
     train(reference, 40, *layers)
-    resumed = fresh_copy(preprocessed, tmp_path, "resumed")
+    resumed = copy_run(preprocessed, tmp_path, "resumed")
     train(resumed, 20, *layers)  # stops (and validates, as the reference does) at step 20
     train(resumed, 40, *layers)
     expected = checkpoint.load(reference / "checkpoints/last.pt")
@@ -130,7 +131,6 @@ def test_beam_search_does_not_depend_on_the_batch(precision):
     """As tests/test_search.py on the CPU: one sentence per batch and all in one batch."""
     from lstmmt.config import DecodeConfig
     from lstmmt.decoding import for_search, search_corpus
-    from tests.test_search import random_batch, random_model
 
     device = torch.device(DEVICE)
     model = for_search(random_model(seed=3).to(device), device, precision)
@@ -156,7 +156,7 @@ NCCL_SCRIPT = """
 import os, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from lstmmt.distributed import Ranks, any_rank, from_main, sum_over_ranks
-from tests.test_search import random_model
+from tests.helpers import random_model
 device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 torch.cuda.set_device(device)
 dist.init_process_group("nccl")
@@ -175,7 +175,8 @@ print("nccl ok")
 
 
 def torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -184,7 +185,7 @@ def torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 def test_training_under_torchrun_with_one_process(preprocessed, tmp_path):
     """`torchrun --nproc_per_node 1 -m lstmmt train` (lstmmt's own --nproc 1 does not relaunch).
     With one rank lstmmt starts no process group, so NCCL itself is the next test."""
-    run = fresh_copy(preprocessed, tmp_path, "torchrun")
+    run = copy_run(preprocessed, tmp_path, "torchrun")
     result = torchrun("-m", "lstmmt", "train", str(run), "--max-steps", "10", "--device", "cuda")
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoint.load(run / "checkpoints/last.pt")["step"] == 10

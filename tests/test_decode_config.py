@@ -18,7 +18,7 @@ from lstmmt.tokenizer import EOS
     ({"beam_size": 0}, "decode.beam_size must be an integer >= 1"),
     ({"beam_size": -2}, "decode.beam_size must be an integer >= 1"),
     ({"n_best": 6}, "decode.n_best must be an integer in [1, decode.beam_size (5)], got 6"),
-    ({"n_best": 0}, "decode.n_best must be an integer in [1, decode.beam_size (5)], got 0"),
+    ({"n_best": 0}, "decode.n_best must be an integer >= 1 (at most beam_size in beam search), got 0"),
     ({"beam_size": 2, "n_best": 3}, "decode.n_best must be an integer in [1, decode.beam_size (2)], got 3"),
     ({"length_penalty": math.nan}, "decode.length_penalty must be a number in [-10, 10], got nan"),
     ({"length_penalty": 1e308}, "decode.length_penalty must be a number in [-10, 10], got 1e+308"),
@@ -44,7 +44,7 @@ def test_search_works_at_the_bounds(length_penalty, beam_size, max_len_a, max_le
     """The extreme values the checks allow: search runs to the longest output they allow
     (greedy: 100 x 3 + 10,000 tokens) and scores it with a finite number."""
     from lstmmt.search import search
-    from tests.test_search import VOCAB, Rows
+    from tests.helpers import VOCAB, Rows
 
     class Endless:
         """Never ends a sentence before the length limit: EOS is always the least likely token."""

@@ -15,12 +15,11 @@ from lstmmt import checkpoint, distributed
 from lstmmt.config import Config
 from lstmmt.rundir import RunDir
 from lstmmt.train import Trainer
-from tests.test_cli import preprocess_toy
-from tests.test_resume import TINY
+from tests.helpers import TINY_TRAINING, preprocess_toy
 
-# TINY without dropout, so ranks and the single process draw no random numbers that could differ;
+# TINY_TRAINING without dropout, so ranks and the single process draw no random numbers that could differ;
 # fp32 on every CPU (bf16 under auto sums the gradients of two ranks with another rounding).
-SETTINGS = [*TINY, *(x for setting in ("model.encoder_layers=2", "model.dropout=0.0", "train.valid_every=10",
+SETTINGS = [*TINY_TRAINING, *(x for setting in ("model.encoder_layers=2", "model.dropout=0.0", "train.valid_every=10",
                                         "train.lr_schedule=constant", "train.warmup_steps=5", "train.max_steps=30",
                                         "train.device=cpu", "train.precision=fp32") for x in ("--set", setting))]
 
@@ -89,7 +88,8 @@ def test_two_gloo_ranks_match_each_other_and_a_single_process(preprocessed, tmp_
     assert saved["step"] == 30
     for name, value in expected.items():
         assert torch.equal(ranks[0][name], ranks[1][name]), f"ranks disagree on {name}"
-        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
         assert torch.equal(saved["model"][name], ranks[0][name])
 
 

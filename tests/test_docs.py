@@ -20,3 +20,8 @@ def test_cli_reference_names_every_command_and_option():
 def test_version_option_prints_the_package_version():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"lstmmt {__version__}"
+
+
+def test_serve_help_names_the_extra_to_install():
+    result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "pip install 'lstmmt[serve]'" in result.output

@@ -1,4 +1,4 @@
-"""Issue 16: nothing lost when two commands share a run, the disk fills or a file is damaged;
+"""Nothing lost when two commands share a run, the disk fills or a file is damaged;
 every such failure is one clear line and exit status 1 (no traceback)."""
 
 import contextlib
@@ -16,8 +16,7 @@ import yaml
 
 from lstmmt import checkpoint
 from lstmmt.rundir import RunDir
-from tests.test_cli import invoke, write_corpus
-from tests.test_resume import TINY
+from tests.helpers import TINY_TRAINING, assert_one_line_error, copy_run, invoke, write_corpus
 
 STEPS = 30  # valid_every 15, keep_checkpoints 2: step-15.pt and step-30.pt
 
@@ -31,7 +30,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def preprocess_args(run: Path, corpus: Path, *extra: str) -> list:
     return ["preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", corpus / "train",
-            "--valid", corpus / "valid", *TINY, *extra]
+            "--valid", corpus / "valid", *TINY_TRAINING, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -43,30 +42,9 @@ def trained(corpus, tmp_path_factory) -> Path:
     return run
 
 
-def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
-    target = tmp_path / name
-    shutil.copytree(run, target)
-    (target / ".lock").unlink(missing_ok=True)
-    return target
-
-
 def lstmmt(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lstmmt", *map(str, args)], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"), **kwargs)
-
-
-def assert_one_line_error(result, *words: str) -> None:
-    """Exit 1, no traceback, and one error line that names each of `words` (a CliRunner result or a process)."""
-    if isinstance(result, subprocess.CompletedProcess):
-        status, output = result.returncode, result.stdout + result.stderr
-    else:
-        status, output = result.exit_code, result.output
-    assert status == 1, output
-    assert "Traceback" not in output and "internal error" not in output, output
-    error_lines = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, output
-    for word in words:
-        assert word in error_lines[0], output
 
 
 @contextlib.contextmanager
@@ -106,16 +84,15 @@ def read_only(directory: Path):
 def fill(directory: Path, leave: int) -> None:
     """Fill the file system of `directory` up to `leave` bytes."""
     free = shutil.disk_usage(directory).free
-    with open(directory / "filler", "wb") as handle:
-        with contextlib.suppress(OSError):
-            handle.write(b"\0" * max(free - leave, 0))
+    with open(directory / "filler", "wb") as handle, contextlib.suppress(OSError):
+        handle.write(b"\0" * max(free - leave, 0))
 
 
 # -- 1. score files never collide ----------------------------------------------------------
 
 
 def test_hyp_score_never_replaces_the_split_score(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     assert invoke("evaluate", run, "--split", "valid").exit_code == 0
     split_score = json.loads((run / "scores/split-valid.json").read_text())
     other = tmp_path / "other"
@@ -127,18 +104,21 @@ def test_hyp_score_never_replaces_the_split_score(trained, tmp_path):
     # two hypothesis files of one base name in different folders get two score files
     (tmp_path / "third").mkdir()
     shutil.copy(other / "valid.hyp", tmp_path / "third/valid.hyp")
-    assert invoke("evaluate", run, "--hyp", tmp_path / "third/valid.hyp", "--ref", run / "data/valid.tgt.txt").exit_code == 0
+    third = invoke("evaluate", run, "--hyp", tmp_path / "third/valid.hyp", "--ref", run / "data/valid.tgt.txt")
+    assert third.exit_code == 0
     assert len(list((run / "scores").glob("hyp-valid.*.json"))) == 2
 
 
 def test_named_score_refuses_to_replace_another_hypothesis(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     ref = run / "data/valid.tgt.txt"
     shutil.copy(ref, tmp_path / "a.hyp")
     shutil.copy(ref, tmp_path / "b.hyp")
     assert invoke("evaluate", run, "--hyp", tmp_path / "a.hyp", "--ref", ref, "--name", "mine").exit_code == 0
-    assert invoke("evaluate", run, "--hyp", tmp_path / "a.hyp", "--ref", ref, "--name", "mine").exit_code == 0  # itself again
-    assert_one_line_error(invoke("evaluate", run, "--hyp", tmp_path / "b.hyp", "--ref", ref, "--name", "mine"), "mine.json", "--name")
+    again = invoke("evaluate", run, "--hyp", tmp_path / "a.hyp", "--ref", ref, "--name", "mine")
+    assert again.exit_code == 0  # itself again
+    other = invoke("evaluate", run, "--hyp", tmp_path / "b.hyp", "--ref", ref, "--name", "mine")
+    assert_one_line_error(other, "mine.json", "--name")
     assert json.loads((run / "scores/mine.json").read_text())["hypothesis"] == str(tmp_path / "a.hyp")
 
 
@@ -151,7 +131,10 @@ def test_each_recipe_s_score_target_is_the_file_its_evaluate_command_writes():
         command = next(line for line in dry.splitlines() if line.startswith("lstmmt evaluate")).split()
         value = {option: command[i + 1] for i, option in enumerate(command[:-1]) if option.startswith("--")}
         run = RunDir(Path("R"))
-        written = run.split_score(value["--split"]) if "--split" in value else run.hyp_score(Path(value["--hyp"]), value.get("--name"))
+        if "--split" in value:
+            written = run.split_score(value["--split"])
+        else:
+            written = run.hyp_score(Path(value["--hyp"]), value.get("--name"))
         makefile = (root / "recipes" / recipe / "Makefile").read_text()
         assert f"all: $(RUN)/{written.relative_to('R')}" in makefile, recipe
 
@@ -160,7 +143,7 @@ def test_each_recipe_s_score_target_is_the_file_its_evaluate_command_writes():
 
 
 def test_second_concurrent_train_fails_at_once_naming_the_first(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     (run / "logs/metrics.jsonl").unlink()  # appears again once the first is training, holding the lock
     # The first trains until it is told to stop, so on a fast machine it still holds the lock below.
     first = subprocess.Popen([sys.executable, "-m", "lstmmt", "train", str(run), "--restart", "--max-steps", "100000"],
@@ -195,13 +178,12 @@ def test_second_concurrent_train_fails_at_once_naming_the_first(trained, tmp_pat
 
 def test_lock_of_a_killed_process_never_blocks(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from lstmmt.rundir import RunDir\n"
-                               f"with RunDir(Path({str(run)!r})).lock('train'):\n print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    script = ("import sys, time; from pathlib import Path; from lstmmt.rundir import RunDir\n"
+              f"with RunDir(Path({str(run)!r})).lock('train'):\n print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(Exception, match=f"PID {holder.pid}"):
-        with RunDir(run).lock("average"):
-            pass
+    with pytest.raises(Exception, match=f"PID {holder.pid}"), RunDir(run).lock("average"):
+        pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     with RunDir(run).lock("average"):
@@ -213,7 +195,7 @@ def test_lock_of_a_killed_process_never_blocks(tmp_path):
 
 @pytest.mark.parametrize("steps", ["-1", "0"])
 def test_nonpositive_max_steps_is_refused_before_config_is_written(trained, tmp_path, steps):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     before = (run / "config.yaml").read_text()
     assert_one_line_error(invoke("train", run, "--max-steps", steps), "train.max_steps", ">= 1")
     assert (run / "config.yaml").read_text() == before
@@ -223,12 +205,13 @@ def test_nonpositive_max_steps_is_refused_before_config_is_written(trained, tmp_
 
 
 def test_average_refuses_a_nonpositive_count_and_takes_all_kept_when_asked_for_more(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     assert_one_line_error(invoke("average", run, "--best", "-1"), "--best", ">= 1")
     assert_one_line_error(invoke("average", run, "--last", "0"), "--last", ">= 1")
     assert not (run / "checkpoints/averaged.pt").exists()
     result = invoke("average", run, "--best", "3")  # a short recipe run may have validated only twice
-    assert result.exit_code == 0 and "keeps 2 step checkpoints, fewer than the 3 asked for" in " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "keeps 2 step checkpoints, fewer than the 3 asked for" in " ".join(result.output.split())
     assert (run / "checkpoints/averaged.pt").exists()
 
 
@@ -236,7 +219,7 @@ def test_average_refuses_a_nonpositive_count_and_takes_all_kept_when_asked_for_m
 
 
 def test_next_preprocess_removes_leftovers_of_a_killed_one(trained, corpus, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     (run / "data/.train-text.abc123").mkdir()
     (run / "data/.train-text.abc123/train.src.txt").write_text("a copy of the corpus\n")
     (run / "tokenizer/.spm.xyz789").mkdir()
@@ -249,7 +232,7 @@ def test_next_preprocess_removes_leftovers_of_a_killed_one(trained, corpus, tmp_
 
 
 def test_forced_preprocess_keeps_model_and_train_settings(trained, corpus, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = yaml.safe_load((run / "config.yaml").read_text())
     result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", corpus / "train",
                     "--valid", corpus / "valid", "--set", "tokenizer.vocab_size=100", "--force")
@@ -273,7 +256,7 @@ def test_disk_full_during_preprocess_is_one_line(corpus, tmp_path):
 
 def test_disk_full_during_train_keeps_the_checkpoints(trained, tmp_path):
     with small_tmpfs(tmp_path / "small") as small:
-        run = copy_of(trained, small)
+        run = copy_run(trained, small)
         fill(small, 20_000)
         result = lstmmt("train", run, "--max-steps", "45")
         assert_one_line_error(result, str(run))
@@ -291,7 +274,8 @@ def test_full_disk_save_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
 
     def torn(obj, f):  # what torch.save raises on a full disk
         Path(f).write_bytes(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file: unexpected pos 64 vs 0")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file: "
+                           "unexpected pos 64 vs 0")
 
     monkeypatch.setattr(torch, "save", torn)
     monkeypatch.setattr(checkpoint, "_disk_nearly_full", lambda directory: True)
@@ -301,7 +285,7 @@ def test_full_disk_save_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
 
 
 def test_read_only_checkpoints_fail_before_training(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     with read_only(run / "checkpoints"):
         start = time.monotonic()
         result = lstmmt("train", run, "--max-steps", "45")
@@ -315,7 +299,7 @@ def test_read_only_checkpoints_fail_before_training(trained, tmp_path):
 
 
 def test_corrupt_tokenizer_is_named_with_the_step_to_redo(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     (run / "tokenizer/spm.model").write_bytes(b"not a model")
     for command in (["train", run, "--max-steps", "45"], ["evaluate", run, "--split", "valid"]):
         assert_one_line_error(invoke(*command), "spm.model", "lstmmt preprocess")
@@ -323,7 +307,7 @@ def test_corrupt_tokenizer_is_named_with_the_step_to_redo(trained, tmp_path):
 
 @pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", '{"splits": 3}'])
 def test_garbage_meta_json_is_named_with_the_step_to_redo(trained, tmp_path, garbage):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     (run / "data/meta.json").write_text(garbage)
     for command in (["info", run], ["train", run, "--max-steps", "45"], ["evaluate", run, "--split", "valid"]):
         assert_one_line_error(invoke(*command), "meta.json", "lstmmt preprocess")
@@ -335,7 +319,7 @@ def test_garbage_meta_json_is_named_with_the_step_to_redo(trained, tmp_path, gar
     ("tokenizer.character_coverage", 0.0, "(0, 1]"), ("train.lr", float("nan"), "> 0"),
 ])
 def test_out_of_range_config_yaml_is_one_line_naming_the_key(trained, tmp_path, key, value, message):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     section, name = key.split(".")
     config[section][name] = value
@@ -344,7 +328,7 @@ def test_out_of_range_config_yaml_is_one_line_naming_the_key(trained, tmp_path, 
 
 
 def test_torn_last_metrics_line_is_skipped(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     with open(run / "logs/metrics.jsonl", "a") as handle:
         handle.write('{"event": "valid", "step": 4')  # killed mid-write
     assert invoke("plot", run).exit_code == 0
@@ -354,12 +338,12 @@ def test_torn_last_metrics_line_is_skipped(trained, tmp_path):
 
 
 def test_missing_averaged_checkpoint_points_to_average(trained, tmp_path):
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     assert_one_line_error(invoke("evaluate", run, "--split", "valid", "--checkpoint", "averaged"), "lstmmt average")
 
 
 def test_brackets_in_paths_survive_messages(trained, tmp_path):
-    run = copy_of(trained, tmp_path, "run[x]")
+    run = copy_run(trained, tmp_path, "run[x]")
     result = invoke("average", run, "--last", "2", "-o", tmp_path / "avg[x].pt")
     assert result.exit_code == 0 and "avg[x].pt" in result.output
     assert "run[x]" in invoke("info", run).output
@@ -368,7 +352,7 @@ def test_brackets_in_paths_survive_messages(trained, tmp_path):
 def test_io_error_is_one_line_naming_the_path(trained, tmp_path):
     from lstmmt.errors import io_error_message
 
-    run = copy_of(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     (run / ".lock").mkdir()  # the lock file cannot be opened: an OSError, not a UserError
     assert_one_line_error(invoke("average", run, "--last", "1"), str(run / ".lock"))
     message = io_error_message(OSError(28, "No space left on device", "/x/y"))

@@ -45,7 +45,8 @@ def test_flops_of_issue_13s_model_are_about_45_mflop():
 
 def test_gpu_check_without_cuda_says_so_and_exits_0():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh")], capture_output=True, text=True, env=env,
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["status"] == "no CUDA device" and report["cuda"] is False
@@ -53,9 +54,8 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
 
 
 def test_peers_takes_this_interpreters_torch_only_for_a_cuda_build(monkeypatch):
-    import torch
-
     import peers
+    import torch
 
     assert peers.torch_source("pip", "cuda") == "pip" and peers.torch_source("current", "cpu") == "current"
     assert peers.torch_source("auto", "cpu") == "pip"
@@ -84,17 +84,21 @@ def without_datasets(tmp_path):
 
 
 def test_lstmmt_runs_without_datasets(without_datasets, tmp_path):
-    blocked = subprocess.run([sys.executable, "-c", "import datasets"], env=without_datasets, capture_output=True, text=True)
+    blocked = subprocess.run([sys.executable, "-c", "import datasets"], env=without_datasets, capture_output=True,
+                             text=True)
     assert blocked.returncode != 0 and "blocked" in blocked.stderr
-    modules = "lstmmt.cli, lstmmt.corpus, lstmmt.preprocess, lstmmt.train, lstmmt.translate, lstmmt.evaluate, lstmmt.info"
-    done = subprocess.run([sys.executable, "-c", f"import {modules}"], env=without_datasets, capture_output=True, text=True)
+    modules = "lstmmt.cli, lstmmt.corpus, lstmmt.preprocess, lstmmt.train, lstmmt.linestream, lstmmt.evaluate, " \
+              "lstmmt.info"
+    done = subprocess.run([sys.executable, "-c", f"import {modules}"], env=without_datasets, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "train.en").write_text("".join(f"number {i}\n" for i in range(200)))
     (corpus / "train.de").write_text("".join(f"Nummer {i}\n" for i in range(200)))
-    done = subprocess.run([sys.executable, "-m", "lstmmt", "preprocess", str(tmp_path / "run"), "--src-lang", "en", "--tgt-lang", "de",
-                           "--train", str(corpus / "train"), "--vocab-size", "40"], env=without_datasets, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "lstmmt", "preprocess", str(tmp_path / "run"), "--src-lang", "en",
+                           "--tgt-lang", "de", "--train", str(corpus / "train"), "--vocab-size", "40"],
+                          env=without_datasets, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run/data/meta.json").exists()
 

@@ -4,19 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lstmmt.cli import app
+from tests.helpers import invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def corpus_of(run: Path) -> Path:
-    """The tiny run's corpus prefix (tests/conftest.py make_tiny_run writes it beside the run)."""
+    """The tiny run's corpus prefix (tests/helpers.py make_tiny_run writes it beside the run)."""
     return run.parent / "corpus"
 
 

@@ -16,8 +16,7 @@ from lstmmt.device import choose_precision, resolve_device
 from lstmmt.distributed import check_gpus_for
 from lstmmt.errors import UserError
 from lstmmt.model import LSTM, Seq2Seq
-from tests.test_cli import invoke
-from tests.test_resume import TINY, fresh_copy, preprocess_toy
+from tests.helpers import TINY_TRAINING, copy_run, invoke, preprocess_toy
 
 CPU = torch.device("cpu")
 
@@ -72,7 +71,7 @@ def test_probe_runs_the_bf16_lstm_step(monkeypatch):
 
 
 def test_cli_refuses_bf16_training_in_one_line_and_keeps_the_config(tmp_path, no_bf16):
-    run = preprocess_toy(tmp_path, 300, TINY)
+    run = preprocess_toy(tmp_path, 300, TINY_TRAINING)
     before = (run / "config.yaml").read_text()
     result = invoke("train", run, "--max-steps", "3", "--set", "train.precision=bf16")
     assert result.exit_code == 1
@@ -114,9 +113,9 @@ def test_rng_states_restore_with_fewer_gpus_than_saved(monkeypatch):
 
 
 def test_resume_is_bit_exact_with_two_decoder_layers(tmp_path):
-    settings = [*TINY, "--set", "model.decoder_layers=2", "--set", "model.dropout=0.3"]
+    settings = [*TINY_TRAINING, "--set", "model.decoder_layers=2", "--set", "model.dropout=0.3"]
     base = preprocess_toy(tmp_path / "base", 400, settings)
-    straight, resumed = fresh_copy(base, tmp_path, "straight"), fresh_copy(base, tmp_path, "resumed")
+    straight, resumed = copy_run(base, tmp_path, "straight"), copy_run(base, tmp_path, "resumed")
     assert invoke("train", straight, "--max-steps", "24").exit_code == 0
     assert invoke("train", resumed, "--max-steps", "15").exit_code == 0  # stops where straight validates
     assert invoke("train", resumed, "--max-steps", "24").exit_code == 0

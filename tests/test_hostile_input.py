@@ -17,25 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from typer.testing import CliRunner
+from hypothesis import given, settings, strategies as st
 
-from lstmmt import translate, translator as translator_module
-from lstmmt.cli import app
+from lstmmt import linestream, translator as translator_module
 from lstmmt.config import DecodeConfig, ModelConfig
 from lstmmt.model import Seq2Seq
 from lstmmt.translator import Translator
+from tests.helpers import TINY_RUN, invoke
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-import toy  # noqa: E402  (the embedded corpus generator lives in data/, not in the package)
+import toy
 
-runner = CliRunner()
-
-TINY_MODEL = [
-    "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
-    "--set", "model.encoder_layers=1", "--set", "train.batch_tokens=1000", "--set", "train.valid_every=30",
-    "--set", "data.max_ratio=10",
+HOSTILE_RUN = [
+    *TINY_RUN,
     # An untrained decoder rarely stops before the length limit: a short limit keeps the tests
     # fast, and outputs whose length follows the source's make misplaced lines visible.
     "--set", "decode.max_len_a=0.5", "--set", "decode.max_len_b=4",
@@ -65,10 +59,6 @@ HOSTILE_LINES: list[tuple[bytes, bool]] = [
 INVALID_UTF8_LINE, LONG_LINE = 11, 12
 
 
-def invoke(*args, **kwargs):
-    return runner.invoke(app, [str(a) for a in args], **kwargs)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
@@ -82,7 +72,7 @@ def run(tmp_path_factory) -> Path:
         (corpus / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), encoding="utf-8")
         (corpus / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
     result = invoke("preprocess", root / "run", "--src-lang", "en", "--tgt-lang", "de", "--train", corpus / "train",
-                    "--valid", corpus / "valid", *TINY_MODEL)
+                    "--valid", corpus / "valid", *HOSTILE_RUN)
     assert result.exit_code == 0, result.output
     result = invoke("train", root / "run", "--max-steps", "30")
     assert result.exit_code == 0, result.output
@@ -98,8 +88,8 @@ def translator(run):
     def stream(data: bytes, beam: int = 1, n_best: int = 1, chunk_lines: int = 5000) -> str:
         decode = loaded.decode.updated(beam_size=beam, n_best=n_best)
         target = io.StringIO()
-        translate.translate_stream(Translator(loaded.models, loaded.tokenizer, decode, loaded.device, loaded.precision),
-                                   io.BytesIO(data), target, chunk_lines=chunk_lines)
+        translator = Translator(loaded.models, loaded.tokenizer, decode, loaded.device, loaded.precision)
+        linestream.translate_stream(translator, io.BytesIO(data), target, chunk_lines=chunk_lines)
         return target.getvalue()
 
     return stream
@@ -164,21 +154,21 @@ def test_a_long_line_is_cut_while_it_is_read(monkeypatch):
     """Only the first bytes of a line are kept, at a character boundary, with one warning naming
     the line; the rest is skipped up to the newline and the next line is whole."""
     warnings: list[str] = []
-    monkeypatch.setattr(translate, "warn", warnings.append)
+    monkeypatch.setattr(linestream, "warn", warnings.append)
     read, write = os.pipe()
     # The 1,000-byte cut falls inside an "ä" (2 bytes): the line keeps "a" and 499 of them.
     blocks = [b"a" + "ä".encode() * 600, *[b"z" * (1 << 20)] * 8, b"\nshort\n"]
     feeder = feed(open(write, "wb", buffering=0), blocks)
     with open(read, "rb") as source:
-        chunks = list(translate.read_chunks(source, limit=1000))
+        chunks = list(linestream.read_chunks(source, limit=1000))
     feeder.join(60)
     assert [line for _, lines in chunks for line in lines] == ["a" + "ä" * 499, "short"]
     assert warnings == ["line 1: longer than 1,000 bytes, only the first 1,000 read (the rest is skipped)"]
 
 
 def test_a_300_mb_line_without_newline_is_read_in_bounded_memory(run):
-    process = subprocess.Popen([sys.executable, "-m", "lstmmt", "translate", str(run), "--device", "cpu", "--beam", "1"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    command = [sys.executable, "-m", "lstmmt", "translate", str(run), "--device", "cpu", "--beam", "1"]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=os.environ | {"OMP_NUM_THREADS": "1"})
     feeder = feed(process.stdin, [b"seven " * (1 << 17)] * (300 * (1 << 20) // (6 << 17)))  # 300 MiB, one line
     answers: dict[str, bytes] = {}
@@ -192,7 +182,7 @@ def test_a_300_mb_line_without_newline_is_read_in_bounded_memory(run):
         thread.join(60)
     assert process.returncode == 0, answers["stderr"].decode()
     assert answers["stdout"].count(b"\n") == 1
-    assert f"line 1: longer than {MAX_SOURCE_TOKENS * translate.BYTES_PER_TOKEN:,} bytes".encode() in answers["stderr"]
+    assert f"line 1: longer than {MAX_SOURCE_TOKENS * linestream.BYTES_PER_TOKEN:,} bytes".encode() in answers["stderr"]
     assert usage.ru_maxrss * 1024 < 2**30, f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB"  # Linux counts kilobytes
 
 
@@ -225,7 +215,7 @@ def test_decoded_line_separators_never_split_an_output_line(n_best):
     model = Seq2Seq(ModelConfig(embed_size=8, hidden_size=8, encoder_layers=1, dropout=0.0), 10, 10, joint_vocab=True)
     decode = DecodeConfig(beam_size=2, n_best=n_best, max_len_a=0.0, max_len_b=3)
     translation = Translator(model.eval(), SeparatorTokenizer(), decode, torch.device("cpu")).translate(["x"])[0]
-    lines = translate.format_output(translation, n_best, line_index=0)
+    lines = linestream.format_output(translation, n_best, line_index=0)
     assert len(lines) == n_best
     assert all(len(line.splitlines()) == 1 and "\n" not in line for line in lines)
 
@@ -256,7 +246,7 @@ def test_output_file_appears_only_when_complete(run, tmp_path, monkeypatch, exis
     if existing is not None:
         target.write_text(existing, encoding="utf-8")
     (tmp_path / "in.txt").write_text("one\ntwo\nthree\nfour\n", encoding="utf-8")
-    monkeypatch.setattr(translate, "translate_stream", functools.partial(translate.translate_stream, chunk_lines=2))
+    monkeypatch.setattr(linestream, "translate_stream", functools.partial(linestream.translate_stream, chunk_lines=2))
     search, calls = translator_module.search_corpus, []
 
     def fail_on_second_chunk(*args, **kwargs):
@@ -285,7 +275,8 @@ def test_evaluate_refuses_files_of_different_length(tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "run/scores").exists()
 
 
-@pytest.mark.parametrize("broken, message", [("missing", "file not found: {path}"), ("directory", "cannot read {path}")])
+@pytest.mark.parametrize("broken, message",
+                         [("missing", "file not found: {path}"), ("directory", "cannot read {path}")])
 @pytest.mark.parametrize("side", ["hyp", "ref"])
 def test_evaluate_names_an_unreadable_file(tmp_path, side, broken, message):
     files = {"hyp": tmp_path / "hyp.txt", "ref": tmp_path / "ref.txt"}

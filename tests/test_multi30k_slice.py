@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import invoke
+from tests.helpers import invoke
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 pytestmark = pytest.mark.skipif(not (DATA / "train.en.gz").exists(), reason=f"Multi30k not found at {DATA}")
@@ -27,7 +27,8 @@ def test_multi30k_slice_runs_end_to_end(tmp_path):
     result = invoke("preprocess", run, "--src-lang", "en", "--tgt-lang", "de", "--train", tmp_path / "train",
                     "--valid", tmp_path / "valid", "--test", tmp_path / "test", "--vocab-size", "4000")
     assert result.exit_code == 0, result.output
-    result = invoke("train", run, "--max-steps", "20", "--set", "train.valid_every=20", "--set", "train.batch_tokens=2000")
+    result = invoke("train", run, "--max-steps", "20", "--set", "train.valid_every=20",
+                    "--set", "train.batch_tokens=2000")
     assert result.exit_code == 0, result.output
     result = invoke("translate", run, "-i", tmp_path / "test.en", "-o", tmp_path / "test.hyp", "--beam", "5")
     assert result.exit_code == 0, result.output

@@ -14,20 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from lstmmt import checkpoint
-from lstmmt.cli import app
-from tests.conftest import TINY_RUN
-from tests.test_cli import write_corpus
+from tests.helpers import TINY_RUN, invoke, write_corpus
 
-runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args, **kwargs):
-    return runner.invoke(app, [str(a) for a in args], **kwargs)
 
 
 def assert_refused(result, *words: str) -> None:

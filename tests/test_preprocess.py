@@ -253,7 +253,8 @@ def test_encoding_in_chunks_changes_nothing(tmp_path: Path, monkeypatch: pytest.
         run = RunDir(tmp_path / f"run{chunk}")
         meta = preprocess(run, config(), {"train": file_source(prefix)})
         assert meta["splits"]["train"]["kept"] == 299 and meta["splits"]["train"]["dropped"]["bad_ratio"] == 1
-        arrays[chunk] = [np.load(path("train", side)).tolist() for path in (run.ids, run.offsets) for side in ("src", "tgt")]
+        arrays[chunk] = [np.load(path("train", side)).tolist()
+                         for path in (run.ids, run.offsets) for side in ("src", "tgt")]
         assert not [p for p in run.data_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
     assert arrays[7] == arrays[50_000]
 

@@ -13,9 +13,7 @@ from lstmmt.model import Seq2Seq
 from lstmmt.quantize import Int8Linear, int8_precision, quantize_int8
 from lstmmt.shortlist import Shortlist
 from lstmmt.tokenizer import BOS
-
-from tests.test_search import random_batch
-from tests.test_translator import LINES
+from tests.helpers import TOY_LINES, random_batch
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
@@ -56,13 +54,14 @@ def test_quantised_translation_gives_output_of_the_same_kind(tiny_run, tmp_path)
     assert str(int8.precision) == "fp32 (decode.quantize=int8: int8 weights, fp32 activations)"
     assert type(int8.models[0].decoder.layers[0]) is torch.ao.nn.quantized.dynamic.LSTM
     assert type(fp32.models[0].decoder.layers[0]) is not torch.ao.nn.quantized.dynamic.LSTM
-    expected, found = fp32.translate(LINES), int8.translate(LINES)
-    assert [t.text == "" for t in found] == [t.text == "" for t in expected] == [not line.strip() for line in LINES]
+    expected, found = fp32.translate(TOY_LINES), int8.translate(TOY_LINES)
+    assert [t.text == "" for t in found] == [t.text == "" for t in expected] == [not line.strip() for line in TOY_LINES]
     assert all(len(t.n_best) == 2 and t.n_best[0].text == t.text and np.isfinite(t.score) for t in found if t.text)
     narrowed = Translator(int8.models, int8.tokenizer, int8.decode, int8.device, int8.precision,
                           shortlist=Shortlist(np.full((int8.tokenizer.src_vocab_size, 1), -1, dtype=np.int32),
                                               np.arange(int8.tokenizer.tgt_vocab_size, dtype=np.int32), {}))
-    assert [t.text for t in narrowed.translate(LINES)] == [t.text for t in found]  # int8 with a shortlist of every id
+    # int8 with a shortlist of every id
+    assert [t.text for t in narrowed.translate(TOY_LINES)] == [t.text for t in found]
 
     (tmp_path / "in.txt").write_text("seven\n\ntwenty-one\n", encoding="utf-8")
     arguments = ["translate", str(tiny_run), "-i", str(tmp_path / "in.txt"), "--quantize", "int8", "--device", "cpu"]

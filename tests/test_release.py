@@ -5,20 +5,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from lstmmt import Translator
-from lstmmt.cli import app
 from lstmmt.release import open_release
+from tests.helpers import Server, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 LINES = ["twenty-one", "half past seven", "on Monday the third of May", "", "forty-two", "a quarter to three"]
 SETTINGS = ["--device", "cpu", "--precision", "fp32", "--beam", "5"]
-
-
-def invoke(*args: object, input: str | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +131,6 @@ def test_export_refuses_a_non_empty_folder_and_leaves_it(run, tmp_path):
 def test_serve_of_a_release_answers_the_libretranslate_client(run, release):
     pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[dev]')")
     from libretranslatepy import LibreTranslateAPI
-
-    from tests.test_serve import Server
 
     expected = Translator.load(run, device="cpu", precision="fp32").translate(LINES[:3])
     server = Server(release)

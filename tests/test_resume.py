@@ -15,27 +15,14 @@ import torch
 from lstmmt import checkpoint
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir
-from tests.test_cli import invoke, preprocess_toy, write_corpus
+from tests.helpers import TINY_TRAINING, copy_run, invoke, preprocess_toy, write_corpus
 
-TINY = [
-    "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
-    "--set", "model.encoder_layers=1", "--set", "model.dropout=0.2", "--set", "train.batch_tokens=300",
-    "--set", "train.valid_every=15", "--set", "train.log_every=5", "--set", "train.threads=1",
-    "--set", "train.keep_checkpoints=2", "--set", "train.patience=0", "--set", "train.lr_schedule=plateau",
-    "--set", "train.warmup_steps=10", "--set", "data.max_ratio=10",
-]
 STEPS = 150
 
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory) -> Path:
-    return preprocess_toy(tmp_path_factory.mktemp("resume"), 600, TINY)
-
-
-def fresh_copy(preprocessed: Path, tmp_path: Path, name: str) -> Path:
-    run = tmp_path / name
-    shutil.copytree(preprocessed, run)
-    return run
+    return preprocess_toy(tmp_path_factory.mktemp("resume"), 600, TINY_TRAINING)
 
 
 def start_training(run: Path, *extra: str) -> subprocess.Popen:
@@ -60,11 +47,11 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(preprocessed, tmp_path):
-    reference = fresh_copy(preprocessed, tmp_path, "reference")
+    reference = copy_run(preprocessed, tmp_path, "reference")
     assert start_training(reference).wait() == 0
     expected = final_weights(reference)
 
-    run = fresh_copy(preprocessed, tmp_path, "killed")
+    run = copy_run(preprocessed, tmp_path, "killed")
     # Kill right after a checkpoint, a few steps past one, and before the first validation of a resumed session.
     for moment in ("checkpoints/step-30.pt", "checkpoints/step-75.pt", None):
         process = start_training(run)
@@ -89,7 +76,7 @@ def test_resume_after_sigkill_is_bit_identical(preprocessed, tmp_path):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(preprocessed, tmp_path, sig, code):
     """SIGHUP comes from a closed terminal or ssh session."""
-    run = fresh_copy(preprocessed, tmp_path, "signalled")
+    run = copy_run(preprocessed, tmp_path, "signalled")
     process = start_training(run, "--set", "train.valid_every=100000")
     wait_for(run / "logs/metrics.jsonl", process)  # training is under way
     process.send_signal(sig)
@@ -101,7 +88,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(preprocessed, tmp_path
 
 
 def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_good_one(preprocessed, tmp_path):
-    run = fresh_copy(preprocessed, tmp_path, "corrupt")
+    run = copy_run(preprocessed, tmp_path, "corrupt")
     assert invoke("train", run, "--max-steps", "30").exit_code == 0
     newest = run / "checkpoints/step-30.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
@@ -114,7 +101,7 @@ def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_good_one(preproce
 
 
 def test_changed_architecture_on_resume_is_a_clear_error(preprocessed, tmp_path):
-    run = fresh_copy(preprocessed, tmp_path, "arch")
+    run = copy_run(preprocessed, tmp_path, "arch")
     assert invoke("train", run, "--max-steps", "15").exit_code == 0
     result = invoke("train", run, "--max-steps", "30", "--set", "model.hidden_size=64")
     assert result.exit_code == 1
@@ -122,12 +109,12 @@ def test_changed_architecture_on_resume_is_a_clear_error(preprocessed, tmp_path)
 
 
 def test_checkpoint_of_another_run_is_rejected(preprocessed, tmp_path):
-    run = fresh_copy(preprocessed, tmp_path, "mine")
+    run = copy_run(preprocessed, tmp_path, "mine")
     assert invoke("train", run, "--max-steps", "15").exit_code == 0
     other = tmp_path / "other"
     write_corpus(tmp_path / "corpus", 600, 20, 5)
     assert invoke("preprocess", other, "--src-lang", "en", "--tgt-lang", "de", "--train", tmp_path / "corpus/train",
-                  *TINY, "--set", "tokenizer.vocab_size=120").exit_code == 0
+                  *TINY_TRAINING, "--set", "tokenizer.vocab_size=120").exit_code == 0
     (other / "checkpoints").mkdir(exist_ok=True)
     shutil.copy(run / "checkpoints/last.pt", other / "checkpoints/last.pt")
     result = invoke("translate", other, "--checkpoint", "last")
@@ -171,7 +158,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_repeated_non_finite_losses_stop_training_with_good_weights(preprocessed, tmp_path, monkeypatch):
     from lstmmt import model as model_module
 
-    run = fresh_copy(preprocessed, tmp_path, "nan")
+    run = copy_run(preprocessed, tmp_path, "nan")
     assert invoke("train", run, "--max-steps", "15").exit_code == 0
     good = checkpoint.load(run / "checkpoints/last.pt")["model"]
     original = model_module.output_loss
@@ -189,7 +176,7 @@ def test_repeated_non_finite_losses_stop_training_with_good_weights(preprocessed
 
 
 def test_train_json_marks_finished_training_only(preprocessed, tmp_path):
-    run = fresh_copy(preprocessed, tmp_path, "summary")
+    run = copy_run(preprocessed, tmp_path, "summary")
     process = start_training(run, "--set", "train.valid_every=100000")
     wait_for(run / "logs/metrics.jsonl", process)
     process.send_signal(signal.SIGINT)
@@ -205,7 +192,7 @@ def test_train_json_marks_finished_training_only(preprocessed, tmp_path):
 def test_resumed_metrics_list_each_step_once(preprocessed, tmp_path):
     import json
 
-    run = fresh_copy(preprocessed, tmp_path, "metrics")
+    run = copy_run(preprocessed, tmp_path, "metrics")
     process = start_training(run)
     wait_for(run / "checkpoints/step-30.pt", process)
     time.sleep(0.3)

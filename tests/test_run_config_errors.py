@@ -3,13 +3,11 @@ each is one error line (no traceback), and nothing is trained or printed half-wa
 
 from pathlib import Path
 
-from tests.conftest import TINY_RUN
-from tests.test_cli import invoke
-from tests.test_failures import assert_one_line_error, copy_of
+from tests.helpers import TINY_RUN, assert_one_line_error, copy_run, invoke
 
 
 def test_info_on_a_config_that_cannot_be_read_is_one_line(tiny_run, tmp_path):
-    run = copy_of(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     bomb += [f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 10)}]" for level in range(1, 9)]
     (run / "config.yaml").write_text("\n".join(bomb) + "\n")
@@ -23,7 +21,7 @@ def test_info_on_a_config_that_cannot_be_read_is_one_line(tiny_run, tmp_path):
 def test_training_on_after_a_new_vocabulary_names_both_sizes(tiny_run, tmp_path):
     """preprocess --force with another vocabulary size keeps the checkpoints, whose embeddings no
     longer fit: train says so (100 then, 90 now) instead of failing inside load_state_dict."""
-    run = copy_of(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     corpus = Path(tiny_run).parent / "corpus"
     redone = invoke("preprocess", run, "--force", "--src-lang", "en", "--tgt-lang", "de", "--train", corpus / "train",
                     "--valid", corpus / "valid", "--test", corpus / "test", *TINY_RUN,

@@ -9,8 +9,7 @@ import pytest
 from lstmmt import checkpoint
 from lstmmt.config import TrainConfig
 from lstmmt.schedule import learning_rate
-from tests.test_cli import invoke
-from tests.test_resume import TINY, preprocess_toy
+from tests.helpers import TINY_TRAINING, invoke, preprocess_toy
 
 BUDGET = TrainConfig(lr=1e-3, lr_min=1e-5, warmup_steps=10, lr_schedule="budget", max_time="30m", max_steps=100_000)
 
@@ -46,8 +45,8 @@ def train_lrs(run) -> dict[int, float]:
 
 def test_a_resumed_run_continues_the_budget_schedule(tmp_path):
     """The rate depends on the training time of all earlier sessions, which the checkpoint holds."""
-    settings = [*TINY, "--set", "train.lr_schedule=budget", "--set", "train.max_time=1000s", "--set", "train.log_every=1",
-                "--set", "train.lr=0.01", "--set", "train.lr_min=0.0001"]
+    settings = [*TINY_TRAINING, "--set", "train.lr_schedule=budget", "--set", "train.max_time=1000s",
+                "--set", "train.log_every=1", "--set", "train.lr=0.01", "--set", "train.lr_min=0.0001"]
     run = preprocess_toy(tmp_path, 300, settings)
     # Sessions end with epochs, so that neither max_steps (100,000) nor max_time is what stops them.
     assert invoke("train", run, "--set", "train.max_epochs=1").exit_code == 0
@@ -68,7 +67,7 @@ def test_a_resumed_run_continues_the_budget_schedule(tmp_path):
 
 @pytest.mark.parametrize("interval, expected", [("0.001s", 8), ("10h", 1)])
 def test_validation_follows_training_time(tmp_path, interval, expected):
-    run = preprocess_toy(tmp_path, 300, [*TINY, "--set", "train.valid_every=1000"])
+    run = preprocess_toy(tmp_path, 300, [*TINY_TRAINING, "--set", "train.valid_every=1000"])
     assert invoke("train", run, "--max-steps", "8", "--set", f"train.valid_every_time={interval}").exit_code == 0
     records = [json.loads(line) for line in (run / "logs/metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["event"] == "valid"]

@@ -2,54 +2,14 @@
 
 import math
 import threading
-from typing import NamedTuple
 
 import pytest
 import torch
 
-from lstmmt.batching import pad
-from lstmmt.config import DecodeConfig, ModelConfig
+from lstmmt.config import DecodeConfig
 from lstmmt.decoding import for_search, in_threads, search_corpus, search_workers
-from lstmmt.model import Seq2Seq
 from lstmmt.search import beam_search, greedy_search
-from lstmmt.tokenizer import BOS, EOS
-
-A, B, C = 4, 5, 6
-VOCAB = 7
-
-# Next-token probabilities given the previous token. Greedy takes A (0.6) and then has at
-# best 0.4 for EOS: 0.24. Beam search finds B EOS: 0.4 * 0.9 = 0.36.
-TABLE = {
-    BOS: {A: 0.6, B: 0.4},
-    A: {EOS: 0.4, C: 0.3, B: 0.3},
-    B: {EOS: 0.9, C: 0.1},
-    C: {EOS: 1.0},
-}
-
-
-class Rows(NamedTuple):
-    rows: torch.Tensor
-
-    def select(self, index):
-        return Rows(self.rows.index_select(0, index))
-
-
-class TableModel:
-    """A fake step model: log P(next | previous token) from TABLE; memory/state are dummies."""
-
-    def encode(self, src, src_lengths):
-        return Rows(torch.arange(src.size(0))), Rows(torch.arange(src.size(0)))
-
-    def decode_step(self, prev, memory, state):
-        log_probs = torch.full((prev.size(0), VOCAB), -math.inf)
-        for row, token in enumerate(prev.tolist()):
-            for nxt, p in TABLE.get(token, {}).items():  # a dead (-inf) hypothesis may hold any token
-                log_probs[row, nxt] = math.log(p)
-        return log_probs, state
-
-
-SRC = torch.tensor([[A, B, EOS]])
-LENGTHS = torch.tensor([3])
+from tests.helpers import LENGTHS, SRC, VOCAB, A, B, C, TableModel, random_batch, random_model
 
 
 def test_beam_search_finds_the_best_hypothesis_greedy_misses():
@@ -97,18 +57,6 @@ def test_the_first_step_runs_one_row_per_sentence_then_the_beam():
     model.rows.clear()
     wide = beam_search(model, SRC, LENGTHS, DecodeConfig(beam_size=VOCAB + 2, length_penalty=1.0))
     assert model.rows[0] == 1 and wide[0][0].tokens == [B]
-
-
-def random_model(seed: int = 0) -> Seq2Seq:
-    torch.manual_seed(seed)
-    config = ModelConfig(embed_size=16, hidden_size=32, encoder_layers=1, decoder_layers=1, dropout=0.0)
-    return Seq2Seq(config, 30, 30, joint_vocab=True).eval()
-
-
-def random_batch(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    sentences = [torch.randint(4, 30, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).numpy() for _ in range(n)]
-    return pad(sentences, suffix=EOS), torch.tensor([len(s) + 1 for s in sentences])
 
 
 def test_beam_one_equals_greedy():

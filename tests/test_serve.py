@@ -6,20 +6,14 @@ The model is the shared 30-step tiny run (tests/conftest.py); answers are compar
 what an in-process Translator with the same settings gives each sentence alone.
 """
 
-import json
-import os
-import queue
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -27,74 +21,12 @@ from typer.testing import CliRunner
 from lstmmt import Translator
 from lstmmt.cli import app
 from lstmmt.translator import as_dict
+from tests.helpers import SERVE_LINES, Server, request
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e '.[dev]')")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[dev]')")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
-
-LINES = ["twenty-one", "half past seven", "on Monday the third of May", "seven", "ten past nine in the evening",
-         "the fifth of June", "forty-two", "a quarter to three"]
-SETTINGS = ["--device", "cpu", "--precision", "fp32"]
-"""The server's model settings; the reference Translator uses the same."""
-START_TIMEOUT = 300  # seconds: the test machine may be shared and slow
-
-
-class Server:
-    """`lstmmt serve RUN --port 0 ...` as a subprocess; its address read from its stderr."""
-
-    def __init__(self, run: Path, *options: str):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lstmmt", "serve", str(run), "--port", "0", "--threads", "1",
-                                      *SETTINGS, *options], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        found: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, args=(found,), daemon=True).start()
-        try:
-            self.url = found.get(timeout=START_TIMEOUT)
-        except queue.Empty:
-            self.stop()
-            raise AssertionError("the server did not start:\n" + "\n".join(self.lines)) from None
-        if self.url is None:
-            raise AssertionError(f"the server exited {self.proc.wait()}:\n" + "\n".join(self.lines))
-
-    def _read(self, found: queue.Queue) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            match = re.search(r"Listening on (http://\S+)", line)
-            if match:
-                found.put(match.group(1))
-        found.put(None)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def request(url: str, path: str, body: Any = None, content_type: Optional[str] = "application/json",
-            method: Optional[str] = None, timeout: float = 120) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, parsed JSON body or text) of one request; 4xx and 5xx are answers too."""
-    data = json.dumps(body).encode() if content_type == "application/json" and not isinstance(body, bytes) and body is not None \
-        else body if isinstance(body, bytes) else None if body is None else str(body).encode()
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if content_type is not None and data is not None:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            status, headers, raw = response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, dict(error.headers), error.read()
-    text = raw.decode("utf-8")
-    try:
-        return status, headers, json.loads(text)
-    except json.JSONDecodeError:
-        return status, headers, text
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +42,7 @@ def reference(run) -> Translator:
 @pytest.fixture(scope="module")
 def expected(reference) -> dict[str, str]:
     """Each line's translation, translated alone."""
-    return {line: reference.translate([line])[0].text for line in LINES}
+    return {line: reference.translate([line])[0].text for line in SERVE_LINES}
 
 
 @pytest.fixture(scope="module")
@@ -126,30 +58,32 @@ def test_libretranslate_client_gets_what_translator_gives(server, expected):
     client = LibreTranslateAPI(server.url)
     assert client.languages() == [{"code": "en", "name": "English", "targets": ["de"]},
                                   {"code": "de", "name": "German", "targets": []}]
-    for line in LINES[:4]:
+    for line in SERVE_LINES[:4]:
         assert client.translate(line, "en", "de") == expected[line]
-    assert client.translate(LINES[0], "auto", "de") == expected[LINES[0]]
-    assert client.translate(f"{LINES[1]}\n\n{LINES[2]}", "en", "de") == f"{expected[LINES[1]]}\n\n{expected[LINES[2]]}"
+    assert client.translate(SERVE_LINES[0], "auto", "de") == expected[SERVE_LINES[0]]
+    two = f"{SERVE_LINES[1]}\n\n{SERVE_LINES[2]}"
+    assert client.translate(two, "en", "de") == f"{expected[SERVE_LINES[1]]}\n\n{expected[SERVE_LINES[2]]}"
 
 
 def test_translate_takes_json_lists_form_data_and_alternatives(server, expected, run):
-    status, _, answer = request(server.url, "/translate", {"q": LINES[:3], "source": "auto", "target": "de"})
+    status, _, answer = request(server.url, "/translate", {"q": SERVE_LINES[:3], "source": "auto", "target": "de"})
     assert status == 200
-    assert answer == {"translatedText": [expected[line] for line in LINES[:3]],
+    assert answer == {"translatedText": [expected[line] for line in SERVE_LINES[:3]],
                       "detectedLanguage": [{"confidence": 100.0, "language": "en"}] * 3}
     boundary = "lstmmt-test-boundary"
     parts = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-                    for k, v in [("q", LINES[3]), ("source", "en"), ("target", "de")])
+                    for k, v in [("q", SERVE_LINES[3]), ("source", "en"), ("target", "de")])
     status, _, answer = request(server.url, "/translate", (parts + f"--{boundary}--\r\n").encode(),
                                 f"multipart/form-data; boundary={boundary}")
-    assert (status, answer) == (200, {"translatedText": expected[LINES[3]]})
-    status, _, answer = request(server.url, "/translate", {"q": LINES[0], "source": "en", "target": "de", "alternatives": 2})
-    best = Translator.load(run, device="cpu", precision="fp32", n_best=3).translate([LINES[0]])[0]
+    assert (status, answer) == (200, {"translatedText": expected[SERVE_LINES[3]]})
+    body = {"q": SERVE_LINES[0], "source": "en", "target": "de", "alternatives": 2}
+    status, _, answer = request(server.url, "/translate", body)
+    best = Translator.load(run, device="cpu", precision="fp32", n_best=3).translate([SERVE_LINES[0]])[0]
     assert status == 200 and answer == {"translatedText": best.text, "alternatives": [c.text for c in best.n_best[1:]]}
 
 
 def test_native_api_returns_n_best_with_scores_and_alignments(server, run):
-    lines = [LINES[0], "", LINES[2], "   "]
+    lines = [SERVE_LINES[0], "", SERVE_LINES[2], "   "]
     status, _, answer = request(server.url, "/v1/translate", {"sentences": lines, "beam_size": 3, "n_best": 3,
                                                               "length_penalty": 0.5, "alignment": True})
     assert status == 200
@@ -178,39 +112,44 @@ BAD_REQUESTS = [
     ("missing q", "/translate", {"source": "en", "target": "de"}, "application/json", None, 400, "missing q"),
     ("empty q", "/translate", b"q=&source=en&target=de", "application/x-www-form-urlencoded", None, 400, "missing q"),
     ("missing target", "/translate", {"q": "seven", "source": "en"}, "application/json", None, 400, "missing target"),
-    ("unknown pair", "/translate", {"q": "seven", "source": "en", "target": "fr"}, "application/json", None, 400, "en to de"),
-    ("reversed pair", "/translate", {"q": "seven", "source": "de", "target": "en"}, "application/json", None, 400, "en to de"),
-    ("html format", "/translate", {"q": "x", "source": "en", "target": "de", "format": "html"}, "application/json", None, 400,
-     "plain text"),
-    ("over-size body", "/translate", {"q": "seven " * 5000, "source": "en", "target": "de"}, "application/json", None, 413,
-     "limit of 20000 bytes"),
+    ("unknown pair", "/translate", {"q": "seven", "source": "en", "target": "fr"}, "application/json", None, 400,
+     "en to de"),
+    ("reversed pair", "/translate", {"q": "seven", "source": "de", "target": "en"}, "application/json", None, 400,
+     "en to de"),
+    ("html format", "/translate", {"q": "x", "source": "en", "target": "de", "format": "html"}, "application/json",
+     None, 400, "plain text"),
+    ("over-size body", "/translate", {"q": "seven " * 5000, "source": "en", "target": "de"}, "application/json",
+     None, 413, "limit of 20000 bytes"),
     ("wrong content type", "/translate", b"seven", "text/plain", None, 415, "Unsupported content type text/plain"),
     ("form to the native API", "/v1/translate", b"sentences=seven", "application/x-www-form-urlencoded", None, 415,
      "application/json"),
-    ("too many sentences", "/v1/translate", {"sentences": ["seven"] * 101}, "application/json", None, 400, "limit of 100"),
+    ("too many sentences", "/v1/translate", {"sentences": ["seven"] * 101}, "application/json", None, 400,
+     "limit of 100"),
     ("sentences not a list", "/v1/translate", {"sentences": "seven"}, "application/json", None, 400, "list of strings"),
     ("unknown field", "/v1/translate", {"sentences": ["x"], "precision": "bf16"}, "application/json", None, 400,
      "unknown field(s) precision"),
-    ("n_best above beam", "/v1/translate", {"sentences": ["x"], "beam_size": 2, "n_best": 3}, "application/json", None, 400,
-     "decode.n_best"),
+    ("n_best above beam", "/v1/translate", {"sentences": ["x"], "beam_size": 2, "n_best": 3}, "application/json",
+     None, 400, "decode.n_best"),
     ("beam above the limit", "/v1/translate", {"sentences": ["x"], "beam_size": 500}, "application/json", None, 400,
      "limit of 16"),
-    ("longer outputs than the server's", "/v1/translate", {"sentences": ["x"], "max_len_b": 1000}, "application/json", None,
-     400, "max_len_b 1000 is above"),
-    ("string beam", "/v1/translate", {"sentences": ["x"], "beam_size": "5"}, "application/json", None, 400, "beam_size"),
+    ("longer outputs than the server's", "/v1/translate", {"sentences": ["x"], "max_len_b": 1000}, "application/json",
+     None, 400, "max_len_b 1000 is above"),
+    ("string beam", "/v1/translate", {"sentences": ["x"], "beam_size": "5"}, "application/json", None, 400,
+     "beam_size"),
     ("unknown path", "/translator/translate", {"q": "x"}, "application/json", None, 404, "Not Found"),
     ("wrong method", "/translate", None, None, "GET", 405, "Method Not Allowed"),
 ]
 
 
-@pytest.mark.parametrize("name,path,body,content_type,method,status,words", BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS])
-def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_answering(server, expected, name, path, body, content_type,
-                                                                          method, status, words):
+@pytest.mark.parametrize("name,path,body,content_type,method,status,words", BAD_REQUESTS,
+                         ids=[r[0] for r in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_answering(server, expected, name, path, body,
+                                                                          content_type, method, status, words):
     got, _, answer = request(server.url, path, body, content_type, method)
     assert got == status, answer
     assert isinstance(answer, dict) and list(answer) == ["error"] and words in answer["error"]
-    got, _, answer = request(server.url, "/translate", {"q": LINES[0], "source": "en", "target": "de"})
-    assert (got, answer) == (200, {"translatedText": expected[LINES[0]]})
+    got, _, answer = request(server.url, "/translate", {"q": SERVE_LINES[0], "source": "en", "target": "de"})
+    assert (got, answer) == (200, {"translatedText": expected[SERVE_LINES[0]]})
 
 
 def test_health_and_the_page(server):
@@ -220,7 +159,8 @@ def test_health_and_the_page(server):
     assert (health["device"], health["precision"], health["batching"]) == ("cpu", "fp32", True)
     status, headers, page = request(server.url, "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
-    assert "<textarea" in page and "/translate" in page and "http" not in page.replace("http-equiv", "")  # no external assets
+    assert "<textarea" in page and "/translate" in page
+    assert "http" not in page.replace("http-equiv", "")  # no external assets
 
 
 def test_eight_concurrent_clients_get_correct_answers(server, expected):
@@ -231,7 +171,7 @@ def test_eight_concurrent_clients_get_correct_answers(server, expected):
 
     def client(number: int) -> None:
         for i in range(50):
-            line = LINES[(number + i) % len(LINES)]
+            line = SERVE_LINES[(number + i) % len(SERVE_LINES)]
             if i % 2:
                 status, _, answer = request(server.url, "/translate", {"q": line, "source": "en", "target": "de"})
                 text = answer.get("translatedText") if isinstance(answer, dict) else answer
@@ -256,7 +196,7 @@ def test_a_full_queue_answers_503_with_retry_after(run, expected):
     server = Server(run, "--queue-size", "1", "--no-batching", "--beam", "8")
     try:
         answers: list[tuple[int, dict, Any]] = []
-        body = {"sentences": LINES * 4}
+        body = {"sentences": SERVE_LINES * 4}
 
         def client() -> None:
             answers.append(request(server.url, "/v1/translate", body))
@@ -270,7 +210,7 @@ def test_a_full_queue_answers_503_with_retry_after(run, expected):
         assert busy, [a[0] for a in answers]
         assert all(status in (200, 503) for status, _, _ in answers)
         assert all(int(headers["retry-after"]) >= 1 and "busy" in answer["error"] for headers, answer in busy)
-        status, _, answer = request(server.url, "/translate", {"q": LINES[0], "source": "en", "target": "de"})
+        status, _, answer = request(server.url, "/translate", {"q": SERVE_LINES[0], "source": "en", "target": "de"})
         assert status == 200
     finally:
         server.stop()
@@ -281,7 +221,7 @@ def test_sigterm_under_load_answers_requests_in_flight_and_exits_0(run, expected
     in_flight: list[tuple[int, Any]] = []
     later: list[str] = []
     stop = threading.Event()
-    body = {"sentences": LINES * 4}
+    body = {"sentences": SERVE_LINES * 4}
 
     def one_request() -> None:
         status, _, answer = request(server.url, "/v1/translate", body)
@@ -333,9 +273,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
 def test_the_web_page_translates_in_headless_chromium(server, expected, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
@@ -345,9 +287,9 @@ def test_the_web_page_translates_in_headless_chromium(server, expected, tmp_path
             page.goto(server.url + "/", timeout=120_000)
             page.wait_for_function("document.getElementById('pair').textContent.includes('English')", timeout=120_000)
             assert page.text_content("#pair") == "English \u2192 German"
-            page.fill("#source", f"{LINES[0]}\n{LINES[1]}")
+            page.fill("#source", f"{SERVE_LINES[0]}\n{SERVE_LINES[1]}")
             page.click("#translate")
-            want = f"{expected[LINES[0]]}\n{expected[LINES[1]]}"
+            want = f"{expected[SERVE_LINES[0]]}\n{expected[SERVE_LINES[1]]}"
             page.wait_for_function("want => document.getElementById('translation').textContent === want", arg=want,
                                    timeout=120_000)
             assert page.text_content("#translation") == want
@@ -364,9 +306,9 @@ runner = CliRunner()
 def test_serve_help_names_every_option():
     result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--checkpoint", "--device", "--beam", "--batching", "--no-batching", "--queue-size",
-                   "--max-body", "--max-sentences", "--batch-sentences", "--max-beam", "--threads", "--shutdown-timeout",
-                   "--timeout", "--max-connections"):
+    for option in ("--host", "--port", "--checkpoint", "--device", "--beam", "--batching", "--no-batching",
+                   "--queue-size", "--max-body", "--max-sentences", "--batch-sentences", "--max-beam", "--threads",
+                   "--shutdown-timeout", "--timeout", "--max-connections"):
         assert option in result.output
 
 

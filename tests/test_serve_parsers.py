@@ -126,7 +126,7 @@ def test_native_request_lays_the_request_decode_settings_over_the_servers():
 @pytest.mark.parametrize("fields,message", [
     ({"sentences": ["a"], "precision": "bf16", "batch_tokens": 1},
      ("Invalid request: unknown field(s) batch_tokens, precision; valid: sentences, alignment, beam_size, n_best, "
-      "length_penalty, max_len_a, max_len_b")),
+      "length_penalty, max_len_a, max_len_b, sample_topk, temperature, seed")),
     ({}, "Invalid request: sentences must be a list of strings"),
     ({"sentences": "a"}, "Invalid request: sentences must be a list of strings"),
     ({"sentences": ["a", None]}, "Invalid request: sentences must be a list of strings"),

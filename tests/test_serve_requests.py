@@ -9,7 +9,8 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +20,7 @@ from lstmmt.config import DecodeConfig
 from lstmmt.serve.requests import Limits
 from lstmmt.serve.worker import Job, Worker
 from lstmmt.translator import Translation
-from tests.test_serve import LINES, Server, request
+from tests.helpers import SERVE_LINES, Server, request
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -43,7 +44,7 @@ def reference(tiny_run) -> Translator:
 @pytest.fixture(scope="module")
 def expected(reference) -> dict[str, str]:
     """Each line's translation, translated alone."""
-    return {line: reference.translate([line])[0].text for line in LINES}
+    return {line: reference.translate([line])[0].text for line in SERVE_LINES}
 
 
 def connect(server: Server) -> socket.socket:
@@ -89,7 +90,7 @@ SURROGATE_BODIES = [  # raw bytes, so the JSON escape itself reaches the server
 def test_text_with_lone_surrogates_harms_no_other_request(server, expected):
     """20 normal requests sent at once beside requests carrying lone surrogates and a NUL: every normal
     one gets its translation alone, the others 200 or 400, nobody a 500."""
-    normal = [LINES[i % len(LINES)] for i in range(20)]
+    normal = [SERVE_LINES[i % len(SERVE_LINES)] for i in range(20)]
     barrier = threading.Barrier(len(normal) + len(SURROGATE_BODIES))
 
     def send(path: str, body: Any) -> tuple[int, Any]:
@@ -148,7 +149,7 @@ def test_an_error_message_never_echoes_a_whole_value(server):
 
 @pytest.mark.parametrize("penalty", [-10.0, 10.0])
 def test_a_length_penalty_the_config_accepts_never_crashes_the_search(server, penalty):
-    status, _, answer = request(server.url, "/v1/translate", {"sentences": LINES[:3], "length_penalty": penalty})
+    status, _, answer = request(server.url, "/v1/translate", {"sentences": SERVE_LINES[:3], "length_penalty": penalty})
     assert status == 200 or (status == 400 and "decode.length_penalty" in answer["error"]), answer
 
 
@@ -160,8 +161,8 @@ def test_a_client_that_disconnects_is_not_an_internal_error(server, expected):
     assert request(server.url, "/v1/translate", {"sentences": ["seven " * 300]})[0] == 200
     wait_until(lambda: len([line for line in server.lines if "truncated" in line]) > truncated, "a truncation warning")
     assert internal_errors(server) == []
-    assert request(server.url, "/translate", {"q": LINES[0], "source": "en", "target": "de"})[2] == {
-        "translatedText": expected[LINES[0]]}
+    assert request(server.url, "/translate", {"q": SERVE_LINES[0], "source": "en", "target": "de"})[2] == {
+        "translatedText": expected[SERVE_LINES[0]]}
 
 
 def test_a_body_shorter_than_its_content_length_gets_408_and_a_closed_connection(server):

@@ -16,8 +16,7 @@ from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir
 from lstmmt.shortlist import SPECIALS, Shortlist
 from lstmmt.tokenizer import EOS, PAD
-
-from tests.test_translator import LINES
+from tests.helpers import TOY_LINES
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
@@ -72,7 +71,7 @@ def run(tiny_run, tmp_path_factory) -> Path:
 
 
 def test_the_command_writes_the_file_and_translate_reads_it(run, tmp_path):
-    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in TOY_LINES), encoding="utf-8")
     missing = runner.invoke(app, ["translate", str(run), "-i", str(tmp_path / "in.txt"), "--shortlist"])
     assert missing.exit_code == 1
     assert f"{run}/shortlist.npz does not exist: run `lstmmt shortlist {run}` first" in " ".join(missing.output.split())
@@ -102,7 +101,7 @@ def test_a_shortlist_of_every_id_translates_as_the_full_vocabulary(run, beam, ch
     full = Translator.load(run, checkpoints, device="cpu", beam_size=beam, n_best=min(2, beam))
     narrowed = Translator(full.models, full.tokenizer, full.decode, full.device, full.precision,
                           shortlist=everything(full.tokenizer.tgt_vocab_size))
-    expected, found = full.translate(LINES), narrowed.translate(LINES)
+    expected, found = full.translate(TOY_LINES), narrowed.translate(TOY_LINES)
     assert [t.text for t in found] == [t.text for t in expected] and any(t.text for t in found)
     for a, b in zip(expected, found):
         assert [c.text for c in a.n_best] == [c.text for c in b.n_best]
@@ -113,7 +112,7 @@ def test_a_shortlist_of_every_id_translates_as_the_full_vocabulary(run, beam, ch
 def test_a_restricted_shortlist_produces_only_allowed_ids(run, beam):
     base = Translator.load(run, device="cpu", beam_size=beam)
     vocab = base.tokenizer.tgt_vocab_size
-    encoded = base.tokenizer.encode_src([line for line in LINES if line.strip()])
+    encoded = base.tokenizer.encode_src([line for line in TOY_LINES if line.strip()])
     sentences = [np.asarray(ids, dtype=np.int32) for ids in encoded]
     unrestricted = {t for hyps in base.search(sentences) for t in hyps[0].tokens}
     # Candidates only: every source piece allows 20 and 21, nothing else is (the specials aside).

@@ -166,4 +166,5 @@ def test_command_line_writes_identical_files_for_the_same_seed(tmp_path: Path) -
     assert outputs[0] == outputs[1]
     assert sorted(outputs[0]) == [f"{split}.{lang}" for split in ("test", "train", "valid") for lang in ("de", "en")]
     line_counts = {name: data.decode("utf-8").count("\n") for name, data in outputs[0].items()}
-    assert line_counts == {"train.en": 300, "train.de": 300, "valid.en": 20, "valid.de": 20, "test.en": 30, "test.de": 30}
+    assert line_counts == {"train.en": 300, "train.de": 300, "valid.en": 20, "valid.de": 20,
+                           "test.en": 30, "test.de": 30}

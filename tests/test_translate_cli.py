@@ -13,19 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from lstmmt import Translator
-from lstmmt.cli import app
-from tests.conftest import make_tiny_run
+from tests.helpers import invoke, make_tiny_run
 
-runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args, **kwargs):
-    return runner.invoke(app, [str(a) for a in args], **kwargs)
 
 
 @pytest.mark.parametrize("args, key", [
@@ -109,7 +102,8 @@ def test_a_pipe_gets_each_answer_before_the_next_line_is_written(tiny_run):
         assert process.wait(300) == 0, process.stderr.read()
     finally:
         process.kill()
-    expected = [t.text for t in Translator.load(tiny_run, device="cpu", beam_size=2).translate(["seven", "half past seven"])]
+    beam2 = Translator.load(tiny_run, device="cpu", beam_size=2)
+    expected = [t.text for t in beam2.translate(["seven", "half past seven"])]
     assert [first, *rest] == expected
 
 
@@ -144,13 +138,15 @@ def test_sigterm_leaves_no_temporary_output(tiny_run, tmp_path):
 
 
 def test_checkpoints_of_one_run_ensemble_and_another_tokenizer_is_refused(tiny_run, tmp_path):
-    result = invoke("translate", tiny_run, "--checkpoint", "best", "--checkpoint", "last", "--format", "jsonl", input="seven\n\n")
+    result = invoke("translate", tiny_run, "--checkpoint", "best", "--checkpoint", "last", "--format", "jsonl",
+                    input="seven\n\n")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["text"] == "" for line in result.stdout.splitlines()] == [False, True]
     other = make_tiny_run(tmp_path, seed=12, steps=0)  # the same vocabulary size, another tokenizer
     (other / "checkpoints").mkdir()
     shutil.copy(tiny_run / "checkpoints/best.pt", other / "checkpoints/best.pt")
-    result = invoke("translate", tiny_run, "--checkpoint", "best", "--checkpoint", other / "checkpoints/best.pt", input="seven\n")
+    result = invoke("translate", tiny_run, "--checkpoint", "best", "--checkpoint", other / "checkpoints/best.pt",
+                    input="seven\n")
     assert result.exit_code == 1 and "whose tokenizer differs" in result.stderr, result.output
 
 
@@ -163,8 +159,10 @@ def test_evaluate_split_translates_again_for_other_options(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     hyp = tiny_run / "translations/test.best.beam2.hyp"
     assert json.loads(result.stdout)["hypothesis"] == str(hyp)
-    result = invoke("translate", tiny_run, "-i", tiny_run / "data/test.src.txt", "-o", tmp_path / "beam2.txt", "--beam", "2")
-    assert result.exit_code == 0 and hyp.read_text(encoding="utf-8") == (tmp_path / "beam2.txt").read_text(encoding="utf-8")
+    result = invoke("translate", tiny_run, "-i", tiny_run / "data/test.src.txt", "-o", tmp_path / "beam2.txt",
+                    "--beam", "2")
+    assert result.exit_code == 0
+    assert hyp.read_text(encoding="utf-8") == (tmp_path / "beam2.txt").read_text(encoding="utf-8")
     result = invoke("evaluate", tiny_run, "--split", "test", "--beam", "0")
     assert result.exit_code == 1 and "decode.beam_size" in result.stderr
     assert invoke("shortlist", tiny_run).exit_code == 0
@@ -214,7 +212,8 @@ def test_serve_reads_the_run_config_once_and_serves_its_decode_settings(tiny_run
     from lstmmt.serve import startup
 
     served = {}
-    monkeypatch.setattr(startup, "serve", lambda translator, model, *args: served.update(translator=translator, model=model))
+    monkeypatch.setattr(startup, "serve",
+                        lambda translator, model, *args: served.update(translator=translator, model=model))
     result = invoke("serve", tiny_run, "--port", "0", "--beam", "3", "--set", "decode.max_len_a=1.2")
     assert result.exit_code == 0, result.output
     assert config_reads == [tiny_run / "config.yaml"]

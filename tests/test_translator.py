@@ -14,30 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from lstmmt import Translator, UserError
-from lstmmt.cli import app
 from lstmmt.config import DecodeConfig
 from lstmmt.decoding import Ensemble, search_corpus
 from lstmmt.search import beam_search, max_lengths
-from tests.test_search import (  # hand-built step models
-    LENGTHS,
-    SRC,
-    TABLE,
-    A,
-    B,
-    TableModel,
-)
-
-runner = CliRunner()
-
-LINES = ["twenty-one", "", "half past seven", "on Monday the third of May", "  ", "seven"]
-
-
-def invoke(*args, **kwargs):
-    return runner.invoke(app, [str(a) for a in args], **kwargs)
-
+from tests.helpers import LENGTHS, SRC, TABLE, TOY_LINES, A, B, TableModel, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -50,20 +32,22 @@ def run(tiny_run) -> Path:
 @pytest.fixture()
 def input_file(tmp_path) -> Path:
     path = tmp_path / "in.txt"
-    path.write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in TOY_LINES), encoding="utf-8")
     return path
 
 
 def test_translator_gives_the_same_strings_as_translate(run, input_file, tmp_path):
     translator = Translator.load(run, device="cpu", beam_size=3, n_best=2, length_penalty=0.5)
-    translations = translator.translate(LINES)
-    result = invoke("translate", run, "-i", input_file, "-o", tmp_path / "out.txt", "--beam", "3", "--length-penalty", "0.5")
+    translations = translator.translate(TOY_LINES)
+    result = invoke("translate", run, "-i", input_file, "-o", tmp_path / "out.txt", "--beam", "3",
+                    "--length-penalty", "0.5")
     assert result.exit_code == 0, result.output
     assert [t.text for t in translations] == (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")[:-1]
-    assert [t.text == "" for t in translations] == [not line.strip() for line in LINES]
+    assert [t.text == "" for t in translations] == [not line.strip() for line in TOY_LINES]
     assert all(len(t.n_best) == 2 and t.n_best[0].text == t.text and t.score == t.n_best[0].score
                for t in translations if t.text)
-    rows = invoke("translate", run, "-i", input_file, "--beam", "3", "--n-best", "2", "--length-penalty", "0.5").stdout.splitlines()
+    result = invoke("translate", run, "-i", input_file, "--beam", "3", "--n-best", "2", "--length-penalty", "0.5")
+    rows = result.stdout.splitlines()
     expected = [f"{i} ||| {c.text} ||| {c.score:.4f}" for i, t in enumerate(translations) for c in t.n_best]
     assert [row for row in rows if not row.endswith("|||  ||| 0.0000")] == expected
 
@@ -77,7 +61,7 @@ def test_set_max_len_a_changes_the_output_length_limit(run, input_file):
                         "--set", f"decode.max_len_a={a}")
         assert result.exit_code == 0, result.output
         records = [json.loads(line) for line in result.stdout.splitlines()]
-        assert len(records) == len(LINES)
+        assert len(records) == len(TOY_LINES)
         pairs = [(len(r["alignment"]["source"]), len(r["alignment"]["target"])) for r in records if "alignment" in r]
         limits = max_lengths(torch.tensor([s for s, _ in pairs]), a, 3).tolist()
         assert all(t <= limit for (_, t), limit in zip(pairs, limits))
@@ -86,10 +70,11 @@ def test_set_max_len_a_changes_the_output_length_limit(run, input_file):
 
 
 def test_jsonl_attention_rows_sum_to_one_over_the_real_source(run, input_file):
-    result = invoke("translate", run, "-i", input_file, "--format", "jsonl", "--alignment", "--beam", "3", "--n-best", "2")
+    result = invoke("translate", run, "-i", input_file, "--format", "jsonl", "--alignment", "--beam", "3",
+                    "--n-best", "2")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["text"] == "" for r in records] == [not line.strip() for line in LINES]
+    assert [r["text"] == "" for r in records] == [not line.strip() for line in TOY_LINES]
     for record in records:
         if not record["text"] and not record["n_best"]:
             assert "alignment" not in record and record["score"] == 0.0
@@ -116,7 +101,7 @@ def test_forced_decoding_scores_equal_the_search_scores_of_the_same_output(run):
     """Forced decoding of beam search's best output (as ids: text may re-encode differently)
     sums the same step log-probabilities; scores of text are normalised log-probabilities."""
     translator = Translator.load(run, device="cpu", beam_size=3, length_penalty=1.0)
-    lines = [line for line in LINES if line.strip()]
+    lines = [line for line in TOY_LINES if line.strip()]
     translations = translator.translate(lines)
     scores = translator.score(lines, [t.text for t in translations])
     encoded = translator._encode(lines, 1, translator.decode)
@@ -124,7 +109,8 @@ def test_forced_decoding_scores_equal_the_search_scores_of_the_same_output(run):
     forced = translator._force(encoded, [np.asarray(h[0].tokens, dtype=np.int32) for h in hyps], translator.decode)
     for hyp, f in zip(hyps, forced):
         assert math.isclose(float(f.log_probs.sum()), hyp[0].log_prob, rel_tol=1e-4, abs_tol=1e-4)
-    assert all(s.tokens >= 1 and s.log_prob <= 0 and math.isclose(s.score, s.log_prob / s.tokens, rel_tol=1e-9) for s in scores)
+    assert all(s.tokens >= 1 and s.log_prob <= 0 and math.isclose(s.score, s.log_prob / s.tokens, rel_tol=1e-9)
+               for s in scores)
 
 
 def test_forced_decoding_of_a_hand_built_model():
@@ -135,7 +121,8 @@ def test_forced_decoding_of_a_hand_built_model():
 
     C = 6
     targets = pad([np.array([B]), np.array([A, C])], suffix=EOS)
-    log_probs = forced_log_probs(Table(TABLE), SRC.repeat(2, 1), LENGTHS.repeat(2), targets)  # rows go on past their EOS
+    # rows go on past their EOS
+    log_probs = forced_log_probs(Table(TABLE), SRC.repeat(2, 1), LENGTHS.repeat(2), targets)
     assert log_probs.sum(dim=1).tolist() == pytest.approx([math.log(0.4 * 0.9), math.log(0.6 * 0.3)], rel=1e-6)
 
 
@@ -146,8 +133,10 @@ def test_score_command_writes_one_line_per_pair(run, tmp_path):
     result = invoke("score", run, "--src", src, "--tgt", tgt)
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    expected = Translator.load(run, device="cpu").score(["twenty-one", "seven", ""], ["einundzwanzig", "sieben", "acht"])
-    assert [(float(s), float(lp)) for s, lp in rows] == [(pytest.approx(e.score, abs=1e-4), pytest.approx(e.log_prob, abs=1e-4)) for e in expected]
+    expected = Translator.load(run, device="cpu").score(["twenty-one", "seven", ""],
+                                                        ["einundzwanzig", "sieben", "acht"])
+    assert [(float(s), float(lp)) for s, lp in rows] == [
+        (pytest.approx(e.score, abs=1e-4), pytest.approx(e.log_prob, abs=1e-4)) for e in expected]
     tgt.write_text("einundzwanzig\n", encoding="utf-8")
     result = invoke("score", run, "--src", src, "--tgt", tgt, "-o", tmp_path / "scores.txt")
     assert result.exit_code == 1 and "before the other input" in result.stderr
@@ -187,10 +176,11 @@ def test_an_ensemble_of_two_hand_built_models_finds_the_hand_computed_best():
 
 def test_an_ensemble_of_one_model_equals_that_model(run):
     translator = Translator.load(run, device="cpu", beam_size=4, n_best=2)
-    sentences = translator._encode([line for line in LINES if line.strip()], 1, translator.decode)
+    sentences = translator._encode([line for line in TOY_LINES if line.strip()], 1, translator.decode)
     alone = search_corpus(translator.models[0], sentences, translator.decode, translator.device, "fp32")
     ensemble = search_corpus(Ensemble(translator.models), sentences, translator.decode, translator.device, "fp32")
-    assert [[(h.tokens, h.score) for h in hyps] for hyps in alone] == [[(h.tokens, h.score) for h in hyps] for hyps in ensemble]
+    one = [[(h.tokens, h.score) for h in hyps] for hyps in alone]
+    assert one == [[(h.tokens, h.score) for h in hyps] for hyps in ensemble]
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +228,7 @@ def test_a_call_with_other_search_settings_gives_what_a_translator_loaded_with_t
     those of a Translator loaded with that call's settings."""
     decode = translator.decode.updated(beam_size=3, n_best=2, length_penalty=0.5, max_len_b=2, max_source_tokens=3)
     loaded = Translator.load(run, device="cpu", decode=decode)
-    lines = LINES + ["on Monday the third of May and the fourth of June"]
+    lines = TOY_LINES + ["on Monday the third of May and the fourth of June"]
     assert translator.translate(lines, alignment=True, decode=decode) == loaded.translate(lines, alignment=True)
     assert translator.translate(lines) == Translator.load(run, device="cpu", precision="fp32").translate(lines)
     targets = ["sieben"] * len(lines)

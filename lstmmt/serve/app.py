@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,6 +28,7 @@ from lstmmt.serve.requests import (
     Limits,
     Model,
     ServeError,
+    languages as model_languages,
     libre_answer,
     libre_request,
     media_type,
@@ -35,11 +37,10 @@ from lstmmt.serve.requests import (
     parse_json,
     shown,
 )
-from lstmmt.serve.requests import languages as model_languages
 from lstmmt.serve.worker import Worker, translated
 from lstmmt.translator import Translator
 
-Answer = Union[dict[str, Any], list[dict[str, Any]]]
+Answer = dict[str, Any] | list[dict[str, Any]]
 
 
 def create_app(translator: Translator, model: Model, limits: Limits, log: Callable[[str], None] = print) -> Starlette:

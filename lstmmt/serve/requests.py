@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from lstmmt.config import DecodeConfig
 from lstmmt.errors import UserError
@@ -28,7 +29,8 @@ LANGUAGE_NAMES = {
 }
 """Names for GET /languages; other codes are named by themselves."""
 
-REQUEST_DECODE_KEYS = ("beam_size", "n_best", "length_penalty", "max_len_a", "max_len_b")
+REQUEST_DECODE_KEYS = ("beam_size", "n_best", "length_penalty", "max_len_a", "max_len_b", "sample_topk", "temperature",
+                       "seed")
 """Decode settings a request of the native API may choose; the others belong to the server."""
 
 LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
@@ -43,7 +45,7 @@ class Limits:
     max_sentences: int = 100  # sentences (lines) of one request
     queue_size: int = 64  # requests waiting for the worker
     batch_sentences: int = 64  # sentences searched together, across requests
-    max_beam: int = 16  # the largest beam_size a request may ask for
+    max_beam: int = 16  # the largest beam_size a request may ask for, and the most samples (n_best) when sampling
     batching: bool = True  # False: one request per search
     timeout: float = 30.0  # seconds a client has to send a request's headers, and again its body
     max_connections: int = 512  # open connections served at once; requests beyond them get 503
@@ -60,7 +62,7 @@ class Limits:
 class ServeError(Exception):
     """An answer other than 200: status, one message, optional headers."""
 
-    def __init__(self, status: int, message: str, headers: Optional[dict[str, str]] = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
 
@@ -206,15 +208,16 @@ def native_request(fields: dict[str, Any], decode: DecodeConfig, limits: Limits)
 
 def request_decode(fields: dict[str, Any], server: DecodeConfig, limits: Limits) -> DecodeConfig:
     """The server's decode settings with the request's REQUEST_DECODE_KEYS, each checked: beam_size
-    up to limits.max_beam (or the server's own beam, if larger); max_len_a and max_len_b may lower
-    the server's output length limit, not raise it."""
+    (or, when sampling, n_best: the samples per sentence) up to limits.max_beam (or the server's own
+    value, if larger); max_len_a and max_len_b may lower the server's output length limit, not raise it."""
     chosen = {key: fields[key] for key in REQUEST_DECODE_KEYS if key in fields}
     try:
         decode = server.updated(**chosen)
     except UserError as exc:
         raise ServeError(400, f"Invalid request: {exc}") from None
-    if decode.beam_size > max(limits.max_beam, server.beam_size):
-        raise ServeError(400, f"Invalid request: beam_size {decode.beam_size} is above this server's limit of "
+    width = "beam_size" if decode.sample_topk is None else "n_best"
+    if getattr(decode, width) > max(limits.max_beam, getattr(server, width)):
+        raise ServeError(400, f"Invalid request: {width} {getattr(decode, width)} is above this server's limit of "
                          f"{limits.max_beam}")
     for key in ("max_len_a", "max_len_b"):
         if getattr(decode, key) > getattr(server, key):

@@ -12,7 +12,8 @@ import math
 import signal
 import socket
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from lstmmt.errors import UserError
 from lstmmt.serve.requests import Limits, Model
@@ -24,7 +25,7 @@ MAX_HEADER_BYTES = 16 * 1024
 """The most h11 buffers of a request line and headers still incomplete; beyond it, 400 (h11's default)."""
 
 
-def prepare(limits: Limits, host: str, port: int, shutdown_timeout: float, threads: Optional[int]) -> None:
+def prepare(limits: Limits, host: str, port: int, shutdown_timeout: float, threads: int | None) -> None:
     """What can fail before the model loads, so a mistake costs no loading time: the serve extra,
     the options' ranges and the address (a busy port, an unknown host); then torch's thread count."""
     require_extra()
@@ -46,7 +47,7 @@ def require_extra() -> None:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise UserError(f"lstmmt serve needs the serve extra ({exc.name} is missing): "
-                        "pip install 'lstmmt[serve]'") from None
+                        "pip install 'lstmmt[serve]' (in a checkout: pip install -e '.[serve]')") from None
 
 
 def check_options(limits: Limits, shutdown_timeout: float) -> None:
@@ -116,7 +117,7 @@ def timed_h11(timeout: float) -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class TimedH11Protocol(H11Protocol):
-        headers_timer: Optional[asyncio.TimerHandle] = None
+        headers_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -127,7 +128,7 @@ def timed_h11(timeout: float) -> type:
             if not self.transport.is_closing():
                 self._await_request()
 
-        def connection_lost(self, exc: Optional[Exception]) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timer()
             super().connection_lost(exc)
 

@@ -18,8 +18,8 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Optional
 
 import torch
 
@@ -61,7 +61,7 @@ class Worker:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self, timeout: Optional[float] = None) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Answer what is queued, then end the thread."""
         if self.thread.is_alive():
             self.queue.put(STOP)

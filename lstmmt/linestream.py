@@ -1,4 +1,4 @@
-"""The translate and score steps: text in, text out, exactly one output line per input line, in order.
+"""Line streams for the translate and score steps: text in, text out, one output line per input line, in order.
 
 Input is read as it becomes available: whatever lines are there (up to a chunk of 64
 lines at first, doubling to 5,000) are translated, written and flushed before reading on.
@@ -27,20 +27,19 @@ import select
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, TextIO
+from typing import BinaryIO, TextIO
 
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from lstmmt import rundir
 from lstmmt.config import DecodeConfig
+from lstmmt.console import stderr
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir, check_output
 from lstmmt.translator import Translation, Translator, as_dict
-
-stderr = Console(stderr=True)
 
 CHUNK_LINES = 5000
 """Most lines translated at once: enough to sort into full batches, bounded memory on big inputs."""
@@ -193,12 +192,13 @@ def format_output(translation: Translation, n_best: int, line_index: int, output
 
 def translate_stream(translator: Translator, source: BinaryIO, target: TextIO, output_format: str = "text",
                      alignment: bool = False, chunk_lines: int = CHUNK_LINES,
-                     progress: Optional[Callable[[int], None]] = None) -> int:
+                     progress: Callable[[int], None] | None = None) -> int:
     """Translate `source` to `target` as input arrives, flushing after each chunk; returns the number of input lines."""
     total = 0
     for first, lines in read_chunks(source, line_bytes(translator.decode), chunk_lines):
         for offset, translation in enumerate(translator.translate(lines, alignment=alignment, first_line=first)):
-            target.write("\n".join(format_output(translation, translator.decode.n_best, first - 1 + offset, output_format)) + "\n")
+            output = format_output(translation, translator.decode.n_best, first - 1 + offset, output_format)
+            target.write("\n".join(output) + "\n")
         target.flush()
         total += len(lines)
         if progress is not None:
@@ -219,7 +219,7 @@ def open_input(path: str) -> BinaryIO:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def check_paths(inputs: list[str], output: str, run: Optional[RunDir] = None) -> None:
+def check_paths(inputs: list[str], output: str, run: RunDir | None = None) -> None:
     """Refuse, before any work is done, missing inputs, directories as inputs or as the output,
     and an output that is one of the inputs or a file of `run` (rundir.check_output)."""
     for path in inputs:
@@ -321,7 +321,8 @@ def paired_chunks(sources: BinaryIO, targets: BinaryIO, src_path: str, tgt_path:
     for number, (src, tgt) in enumerate(itertools.zip_longest(_lines(sources, limit), _lines(targets, limit)), start=1):
         if src is None or tgt is None:
             shorter = src_path if src is None else tgt_path
-            raise UserError(f"{shorter} ends at line {number - 1}, before the other input: score needs one target line per source line")
+            raise UserError(f"{shorter} ends at line {number - 1}, before the other input: "
+                            "score needs one target line per source line")
         src_chunk.append(src)
         tgt_chunk.append(tgt)
         if len(src_chunk) == chunk_lines:
