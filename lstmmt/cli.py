@@ -394,7 +394,8 @@ def score(
     tgt: str = typer.Option(..., "--tgt", help="Their translations, line N of --tgt for line N of --src."),
     output: str = typer.Option("-", "--output", "-o", help=OUTPUT_HELP),
     length_penalty: float | None = LengthPenaltyOpt,
-    batch_tokens: int | None = BatchTokensOpt,
+    batch_tokens: int | None = typer.Option(None, help=option_help("decode.batch_tokens", "Tokens per batch of "
+                                                                   "sentence pairs (the longer side, padded)")),
     checkpoint: list[str] = CheckpointsOpt,
     device: str = DeviceOpt,
     config_file: Path | None = DecodeConfigOpt,
@@ -506,7 +507,8 @@ def evaluate(
     hyp: Path | None = typer.Option(None, help="Hypothesis file (detokenized, one line per reference line)."),
     ref: Path | None = typer.Option(None, help="Reference file."),
     split: str | None = typer.Option(None, help="Score a stored split (valid or test), translating it first "
-                                     "if RUN/translations/SPLIT.hyp is missing."),
+                                     "unless a translation with the same options exists and is newer than its "
+                                     "checkpoint (and shortlist)."),
     beam: int | None = typer.Option(None, "--beam", help="With --split: beam size for the translation."),
     checkpoint: str = typer.Option("best", help="With --split: best, last, averaged, or a checkpoint path."),
     device: str = typer.Option("auto", help="With --split: auto, cpu, cuda or cuda:N."),
@@ -536,9 +538,9 @@ def evaluate(
     table = Table(title=f"{result['lines']:,} lines")
     for column in ("metric", "score", "sacrebleu signature"):
         table.add_column(column)
-    for metric in ("bleu", "chrf", "ter"):
-        table.add_row(metric.upper() if metric != "chrf" else "chrF", f"{result[metric]:.2f}",
-                      result["signatures"][metric])
+    names = {"bleu": "BLEU", "bleu_lowercase": "BLEU, lowercased", "chrf": "chrF", "ter": "TER"}
+    for metric in (metric for metric in names if metric in result):
+        table.add_row(names[metric], f"{result[metric]:.2f}", result["signatures"][metric])
     stdout.print(table)
 
 

@@ -4,6 +4,9 @@ The signature (tokenizer, smoothing, sacrebleu version, ...) travels with every 
 that numbers from different runs are only compared when they were computed the same way.
 Hypotheses and references are compared in Unicode NFC: the same text in another
 normalisation form (ä as a + combining diaeresis, NFD, as some tools write it) scores the same.
+Besides the cased BLEU, `bleu_lowercase` is BLEU after lowercasing both sides, the figure many
+published results (Multi30k's among them) report; compare it with those only, and mind that
+their tokenization may differ from sacreBLEU's 13a.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from lstmmt.errors import UserError
 def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     """Score line-aligned hypotheses against one reference each.
 
-    Returns {"bleu", "chrf", "ter": float, "signatures": {metric: str}, "lines": int}.
+    Returns {"bleu", "bleu_lowercase", "chrf", "ter": float, "signatures": {metric: str}, "lines": int}.
     """
     _check_aligned(hypotheses, references)
     hypotheses, references = nfc(hypotheses), nfc(references)
-    metrics = {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}
+    metrics = {"bleu": BLEU(), "bleu_lowercase": BLEU(lowercase=True), "chrf": CHRF(), "ter": TER()}
     result: dict[str, Any] = {}
     for name, metric in metrics.items():
         result[name] = metric.corpus_score(hypotheses, [references]).score

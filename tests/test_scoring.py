@@ -40,7 +40,7 @@ def test_scores_match_sacrebleu() -> None:
 
 def test_signatures_name_the_settings() -> None:
     signatures = score(HYPOTHESES, REFERENCES)["signatures"]
-    assert set(signatures) == {"bleu", "chrf", "ter"}
+    assert set(signatures) == {"bleu", "bleu_lowercase", "chrf", "ter"}
     assert "tok:13a" in signatures["bleu"]
     assert all(f"version:{sacrebleu.__version__}" in text for text in signatures.values())
 
@@ -64,3 +64,11 @@ def test_references_in_nfd_score_as_in_nfc() -> None:
         assert nfd_result[metric] == nfc_result[metric]
     assert score([unicodedata.normalize("NFD", h) for h in HYPOTHESES], REFERENCES)["bleu"] == nfc_result["bleu"]
     assert bleu(HYPOTHESES, nfd) == bleu(HYPOTHESES, REFERENCES) == pytest.approx(nfc_result["bleu"])
+
+
+def test_lowercased_bleu_is_stored_beside_the_cased_one():
+    from lstmmt.scoring import score
+
+    result = score(["A Dog Runs On The Beach ."] * 3, ["a dog runs on the beach ."] * 3)
+    assert result["bleu_lowercase"] == pytest.approx(100.0) and result["bleu"] < 50
+    assert "case:lc" in result["signatures"]["bleu_lowercase"]
