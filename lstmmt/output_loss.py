@@ -31,7 +31,7 @@ CHUNK_ELEMENTS = {"cpu": 2**23, "cuda": 2**25}
 Each chunk adds its share of the weight gradient (V x H) in one product whose inner size is
 the chunk's rows, so fewer, larger chunks multiply more efficiently and re-read that
 gradient less often; 2**21 (8 MB, 260 rows, sized to stay in cache) trained 7-11% slower on
-a 2-core AVX2 EPYC (docs/performance.md, session 9). A GPU: 4,000 rows."""
+a 2-core AVX2 EPYC (CHANGELOG.md, 2026-12-03). A GPU: 4,000 rows."""
 
 
 def output_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,

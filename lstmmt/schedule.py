@@ -21,7 +21,7 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed
     - budget: config.lr, then linear decay to lr_min over the last `decay_share` of the
       budget, so a run of any length ends on a low rate (warm-up ends at the latest after
       BUDGET_WARMUP_SHARE of it);
-      `elapsed` is the training time of all sessions so far, so a resumed run continues the
+      `elapsed` is the training time of the run, resumes included, so a resumed run continues the
       same schedule.
     """
     warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
