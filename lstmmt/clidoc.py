@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from lstmmt.cli import app
-from lstmmt.rundir import atomic_write_text
+from lstmmt.configdoc import refresh
 
 DOC = Path(__file__).resolve().parents[1] / "docs/cli.md"
 HEADER = """# Command reference
@@ -83,15 +83,8 @@ def _cell(text: str) -> str:
 
 def main(argv: list[str]) -> int:
     """Rewrite docs/cli.md (or, with --check, exit 1 when it is stale)."""
-    fresh = reference()
     current = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    if "--check" in argv:
-        if fresh != current:
-            print(f"{DOC} is stale: run python -m lstmmt.clidoc", file=sys.stderr)
-        return int(fresh != current)
-    if fresh != current:
-        atomic_write_text(DOC, fresh)
-    return 0
+    return refresh(DOC, current, reference(), "lstmmt.clidoc", "--check" in argv)
 
 
 if __name__ == "__main__":

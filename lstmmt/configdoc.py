@@ -56,13 +56,18 @@ def rendered(doc: str) -> str:
 def main(argv: list[str]) -> int:
     """Rewrite docs/config.md's tables (or, with --check, exit 1 when they are stale)."""
     doc = DOC.read_text(encoding="utf-8")
-    fresh = rendered(doc)
-    if "--check" in argv:
-        if fresh != doc:
-            print(f"{DOC} is stale: run python -m lstmmt.configdoc", file=sys.stderr)
-        return int(fresh != doc)
-    if fresh != doc:
-        atomic_write_text(DOC, fresh)
+    return refresh(DOC, doc, rendered(doc), "lstmmt.configdoc", "--check" in argv)
+
+
+def refresh(path: Path, current: str, fresh: str, module: str, check: bool) -> int:
+    """Write a generated page `fresh` over `current` at `path`, or with `check` only say (exit
+    status 1) that it is stale; the one rule of the doc generators (configdoc, clidoc)."""
+    if check:
+        if fresh != current:
+            print(f"{path} is stale: run python -m {module}", file=sys.stderr)
+        return int(fresh != current)
+    if fresh != current:
+        atomic_write_text(path, fresh)
     return 0
 
 
