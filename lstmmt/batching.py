@@ -111,6 +111,18 @@ def epoch_windows(sentences: int, window_sentences: int, seed: int, epoch: int) 
     return [shuffled[i : i + per_window] for i in range(0, len(shuffled), per_window)]
 
 
+VARIANT_STREAM = 7
+"""Keeps epoch_variant's random numbers apart from those epoch_windows draws for (seed, epoch)."""
+
+
+def epoch_variant(variants: int, seed: int, epoch: int) -> int:
+    """Which segmentation of the training data an epoch reads: 0, the usual one, or one of
+    `variants` sampled ones (tokenizer.sample_alpha). Each cycle of variants + 1 epochs reads
+    every segmentation once, in an order that is a pure function of (seed, cycle)."""
+    cycle, place = divmod(epoch, variants + 1)
+    return int(np.random.default_rng([seed, cycle, VARIANT_STREAM]).permutation(variants + 1)[place])
+
+
 def window_batches(
     src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, window: int,
 ) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -113,6 +113,19 @@ class TokenizerConfig:
                                              "scripts with many rare characters)", above=0, high=1)
     input_sentence_size: int = setting(1_000_000, "SentencePiece trains on a random sample of at most this many "
                                                   "sentences per model", low=1)
+    sample_alpha: float = setting(
+        0.0, "subword regularisation (Kudo 2018; BPE-dropout for `bpe`): besides its usual segmentation, preprocess "
+        "stores `sample_variants` segmentations of each training pair drawn by SentencePiece with this smoothing "
+        "(unigram: lower draws more varied pieces, e.g. 0.3; bpe: the merge-dropout probability, e.g. 0.1), and each "
+        "training epoch reads one of them, chosen from (`train.seed`, epoch). Validation, test and translation always "
+        "use the usual segmentation", low=0, high=1, note="(0 = off)")
+    sample_variants: int = setting(
+        4, "with `sample_alpha`: sampled segmentations stored per training pair (each as large on disk as the "
+        "encoded training data)", low=1)
+
+    SAMPLING: ClassVar[tuple[str, ...]] = ("sample_alpha", "sample_variants")
+    """The keys that only change how training text is segmented, not the SentencePiece model:
+    a run taking another's tokenizer (`--tokenizer-from`) may set them its own way."""
 
 
 @dataclass
@@ -147,7 +160,7 @@ class TrainConfig:
     seed: int = setting(1, "seeds initialisation, dropout and the batch order", low=0, high=2**32 - 1)
     batch_tokens: int | None = setting(
         None, "padded tokens per batch (longest side + 1, times sentences); null: the device chooses when training "
-        "starts (4,096 on a CPU, 16,384 on a GPU) and the choice is written into `config.yaml`, so a resumed run keeps "
+        "starts (2,048 on a CPU, 16,384 on a GPU) and the choice is written into `config.yaml`, so a resumed run keeps "
         "it on any device", low=1, null="chosen by the device")
     accumulate: int = setting(
         1, "token-budget batches per optimizer step (gradient accumulation): their gradients are summed and the "
@@ -159,23 +172,24 @@ class TrainConfig:
         "by window (blocks of 1,000 consecutive sentences, shuffled each epoch and dealt into windows), so its memory "
         "grows with this, not with the corpus (~50 bytes a sentence); a corpus smaller than one window is batched "
         "whole. Larger windows mean less padding and more thorough shuffling", low=1)
-    lr: float = setting(1e-3, "Adam learning rate after warm-up", above=0)
-    warmup_steps: int = setting(500, "linear warm-up from 0", low=0)
-    lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "budget"] = setting(
-        "plateau", "after warm-up: `constant`, `inverse_sqrt` (lr * sqrt(warmup / step)), `plateau` (multiply by "
+    lr: float = setting(2e-3, "Adam learning rate after warm-up", above=0)
+    warmup_steps: int = setting(200, "linear warm-up from 0", low=0)
+    lr_schedule: Literal["auto", "constant", "inverse_sqrt", "plateau", "budget"] = setting(
+        "auto", "after warm-up: `auto` is `budget` when `max_time` or `max_steps` bounds training and `plateau` when "
+        "neither does; `constant`, `inverse_sqrt` (lr * sqrt(warmup / step)), `plateau` (multiply by "
         "`lr_decay_factor` after each validation without a better BLEU), or `budget`: linear decay from `lr` to "
         "`lr_min` over (the last `decay_share` of) the training budget, measured as the larger of step / `max_steps` "
         "and training time / `max_time` (time of all resumed sessions counts), so a short run ends on a low rate; "
         "warm-up ends after `warmup_steps` or 5% of the budget, whichever comes first")
     decay_share: float = setting(
-        1.0, "with `budget`: the final share of the budget over which the rate decays to `lr_min`; before it the rate "
+        0.3, "with `budget`: the final share of the budget over which the rate decays to `lr_min`; before it the rate "
         "holds at `lr`. 1.0 decays from the start (linear decay); 0.3 holds the peak for 70% of the budget and decays "
         "over the last 30% (warm-up, stable, decay)", above=0, high=1)
     lr_decay_factor: float = setting(0.5, "plateau decay factor", above=0, high=1)
     lr_min: float = setting(1e-5, "plateau floor; where `budget` ends", low=0)
     clip_norm: float = setting(1.0, "gradient norm clipping", above=0)
     label_smoothing: float = setting(0.1, "label-smoothed cross-entropy", low=0, below=1)
-    max_steps: int = setting(100_000, "stop after this many updates (`--max-steps`)", low=1)
+    max_steps: int | None = setting(None, "stop after this many updates (`--max-steps`)", low=1, null="no limit")
     max_epochs: int = setting(1000, "stop after this many passes over the data", low=1)
     max_time: str | None = setting(
         None, "training-time budget (`--max-time`), summed over resumed sessions; training validates and stops when "
@@ -183,10 +197,10 @@ class TrainConfig:
     valid_every: int = setting(1000, "validate (loss, perplexity, greedy BLEU) and save checkpoints every this many "
                                      "steps", low=1)
     valid_every_time: str | None = setting(
-        None, "also validate when this much training time (e.g. `5m`) has passed since the last validation, so a slow "
+        "5m", "also validate when this much training time (e.g. `5m`) has passed since the last validation, so a slow "
         "machine validates often enough to pick a good checkpoint; each validation's cost is logged as `seconds` in "
         "`metrics.jsonl`", words=DURATION, null="by steps only")
-    patience: int = setting(10, "stop after this many validations without a better BLEU", low=0,
+    patience: int = setting(8, "stop after this many validations without a better BLEU", low=0,
                             note="(0 = never stop early)")
     keep_checkpoints: int = setting(5, "`step-N.pt` files kept besides `last.pt` and `best.pt`", low=0)
     precision: Literal["auto", "fp32", "bf16"] = setting(
@@ -202,6 +216,18 @@ class TrainConfig:
         "best checkpoint, a checkpoint file or a release): the first start of the run, and `--restart`, load them with "
         "a fresh optimizer and schedule; later starts resume from the run's own checkpoints",
         words="a path", null="trained from scratch")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether max_time or max_steps limits training (what `budget` decays over)."""
+        return self.max_time is not None or self.max_steps is not None
+
+    @property
+    def schedule(self) -> str:
+        """The learning-rate schedule in effect: `auto` resolved by whether training is bounded."""
+        if self.lr_schedule != "auto":
+            return self.lr_schedule
+        return "budget" if self.bounded else "plateau"
 
     @functools.cached_property
     def max_time_seconds(self) -> float:

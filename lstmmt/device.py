@@ -155,10 +155,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-DEFAULT_BATCH_TOKENS = {"cpu": (4096, 8000), "cuda": (16384, 32768)}
+DEFAULT_BATCH_TOKENS = {"cpu": (2048, 8000), "cuda": (16384, 32768)}
 """(training, translation) token budgets per batch when the config leaves them to the device:
-what 2-core CPUs train fastest with, and sizes that keep a GPU busy with Multi30k-length
-sentences (measured in docs/performance.md)."""
+on a CPU the batch that scored best in a time budget (twice the updates of 4,096 for 5% fewer
+tokens/s, docs/results.md), and sizes that keep a GPU busy with Multi30k-length sentences."""
 
 
 def default_batch_tokens(device: torch.device, training: bool) -> int:

@@ -97,9 +97,11 @@ def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, decode: Deco
     """Where the translation of a split with these options lives: RUN/translations/SPLIT.hyp
     for the best checkpoint with the run's beam over the full vocabulary in full precision
     (what `translate --checkpoint best` writes there in the recipes), else
-    SPLIT.CHECKPOINT.beamK[.shortlist][.int8].hyp, so a translation made with other options
-    is never scored in place of the one asked for."""
-    tags = (("shortlist", decode.shortlist), ("int8", decode.quantize == "int8"))
+    SPLIT.CHECKPOINT.beamK[.sampleK.tempT.seedS][.shortlist][.int8].hyp, so a translation made
+    with other options is never scored in place of the one asked for."""
+    sampled = f"sample{decode.sample_topk}.temp{decode.temperature:g}.seed{decode.seed}"
+    tags = ((sampled, decode.sample_topk is not None), ("shortlist", decode.shortlist),
+            ("int8", decode.quantize == "int8"))
     variant = "".join(f".{tag}" for tag, used in tags if used)
     if checkpoint_name == "best" and decode.beam_size == run_beam_size and not variant:
         return run.translations / f"{split}.hyp"

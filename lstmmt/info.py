@@ -32,13 +32,14 @@ def describe(run: RunDir) -> RenderableType:
 def _settings(config: Config) -> Table:
     table = Table(title="config (config.yaml)", show_header=False)
     m, t, tok = config.model, config.train, config.tokenizer
+    sampling = f", {tok.sample_variants} sampled segmentations (alpha {tok.sample_alpha})" if tok.sample_alpha else ""
     table.add_row("tokenizer", f"SentencePiece {tok.model_type}, vocab {tok.vocab_size}, "
-                               f"{'joint' if tok.joint else 'separate'}")
+                               f"{'joint' if tok.joint else 'separate'}{sampling}")
     table.add_row("model", f"embed {m.embed_size}, hidden {m.hidden_size}, encoder {m.encoder_layers}x BiLSTM, "
                            f"decoder {m.decoder_layers}x LSTM, {m.attention} attention, "
                            f"input feeding {m.input_feeding}")
     accumulated = f" x {t.accumulate} per step" if t.accumulate > 1 else ""
-    table.add_row("train", f"batch {t.batch_tokens} tokens{accumulated}, lr {t.lr} ({t.lr_schedule}), "
+    table.add_row("train", f"batch {t.batch_tokens} tokens{accumulated}, lr {t.lr} ({t.schedule}), "
                            f"max steps {t.max_steps}, max time {t.max_time}")
     return table
 

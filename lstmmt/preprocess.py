@@ -14,7 +14,8 @@ time (SentencePiece spreads each chunk over all cores) and appended to the .npy 
 
 meta.json holds: src_lang, tgt_lang; splits.SPLIT.{read, invalid_utf8, dropped.REASON, kept};
 filters; sources.SPLIT.{kind, path, [dataset_config, split, streaming,] files[{path, sha256}]};
-tokenizer.{joint, model_type, src_vocab_size, tgt_vocab_size, [from.{path, sha256}]}; created; lstmmt_version.
+tokenizer.{joint, model_type, src_vocab_size, tgt_vocab_size, sampled_variants, [from.{path, sha256}]};
+created; lstmmt_version.
 """
 
 from __future__ import annotations
@@ -30,18 +31,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from lstmmt import __version__
-from lstmmt.config import Config, DataConfig
+from lstmmt.config import Config, DataConfig, TokenizerConfig
 from lstmmt.console import stderr
 from lstmmt.corpus import MissingSplit, Pair, Source, iter_pairs, local_files
 from lstmmt.encoded import SideWriter, write_side
 from lstmmt.errors import UserError
-from lstmmt.rundir import SIDES, RunDir, atomic_write_text, sha256_file
-from lstmmt.tokenizer import Tokenizer, copy_tokenizer, model_files, train_tokenizer
+from lstmmt.rundir import SIDES, RunDir, atomic_write_text, sampled_split, sha256_file
+from lstmmt.tokenizer import Sampling, Tokenizer, copy_tokenizer, model_files, train_tokenizer
 
 SPLITS = ("train", "valid", "test")
 REFERENCE_SPLITS = ("valid", "test")
@@ -88,8 +90,10 @@ def kept_settings(run: RunDir, force: bool) -> Config:
 
 def with_parent_tokenizer(base: Config, parent: RunDir) -> Config:
     """The base config of `preprocess --tokenizer-from PARENT`: `base` with the parent's tokenizer
-    section, which the user's settings may then not change (checked by preprocess)."""
-    return replace(base, tokenizer=Config.load(parent.config).tokenizer)
+    section, which the user's settings may then not change (checked by preprocess), except how
+    training text is sampled."""
+    sampling = {key: getattr(base.tokenizer, key) for key in TokenizerConfig.SAMPLING}
+    return replace(base, tokenizer=replace(Config.load(parent.config).tokenizer, **sampling))
 
 
 def _check_parent(config: Config, parent: RunDir) -> None:
@@ -98,7 +102,8 @@ def _check_parent(config: Config, parent: RunDir) -> None:
     if (config.data.src_lang, config.data.tgt_lang) != (theirs.data.src_lang, theirs.data.tgt_lang):
         raise UserError(f"--tokenizer-from {parent.root} is {theirs.data.src_lang}->{theirs.data.tgt_lang}, "
                         f"this corpus {config.data.src_lang}->{config.data.tgt_lang}: use the parent's languages")
-    changed = [f"tokenizer.{k}" for k, v in asdict(theirs.tokenizer).items() if getattr(config.tokenizer, k) != v]
+    changed = [f"tokenizer.{k}" for k, v in asdict(theirs.tokenizer).items()
+               if getattr(config.tokenizer, k) != v and k not in TokenizerConfig.SAMPLING]
     if changed:
         raise UserError(f"--tokenizer-from {parent.root} takes its tokenizer as it is, but {', '.join(changed)} "
                         "differs from the parent's: drop those settings")
@@ -124,7 +129,7 @@ def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], 
             stderr.print(f"using the tokenizer of {escape(str(parent.root))}")
             copy_tokenizer(parent.tokenizer_dir, run.tokenizer_dir)
         tokenizer = Tokenizer.load(run.tokenizer_dir)
-        stats["train"]["kept"] = _encode_train(run, tokenizer, text_files, config.data, stats["train"]["dropped"])
+        stats["train"]["kept"] = _encode_train(run, tokenizer, text_files, config, stats["train"]["dropped"])
     if stats["train"]["kept"] == 0:
         raise UserError(
             f"the length filters dropped every training pair (data.max_tokens={config.data.max_tokens}, "
@@ -175,7 +180,7 @@ def _clear_previous(run: RunDir, force: bool) -> None:
         stderr.print(f"[yellow]warning:[/] {old_models} holds models trained on the old data and tokenizer")
     run.meta.unlink(missing_ok=True)  # first, so a crash from here on leaves the run visibly unfinished
     outputs = [path(split, side) for path in (run.ids, run.offsets, run.text) for split in SPLITS for side in SIDES]
-    for path in outputs + model_files(run.tokenizer_dir):
+    for path in outputs + run.sampled_data() + model_files(run.tokenizer_dir):
         path.unlink(missing_ok=True)
 
 
@@ -265,22 +270,37 @@ def _text_lines(path: Path) -> Iterator[str]:
 
 
 def _encode_train(
-    run: RunDir, tokenizer: Tokenizer, text_files: dict[str, Path], data: DataConfig, dropped: dict[str, int],
+    run: RunDir, tokenizer: Tokenizer, text_files: dict[str, Path], config: Config, dropped: dict[str, int],
 ) -> int:
     """Encode the cleaned training text chunk by chunk into RUN/data, without the pairs the length
-    filters drop; returns the number of pairs kept."""
-    writers = {side: SideWriter(run, "train", side) for side in SIDES}
-    length_problem = partial(_length_problem, data=data)
+    filters drop, and keep the text of the pairs kept (RUN/data/train.SIDE.txt); with
+    tokenizer.sample_alpha, also `sample_variants` sampled segmentations of them. Returns the
+    number of pairs kept."""
+    alpha, variants = config.tokenizer.sample_alpha, config.tokenizer.sample_variants
+    splits = ["train", *(sampled_split(k) for k in range(1, variants + 1) if alpha > 0)]
+    writers = {(split, side): SideWriter(run, split, side) for split in splits for side in SIDES}
+    kept_text = {side: text_files[side].with_suffix(".kept") for side in SIDES}
     lines = zip(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]))
-    with _progress() as progress:
+    with open(kept_text["src"], "w", encoding="utf-8", newline="\n") as src_out, \
+            open(kept_text["tgt"], "w", encoding="utf-8", newline="\n") as tgt_out, _progress() as progress:
         task = progress.add_task("encoding train", total=None)
-        while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
-            src_text, tgt_text = zip(*chunk)
-            src_ids, tgt_ids = _drop_pairs(tokenizer.encode_src(list(src_text)), tokenizer.encode_tgt(list(tgt_text)),
-                                           length_problem, dropped)
-            writers["src"].add(src_ids)
-            writers["tgt"].add(tgt_ids)
+        for number in itertools.count():
+            if not (chunk := list(itertools.islice(lines, ENCODE_CHUNK))):
+                break
+            src_ids, tgt_ids = tokenizer.encode_src([s for s, _ in chunk]), tokenizer.encode_tgt([t for _, t in chunk])
+            kept = _kept(src_ids, tgt_ids, partial(_length_problem, data=config.data), dropped)
+            src_text, tgt_text = [chunk[i][0] for i in kept], [chunk[i][1] for i in kept]
+            src_out.writelines(line + "\n" for line in src_text)
+            tgt_out.writelines(line + "\n" for line in tgt_text)
+            writers["train", "src"].add([src_ids[i] for i in kept])
+            writers["train", "tgt"].add([tgt_ids[i] for i in kept])
+            for k, split in enumerate(splits[1:], start=1):
+                seeds = np.random.SeedSequence([config.train.seed, k, number]).generate_state(2)
+                writers[split, "src"].add(tokenizer.encode_src(src_text, Sampling(alpha, int(seeds[0]))))
+                writers[split, "tgt"].add(tokenizer.encode_tgt(tgt_text, Sampling(alpha, int(seeds[1]))))
             progress.advance(task, len(chunk))
+    for side in SIDES:
+        os.replace(kept_text[side], run.text("train", side))
     return [writer.close() for writer in writers.values()][0]
 
 
@@ -289,17 +309,17 @@ def _progress() -> Progress:
     return Progress(*Progress.get_default_columns()[:1], "{task.completed:,} pairs", console=stderr, transient=True)
 
 
-def _drop_pairs(src: list[T], tgt: list[T], problem: Problem, dropped: dict[str, int]) -> tuple[list[T], list[T]]:
-    """The pairs in which `problem` finds nothing; each other pair is counted under the problem it has."""
-    kept_src, kept_tgt = [], []
-    for s, t in zip(src, tgt):
-        reason = problem(s, t)
+def _kept(src: list[T], tgt: list[T], problem: Problem, dropped: dict[str, int]) -> list[int]:
+    """The positions of the pairs in which `problem` finds nothing; each other pair is counted
+    under the problem it has."""
+    kept = []
+    for i, pair in enumerate(zip(src, tgt)):
+        reason = problem(*pair)
         if reason:
             dropped[reason] += 1
         else:
-            kept_src.append(s)
-            kept_tgt.append(t)
-    return kept_src, kept_tgt
+            kept.append(i)
+    return kept
 
 
 def _empty_side(src: str, tgt: str) -> str | None:
@@ -340,6 +360,7 @@ def _meta(config: Config, sources: dict[str, Source], stats: dict[str, dict], to
             "model_type": config.tokenizer.model_type,
             "src_vocab_size": tokenizer.src_vocab_size,
             "tgt_vocab_size": tokenizer.tgt_vocab_size,
+            "sampled_variants": config.tokenizer.sample_variants if config.tokenizer.sample_alpha > 0 else 0,
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "lstmmt_version": __version__,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lstmmt.errors import UserError, first_line
-from lstmmt.rundir import RunDir, atomic_write_text, check_output, sha256_file, write_output
+from lstmmt.rundir import RunDir, atomic_write, atomic_write_text, check_output, sha256_file, write_output
 
 if TYPE_CHECKING:
 
@@ -259,7 +259,8 @@ def _save_weights(config: Config, payload: dict[str, Any], path: Path, dtype: Dt
     model.load_state_dict(payload["model"])
     if dtype == "bf16":
         model.to(torch.bfloat16)
-    save_model(model, str(path), metadata={"format": "lstmmt", "dtype": dtype})
+    # Through atomic_write for the file mode a user's umask gives (safetensors creates it 0600).
+    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata={"format": "lstmmt", "dtype": dtype}))
     return count_parameters(model)
 
 
@@ -316,7 +317,7 @@ def _settings(config: Config) -> list[str]:
             f"- Model: embeddings {m.embed_size}, {m.encoder_layers}-layer BiLSTM encoder, {m.decoder_layers}-layer "
             f"LSTM decoder of {m.hidden_size}, {m.attention} attention, input feeding {str(m.input_feeding).lower()}, "
             f"tied embeddings {str(m.tie_embeddings).lower()}",
-            f"- Training: {t.batch_tokens}-token batches, lr {t.lr} ({t.lr_schedule} schedule), label smoothing "
+            f"- Training: {t.batch_tokens}-token batches, lr {t.lr} ({t.schedule} schedule), label smoothing "
             f"{t.label_smoothing}, dropout {m.dropout}",
             f"- Decoding: beam {config.decode.beam_size}, length penalty {config.decode.length_penalty}"
             + (", shortlist" if config.decode.shortlist else "") + (f", {config.decode.quantize}"

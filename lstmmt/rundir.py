@@ -6,7 +6,9 @@ Layout (documented in README.md):
     RUN/tokenizer/spm.model|.vocab  joint SentencePiece model (or src.* and tgt.* when not joint)
     RUN/data/SPLIT.SIDE.ids.npy     token ids of one split and side, concatenated (int32, a standard .npy)
     RUN/data/SPLIT.SIDE.offsets.npy start of each sentence in the ids array (int64, length n+1)
-    RUN/data/SPLIT.SIDE.txt         cleaned text of valid/test (references for BLEU)
+    RUN/data/SPLIT.SIDE.txt         cleaned text of each split's pairs (valid/test: references for BLEU;
+                                    train: the pairs kept, line for line with the encoded ones)
+    RUN/data/train-sampledK.SIDE.*  the K-th sampled segmentation of train (tokenizer.sample_alpha)
     RUN/data/meta.json              line counts, filters applied, input files and their hashes
     RUN/checkpoints/                last.pt, best.pt, step-N.pt
     RUN/train.json                  written when training ends (not when interrupted): why, step, best BLEU
@@ -42,6 +44,14 @@ from typing import Any
 from lstmmt.errors import UserError, io_context
 
 SIDES = ("src", "tgt")
+
+
+SAMPLED = "train-sampled"
+
+
+def sampled_split(k: int) -> str:
+    """The name of the K-th (from 1) sampled segmentation of the training split."""
+    return f"{SAMPLED}{k}"
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,10 @@ class RunDir:
 
     def text(self, split: str, side: str) -> Path:
         return self.data_dir / f"{split}.{side}.txt"
+
+    def sampled_data(self) -> list[Path]:
+        """The files of every sampled segmentation of train (tokenizer.sample_alpha)."""
+        return sorted(self.data_dir.glob(f"{SAMPLED}*"))
 
     def has_split(self, split: str) -> bool:
         return self.offsets(split, "src").exists()

@@ -13,7 +13,7 @@ warmup_steps, and a run that never leaves warm-up never trains at its rate."""
 
 
 def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed: float = 0.0) -> float:
-    """Linear warm-up to config.lr over `warmup_steps`, then
+    """Linear warm-up to config.lr over `warmup_steps`, then, by config.schedule (`auto` resolved),
 
     - constant: config.lr;
     - inverse_sqrt: config.lr * sqrt(warmup / step);
@@ -25,16 +25,17 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed
       same schedule.
     """
     warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.lr_schedule == "budget":
+    schedule = config.schedule
+    if schedule == "budget":
         spent = budget_spent(config, step, elapsed)
         warm = max(warm, min(1.0, spent / BUDGET_WARMUP_SHARE))  # a short budget warms up sooner
         decayed = min(1.0, max(0.0, (spent - 1.0 + config.decay_share) / config.decay_share))
         return warm * (config.lr + (config.lr_min - config.lr) * decayed)
     if step < config.warmup_steps:
         return config.lr * warm
-    if config.lr_schedule == "inverse_sqrt":
+    if schedule == "inverse_sqrt":
         return config.lr * math.sqrt(max(config.warmup_steps, 1) / (step + 1))
-    if config.lr_schedule == "plateau":
+    if schedule == "plateau":
         return max(config.lr * lr_scale, config.lr_min)
     return config.lr
 
@@ -42,7 +43,7 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float = 1.0, elapsed
 def budget_spent(config: TrainConfig, step: int, elapsed: float) -> float:
     """The share of the training budget used up, in [0, 1]: steps of max_steps or seconds of
     max_time, whichever is further along."""
-    spent = step / config.max_steps
+    spent = step / config.max_steps if config.max_steps is not None else 0.0
     if config.max_time is not None:
         spent = max(spent, elapsed / config.max_time_seconds)
     return min(1.0, spent)

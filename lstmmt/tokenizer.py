@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -110,6 +111,14 @@ def _vocab_size_error(message: str, requested: int, text: str) -> UserError | No
     return None
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw a segmentation (tokenizer.sample_alpha) and the seed of this draw."""
+
+    alpha: float
+    seed: int
+
+
 class Tokenizer:
     """Encode source text and encode/decode target text with the run's SentencePiece model(s)."""
 
@@ -134,13 +143,13 @@ class Tokenizer:
             "run `lstmmt preprocess` first"
         )
 
-    def encode_src(self, lines: list[str]) -> list[list[int]]:
-        """Piece ids of each source line, without bos/eos."""
-        return self._src.encode(lines)
+    def encode_src(self, lines: list[str], sample: Sampling | None = None) -> list[list[int]]:
+        """Piece ids of each source line, without bos/eos; a sampled segmentation with `sample`."""
+        return _encode(self._src, lines, sample)
 
-    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        """Piece ids of each target line, without bos/eos."""
-        return self._tgt.encode(lines)
+    def encode_tgt(self, lines: list[str], sample: Sampling | None = None) -> list[list[int]]:
+        """Piece ids of each target line, without bos/eos; a sampled segmentation with `sample`."""
+        return _encode(self._tgt, lines, sample)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Detokenized target text; pad, bos and eos are control symbols that SentencePiece drops."""
@@ -155,6 +164,17 @@ class Tokenizer:
     def tgt_pieces(self, ids: list[int]) -> list[str]:
         """The target pieces of ids."""
         return [self._tgt.id_to_piece(i) for i in ids]
+
+
+def _encode(processor: spm.SentencePieceProcessor, lines: list[str], sample: Sampling | None) -> list[list[int]]:
+    """The usual segmentation, or one drawn from all segmentations (nbest_size -1) with
+    `sample.alpha` smoothing. SentencePiece restarts its generator from one process-wide seed at
+    every call, so each call gets its own seed; one thread, as the order in which threads draw
+    would change the result."""
+    if sample is None:
+        return processor.encode(lines)
+    spm.set_random_generator_seed(sample.seed)
+    return processor.encode(lines, enable_sampling=True, alpha=sample.alpha, nbest_size=-1, num_threads=1)
 
 
 def _processor(path: Path) -> spm.SentencePieceProcessor:

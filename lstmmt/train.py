@@ -33,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lstmmt import checkpoint, distributed
-from lstmmt.batching import Batch, collate, epoch_batches, prefetched
+from lstmmt.batching import Batch, collate, epoch_batches, epoch_variant, prefetched
 from lstmmt.checkpoint import Parent, describe_vocab
 from lstmmt.config import Config, TrainConfig
 from lstmmt.device import choose_precision, default_batch_tokens, hardware, prepare_device
@@ -41,7 +41,7 @@ from lstmmt.distributed import Ranks, any_rank, from_main, shard, sum_over_ranks
 from lstmmt.encoded import EncodedSide
 from lstmmt.errors import UserError
 from lstmmt.model import Seq2Seq, count_parameters
-from lstmmt.rundir import RunDir
+from lstmmt.rundir import RunDir, sampled_split
 from lstmmt.schedule import learning_rate
 from lstmmt.tokenizer import Tokenizer
 from lstmmt.trainlog import TrainingOutput
@@ -88,7 +88,7 @@ def stop_reason(state: TrainState, config: TrainConfig, events: Events) -> str:
     them, and patience changes only when a validation does."""
     if events.signal:
         return events.signal
-    if state.step >= config.max_steps:
+    if config.max_steps is not None and state.step >= config.max_steps:
         return "max_steps"
     if events.out_of_time:
         return "max_time"
@@ -109,7 +109,7 @@ def judge_validation(state: TrainState, bleu: float, config: TrainConfig) -> boo
         state.best_bleu, state.bad_validations = bleu, 0
         return True
     state.bad_validations += 1
-    if config.lr_schedule == "plateau" and state.step > config.warmup_steps:
+    if config.schedule == "plateau" and state.step > config.warmup_steps:
         state.lr_scale *= config.lr_decay_factor
     return False
 
@@ -190,8 +190,10 @@ class Trainer:
         prepare_device(device)
         self.precision = choose_precision(config.train.precision, device, "train.precision", training=True)
         self.tokenizer = Tokenizer.load(run.tokenizer_dir)
-        self.train_src = EncodedSide.open(run, "train", "src")
-        self.train_tgt = EncodedSide.open(run, "train", "tgt")
+        # The training data in each segmentation: the usual one, then any sampled ones (epoch_variant picks).
+        variants = run.read_meta()["tokenizer"].get("sampled_variants", 0)
+        self.train_data = [(EncodedSide.open(run, split, "src"), EncodedSide.open(run, split, "tgt"))
+                           for split in ["train", *(sampled_split(k) for k in range(1, variants + 1))]]
         self.validation: Validation | None = None  # None: the run has no validation split
         if run.has_split("valid"):
             self.validation = Validation.open(run, self.tokenizer, config, device, self.precision)
@@ -208,6 +210,9 @@ class Trainer:
         self.state = TrainState()
         self.init_from: dict[str, str] | None = None  # Parent.record of the weights the run started from
         self.last_valid: dict[str, float] = {}
+        if config.train.schedule == "budget" and not config.train.bounded:
+            raise UserError("train.lr_schedule=budget decays over a budget: give training one with --max-time or "
+                            "--max-steps, or choose another train.lr_schedule")
         self.time_budget = config.train.max_time_seconds
         self.valid_interval = config.train.valid_every_seconds
         self.out = TrainingOutput(run, enabled=ranks.is_main)
@@ -257,8 +262,8 @@ class Trainer:
         cfg = self.config.train
         for epoch in range(self.state.epoch, cfg.max_epochs):
             done = self.state.batch_in_epoch if epoch == self.state.epoch else 0
-            batches = epoch_batches(self.train_src, self.train_tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed,
-                                    epoch)
+            src, tgt = self.train_data[epoch_variant(len(self.train_data) - 1, cfg.seed, epoch)]
+            batches = epoch_batches(src, tgt, cfg.batch_tokens, cfg.window_sentences, cfg.seed, epoch)
             numbered = enumerate(itertools.islice(batches, done, None), start=done + 1)
             while step := list(itertools.islice(numbered, cfg.accumulate)):
                 step_tokens = sum(int(tgt.lengths[i].sum()) + len(i) for _, (_, tgt, i) in step)  # + EOS each
@@ -424,7 +429,7 @@ class Trainer:
     def _announce(self) -> None:
         ranks = f" x {self.ranks.world} ranks" if self.ranks.distributed else ""
         self.out.print(f"Model: {count_parameters(self.model):,} parameters on {self.device}{ranks}, precision "
-                       f"{self.precision}; {len(self.train_src):,} training pairs, "
+                       f"{self.precision}; {len(self.train_data[0][0]):,} training pairs, "
                        f"{self.config.train.batch_tokens:,}-token batches")
 
     def _nothing_to_train(self, reason: str) -> TrainState:
@@ -448,7 +453,7 @@ class Trainer:
         self.out.update_bar(loss=loss, tps=tokens_per_s, lr=lr)
 
     def _progress_position(self) -> dict[str, float]:
-        """The bar follows the time budget when there is one, else the step limit."""
+        """The bar follows the time budget when there is one, else the step limit, else counts steps."""
         if math.isfinite(self.time_budget):
             return {"completed": min(self.state.elapsed, self.time_budget), "total": self.time_budget}
         return {"completed": self.state.step, "total": self.config.train.max_steps}

@@ -35,7 +35,7 @@ def trainer_of(run: Path, *sets: str) -> Trainer:
 
 def test_two_accumulated_batches_make_the_update_of_one_batch_holding_both(tiny_run):
     accumulated, whole = trainer_of(tiny_run, "train.accumulate=2"), trainer_of(tiny_run)
-    src, tgt = accumulated.train_src, accumulated.train_tgt
+    src, tgt = accumulated.train_data[0]  # the usual segmentation (no sampled ones here)
     first, second = np.arange(0, 7), np.arange(7, 20)
     b1, b2, both = collate(first, src, tgt), collate(second, src, tgt), collate(np.arange(0, 20), src, tgt)
     weight = 1 / both.tgt_tokens
@@ -71,7 +71,8 @@ def test_a_step_s_batches_share_one_weight_and_its_last_carries_the_position(tin
     assert [position for _, position in steps][: -(-len(epoch) // n)] == [p for _, _, p in expected if p]
 
 
-SETS = ["--set", "train.accumulate=2", "--set", "train.valid_every=5", "--set", "train.log_every=1"]
+SETS = ["--set", "train.accumulate=2", "--set", "train.valid_every=5", "--set", "train.log_every=1",
+        "--set", "train.lr_schedule=plateau"]  # a rate that does not depend on --max-steps, which changes here
 STEPS = 12
 
 

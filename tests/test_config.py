@@ -78,10 +78,10 @@ def test_a_changed_declaration_makes_the_docs_stale(monkeypatch):
     from lstmmt.config import TrainConfig
     from lstmmt.configdoc import DOC, rendered, table
 
-    item = next(item for item in dataclasses.fields(TrainConfig) if item.name == "max_steps")
+    item = next(item for item in dataclasses.fields(TrainConfig) if item.name == "max_epochs")
     monkeypatch.setattr(item, "default", 7)
     doc = DOC.read_text(encoding="utf-8")
-    assert "| `max_steps` | int | 7 | >= 1 |" in table("train") and rendered(doc) != doc
+    assert "| `max_epochs` | int | 7 | >= 1 |" in table("train") and rendered(doc) != doc
 
 
 def test_every_key_is_declared_with_help_and_every_number_with_a_range():
@@ -118,9 +118,11 @@ def test_durations_are_parsed_once_when_the_config_is_built(monkeypatch):
     import lstmmt.schedule
     from lstmmt.schedule import budget_spent, learning_rate
 
-    config = Config().with_overrides(["train.max_time=30m", "train.valid_every_time=1.5h", "train.lr_schedule=budget"])
+    config = Config().with_overrides(["train.max_time=30m", "train.valid_every_time=1.5h", "train.lr_schedule=budget",
+                                      "train.decay_share=1.0"])
     assert (config.train.max_time_seconds, config.train.valid_every_seconds) == (1800.0, 5400.0)
-    assert Config().train.max_time_seconds == Config().train.valid_every_seconds == float("inf")
+    assert Config().train.max_time_seconds == float("inf") and Config().train.valid_every_seconds == 300.0
+    steps_only = Config().with_overrides(["train.max_steps=100000"]).train
 
     def refuse(text):
         raise AssertionError(f"{text!r} parsed again")
@@ -129,7 +131,7 @@ def test_durations_are_parsed_once_when_the_config_is_built(monkeypatch):
     monkeypatch.setattr(lstmmt.schedule, "parse_duration", refuse, raising=False)
     rates = [learning_rate(config.train, step, elapsed=step * 2.0) for step in range(100)]
     assert rates[-1] < rates[50] and budget_spent(config.train, 300, 900.0) == 0.5
-    assert budget_spent(Config().train, 10, 1e9) == 10 / 100_000  # no max_time: steps alone
+    assert budget_spent(steps_only, 10, 1e9) == 10 / 100_000  # no max_time: steps alone
 
 
 def test_parsed_durations_stay_out_of_config_yaml(tmp_path):

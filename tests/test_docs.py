@@ -1,9 +1,15 @@
-"""Generated reference pages are current, and the version is printed."""
+"""Generated reference pages are current, documented defaults are the code's, and the version is printed."""
+
+import re
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from lstmmt import __version__, clidoc
 from lstmmt.cli import app
+from lstmmt.config import default_text
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
 
 
 def test_docs_cli_md_is_generated_from_the_current_commands():
@@ -25,3 +31,10 @@ def test_version_option_prints_the_package_version():
 def test_serve_help_names_the_extra_to_install():
     result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
     assert result.exit_code == 0 and "pip install 'lstmmt[serve]'" in result.output
+
+
+def test_the_guide_s_table_of_training_defaults_matches_the_config():
+    rows = re.findall(r"^\| `(train\.\w+)` \| `([^`]*)` \|", GUIDE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(rows) >= 8, rows
+    for key, documented in rows:
+        assert documented == default_text(key), f"docs/guide.md says {key} defaults to {documented}"

@@ -151,7 +151,9 @@ def test_preprocess_writes_the_documented_files(
     assert (run.tokenizer_dir / "spm.model").is_file()
     for split in ("train", "valid", "test"):
         assert run.has_split(split) and run.ids(split, "tgt").is_file()
-    assert not run.text("train", "src").exists()
+    # The training text kept beside the encoded pairs: the same pairs, without those filtered out.
+    assert run.text("train", "src").read_text(encoding="utf-8").splitlines() == corpus(200)[0]
+    assert run.text("train", "tgt").read_text(encoding="utf-8").splitlines() == corpus(200)[1]
 
     assert meta["splits"]["train"] == {
         "read": 204, "invalid_utf8": 1, "kept": 200,
@@ -161,7 +163,8 @@ def test_preprocess_writes_the_documented_files(
     assert meta["splits"]["valid"] == {"read": 23, "invalid_utf8": 1, "dropped": {"empty": 1}, "kept": 22}
     assert meta["splits"]["test"]["kept"] == 10
     assert (meta["src_lang"], meta["tgt_lang"]) == ("en", "de")
-    assert meta["tokenizer"] == {"joint": True, "model_type": "unigram", "src_vocab_size": 50, "tgt_vocab_size": 50}
+    assert meta["tokenizer"] == {"joint": True, "model_type": "unigram", "src_vocab_size": 50, "tgt_vocab_size": 50,
+                                 "sampled_variants": 0}
     train_files = meta["sources"]["train"]["files"]
     assert [f["path"] for f in train_files] == [sources["train"].path + ".en", sources["train"].path + ".de"]
     assert train_files[0]["sha256"] == hashlib.sha256(Path(train_files[0]["path"]).read_bytes()).hexdigest()

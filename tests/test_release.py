@@ -1,6 +1,7 @@
 """Releases (`lstmmt export`): weights only, verified on load, and translating exactly as the run does."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def test_release_holds_weights_only_and_is_smaller_than_best_pt(run, release):
     assert (release / "tokenizer" / "spm.model").read_bytes() == (run / "tokenizer" / "spm.model").read_bytes()
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["format_version"] == 1 and manifest["source_lang"] == "en" and manifest["parameters"] > 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in files:  # readable as any file the user writes (a server may run as another user)
+        assert (release / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert set(manifest["files"]) == files - {"manifest.json"}
 
 

@@ -229,3 +229,14 @@ def test_a_native_request_with_bad_sampling_fields_is_a_400(fields, message):
     with pytest.raises(ServeError) as error:
         native_request({"sentences": ["a"], **fields}, SERVER, LIMITS)
     assert error.value.status == 400 and error.value.message.startswith(message)
+
+
+def test_evaluate_keeps_sampled_translations_of_a_split_apart_from_searched_ones(tmp_path):
+    from lstmmt.evaluate import split_hypothesis
+    from lstmmt.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    searched = split_hypothesis(run, "valid", "best", DecodeConfig(), run_beam_size=5)
+    paths = {split_hypothesis(run, "valid", "best", DecodeConfig(sample_topk=k, seed=seed), run_beam_size=5)
+             for k, seed in ((0, 1), (0, 2), (10, 1))}
+    assert searched.name == "valid.hyp" and searched not in paths and len(paths) == 3

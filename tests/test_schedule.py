@@ -9,9 +9,10 @@ import pytest
 from lstmmt import checkpoint
 from lstmmt.config import TrainConfig
 from lstmmt.schedule import learning_rate
-from tests.helpers import TINY_TRAINING, invoke, preprocess_toy
+from tests.helpers import TINY_TRAINING, assert_one_line_error, invoke, preprocess_toy
 
-BUDGET = TrainConfig(lr=1e-3, lr_min=1e-5, warmup_steps=10, lr_schedule="budget", max_time="30m", max_steps=100_000)
+BUDGET = TrainConfig(lr=1e-3, lr_min=1e-5, warmup_steps=10, lr_schedule="budget", decay_share=1.0, max_time="30m",
+                     max_steps=100_000)
 
 
 def test_budget_rate_falls_linearly_with_the_time_spent():
@@ -33,7 +34,8 @@ def test_budget_with_a_decay_share_holds_the_rate_then_decays_over_the_end():
 
 
 def test_budget_in_steps_when_steps_end_first():
-    steps = TrainConfig(lr=1e-3, lr_min=0.0, warmup_steps=0, lr_schedule="budget", max_steps=1000, max_time="10h")
+    steps = TrainConfig(lr=1e-3, lr_min=0.0, warmup_steps=0, lr_schedule="budget", decay_share=1.0, max_steps=1000,
+                        max_time="10h")
     assert learning_rate(steps, 250, elapsed=60.0) == pytest.approx(0.75e-3)
     assert learning_rate(steps, 1000, elapsed=60.0) == pytest.approx(0.0)
 
@@ -45,10 +47,11 @@ def train_lrs(run) -> dict[int, float]:
 
 def test_a_resumed_run_continues_the_budget_schedule(tmp_path):
     """The rate depends on the training time of all earlier sessions, which the checkpoint holds."""
-    settings = [*TINY_TRAINING, "--set", "train.lr_schedule=budget", "--set", "train.max_time=1000s",
+    settings = [*TINY_TRAINING, "--set", "train.lr_schedule=budget", "--set", "train.decay_share=1.0",
+                "--set", "train.max_time=1000s",
                 "--set", "train.log_every=1", "--set", "train.lr=0.01", "--set", "train.lr_min=0.0001"]
     run = preprocess_toy(tmp_path, 300, settings)
-    # Sessions end with epochs, so that neither max_steps (100,000) nor max_time is what stops them.
+    # Sessions end with epochs, so that max_time is not what stops them.
     assert invoke("train", run, "--set", "train.max_epochs=1").exit_code == 0
     first = train_lrs(run)
     end = max(first)
@@ -73,3 +76,19 @@ def test_validation_follows_training_time(tmp_path, interval, expected):
     valid = [r for r in records if r["event"] == "valid"]
     assert len(valid) == expected  # every step, or only at the end
     assert all(r["seconds"] >= 0 and math.isfinite(r["bleu"]) for r in valid)
+
+
+def test_auto_is_the_budget_schedule_when_training_is_bounded_and_plateau_when_not():
+    assert TrainConfig(max_time="12m").schedule == "budget"
+    assert TrainConfig(max_steps=500).schedule == "budget"
+    assert TrainConfig().schedule == "plateau"
+    assert TrainConfig(lr_schedule="constant", max_time="1h").schedule == "constant"
+    unbounded = TrainConfig(lr_schedule="auto", lr=1e-3, warmup_steps=0)
+    assert learning_rate(unbounded, 5000, lr_scale=0.25) == pytest.approx(0.25e-3)  # plateau: the scale applies
+
+
+def test_the_budget_schedule_without_a_budget_is_refused_before_training(tmp_path):
+    run = preprocess_toy(tmp_path, 300, [*TINY_TRAINING, "--set", "train.lr_schedule=budget"])
+    result = invoke("train", run)
+    assert_one_line_error(result, "train.lr_schedule=budget", "--max-time")
+    assert not list((run / "checkpoints").glob("*.pt"))
