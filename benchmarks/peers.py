@@ -54,13 +54,36 @@ still come from pip (PIP_INDEX_URL / PIP_FIND_LINKS point it at a mirror or a wh
 
 --variants also translates with lstmmt's shortlist and/or int8 options on the same model, by
 the same method (`translate:VARIANT` in its results; ratios against the like-with-like peer).
+
+--model NAME=PATH[::EXTRA ARGS] (repeatable) also times an lstmmt model trained elsewhere, a
+run directory or a release folder written by `lstmmt export`, in the same run, by the same
+method and input as the systems' translations (the test set repeated --repeat times, less the
+one-line command; BLEU on the first copy, mean output length), with lstmmt's thread settings:
+
+    lstmmt translate PATH -i INPUT -o OUTPUT --device DEVICE EXTRA ARGS
+
+EXTRA ARGS are split like a shell line and come last, so they override --device; everything
+else (beam, checkpoint, precision, shortlist, int8, batch size) is PATH's own decode setting
+unless they name it. Results go to results.models.NAME (`translate` as for a system, its
+`beam` the --beam of EXTRA ARGS, else PATH's decode.beam_size), and
+ratios.models_translate_sentences_per_s holds each model's sentences/s over every other
+model's and over every system's main translation that ran (`student/opennmt-noif`,
+`student/teacher`). A model's measurement is cached like a system's, keyed by the settings,
+its arguments and its files' sizes and times; --remeasure and --translate-only translate it
+again. --systems '' measures the models alone:
+
+    python benchmarks/peers.py --systems lstmmt,opennmt-noif --train-steps 1000 --translate-only \
+        --model "teacher=runs/t::--checkpoint averaged --beam 5 --precision fp32" \
+        --model "student=runs/s/release::--beam 1"
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -70,7 +93,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import (
     CACHE,
@@ -120,12 +143,37 @@ Command = tuple[list[str], Path | None, Path | None]
 """A translate command, the file to feed its stdin (or None) and the file its stdout goes to (or None)."""
 
 
+class ModelSpec(NamedTuple):
+    """One --model NAME=PATH[::EXTRA ARGS]: an lstmmt run directory or release to translate with."""
+
+    name: str
+    path: Path
+    extra: list[str]
+
+
+def parse_model(text: str) -> ModelSpec:
+    """`NAME=PATH[::EXTRA ARGS]` as a ModelSpec (EXTRA ARGS split like a shell line); ValueError when malformed."""
+    head, _, extra = text.partition("::")
+    name, equals, path = head.partition("=")
+    name, path = name.strip(), path.strip()
+    if not equals or not path:
+        raise ValueError(f"--model {text!r}: expected NAME=PATH[::EXTRA ARGS]")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"--model {text!r}: NAME must be letters, digits, '.', '_' or '-'")
+    if name in SYSTEMS or name == "models":
+        raise ValueError(f"--model {text!r}: NAME {name!r} is taken by a system; choose another")
+    if not Path(path).is_dir():
+        raise ValueError(f"--model {text!r}: {path} is not a folder (a run directory or a release)")
+    return ModelSpec(name, Path(path).resolve(), shlex.split(extra))
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--work", type=Path, default=CACHE / "peers", help="cache folder: venvs, data, models, results")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated subset of {', '.join(SYSTEMS)} ('': none, with --model)")
     ap.add_argument("--train-steps", type=int, default=60, help="length of each training run (the translation model)")
     ap.add_argument("--warmup", type=int, default=5, help="steps before the timed window")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -143,6 +191,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--variants", default="",
                     help="comma-separated translation variants of lstmmt to measure too, on the same model: "
                          "shortlist, int8, shortlist+int8 (the shortlist is built untimed when missing)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH[::EXTRA ARGS]",
+                    help="also translate this lstmmt run directory or release by the same method "
+                         "(`lstmmt translate PATH ... EXTRA ARGS`); repeatable")
     ap.add_argument("--remeasure", action="store_true", help="train and translate again (keeps venvs and data)")
     ap.add_argument("--translate-only", action="store_true",
                     help="keep the trained models and training figures; translate again")
@@ -154,9 +205,19 @@ def parse_args() -> argparse.Namespace:
     if set(args.variants) - set(Lstmmt.variants):
         unknown_variants = ", ".join(sorted(set(args.variants) - set(Lstmmt.variants)))
         ap.error(f"unknown variant(s) {unknown_variants}; choose from {', '.join(Lstmmt.variants)}")
-    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    args.systems = [name for name in args.systems.split(",") if name]
+    unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
+    try:
+        args.model = [parse_model(text) for text in args.model]
+    except ValueError as exc:
+        ap.error(str(exc))
+    names = [spec.name for spec in args.model]
+    if len(set(names)) < len(names):
+        ap.error(f"--model names must differ (got {', '.join(names)})")
+    if not args.systems and not args.model:
+        ap.error("nothing to measure: name --systems or give --model")
     return args
 
 
@@ -388,6 +449,11 @@ class System:
     def reported_translate_s(self, log_text: str) -> float | None:
         return None
 
+    @property
+    def beam(self) -> int | None:
+        """The beam size its translate command searches with."""
+        return self.args.beam
+
     def source_for(self, kind: str) -> Path:
         return self.data / ("test.sp.en" if kind == "test" else "one.sp.en")
 
@@ -462,6 +528,45 @@ class LstmmtBF16(Lstmmt):
     name = "lstmmt-bf16"
     precision = "bf16"
     variants = {"shortlist": ["--shortlist"]}  # int8 computes in fp32
+
+
+class LstmmtModel(Lstmmt):
+    """An lstmmt model trained elsewhere (--model): a run directory or a release, translated
+    with its own decode settings and the extra arguments; its outputs go to WORK/models/NAME."""
+
+    variants: dict[str, list[str]] = {}
+
+    def __init__(self, args: argparse.Namespace, data: Path, base_run: Path, spec: ModelSpec) -> None:
+        self.name, self.spec = spec.name, spec
+        super().__init__(args, data, base_run)
+        self.dir = args.work / "models" / spec.name
+
+    @property
+    def beam(self) -> int | None:
+        """--beam of the extra arguments, else the model's decode.beam_size (None if unreadable)."""
+        for i, arg in enumerate(self.spec.extra):
+            if arg == "--beam" and i + 1 < len(self.spec.extra):
+                return int(self.spec.extra[i + 1])
+            if arg.startswith("--beam="):
+                return int(arg.partition("=")[2])
+        try:
+            import yaml
+
+            return int(yaml.safe_load((self.spec.path / "config.yaml").read_text())["decode"]["beam_size"])
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            return None
+
+    def fingerprint(self) -> str:
+        """A digest of the names, sizes and modification times of the model's files."""
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.spec.path.rglob("*") if p.is_file()):
+            info = path.stat()
+            digest.update(f"{path.relative_to(self.spec.path)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def translate_cmd(self, source: Path, output: Path, extra: Sequence[str] = ()) -> Command:
+        return lstmmt_cmd("translate", str(self.spec.path), "-i", str(source), "-o", str(output),
+                          "--device", self.args.device, *self.spec.extra, *extra), None, None
 
 
 class OpenNMT(System):
@@ -610,6 +715,14 @@ def measure(system: System, args: argparse.Namespace, references: list[str],
     return result
 
 
+def measure_model(model: LstmmtModel, args: argparse.Namespace, references: list[str]) -> dict[str, Any]:
+    """Translate with a --model, in a fresh output folder, by measure_translation."""
+    model.fresh_dir()
+    return {"model": model.name, "path": str(model.spec.path), "extra_args": model.spec.extra,
+            "translate": measure_translation(model, args, references),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def measure_training(system: System, args: argparse.Namespace) -> dict[str, Any]:
     train_log = system.dir / "train.log"
     log(f"{system.name}: training {args.train_steps} steps "
@@ -650,7 +763,7 @@ def measure_translation(system: System, args: argparse.Namespace, references: li
     marginal = timings["test"]["wall_s"] - timings["one"]["wall_s"]
     reported = system.reported_translate_s(test_log)
     figures = {
-        "lines": lines, "beam": args.beam,
+        "lines": lines, "beam": system.beam,
         "wall_s": timings["test"]["wall_s"], "startup_s": timings["one"]["wall_s"],
         "sentences_per_s": round(lines / marginal, 2) if marginal > 0 else None,
         "sentences_per_s_wall": round(lines / timings["test"]["wall_s"], 2),
@@ -663,7 +776,7 @@ def measure_translation(system: System, args: argparse.Namespace, references: li
         "loadavg_1min": load.summary(),
     }
     log(f"{system.name}{' ' + variant if variant else ''}: {figures['sentences_per_s']} sentences/s "
-        f"(beam {args.beam}), "
+        f"(beam {system.beam}), "
         f"BLEU {figures['bleu']}, {figures['mean_output_words']} words/line")
     return figures
 
@@ -706,7 +819,44 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                         rows[f"{mine}:{variant}/{peer}"] = {"lstmmt": f"{mine} {variant}", "peer": peer,
                                                             "ratio": round(a / b, 3)}
         out[label] = {pair: row for pair, row in rows.items() if row}
+    if "models" in results:
+        out["models_translate_sentences_per_s"] = model_ratios(results)
     return out
+
+
+def model_ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each --model's sentences/s over every other model's and every system's main translation that ran."""
+
+    def speed(entry: dict[str, Any]) -> float | None:
+        return entry.get("translate", {}).get("sentences_per_s") or None
+
+    models = {name: speed(entry) for name, entry in results["models"].items()}
+    others = {name: speed(results[name]) for name in SYSTEMS if name in results} | models
+    return {f"{mine}/{other}": {"model": mine, "against": other, "ratio": round(a / b, 3)}
+            for mine, a in models.items() for other, b in others.items() if other != mine and a and b}
+
+
+def measure_or_reuse_model(spec: ModelSpec, args: argparse.Namespace, data: Path, base_run: Path,
+                           references: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """A --model's figures: cached ones when its settings, arguments and files are unchanged (and
+    neither --remeasure nor --translate-only), else measured now; a failure is reported, not fatal."""
+    model = LstmmtModel(args, data, base_run, spec)
+    key = {name: settings[name] for name in ("threads", "test_lines", "repeat", "device")}
+    key |= {"path": str(spec.path), "extra_args": spec.extra, "files": model.fingerprint()}
+    cached = args.work / "results" / "models" / f"{spec.name}.json"
+    previous = json.loads(cached.read_text()) if cached.exists() else {}
+    if previous.get("settings") == key and not (args.remeasure or args.translate_only):
+        log(f"{spec.name}: reusing measurements of {previous.get('measured_at')} ({cached}; --remeasure to redo)")
+        return previous
+    try:
+        result = measure_model(model, args, references) | {"settings": key}
+    except Exception as exc:  # noqa: BLE001 (reported like a system that fails)
+        log(f"{spec.name}: FAILED: {exc}")
+        return {"model": spec.name, "path": str(spec.path), "extra_args": spec.extra, "error": str(exc),
+                "settings": key}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main() -> None:
@@ -720,7 +870,7 @@ def main() -> None:
     settings = {"train_steps": args.train_steps, "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
                 "beam": args.beam, "test_lines": args.test_lines or 1000, "repeat": args.repeat, "device": args.device}
     results: dict[str, dict[str, Any]] = {}
-    for name in args.systems.split(","):
+    for name in args.systems:
         cached = args.work / "results" / f"{name}.json"
         previous = json.loads(cached.read_text()) if cached.exists() else {}
         if previous.get("settings") == settings and not (args.remeasure or args.translate_only):
@@ -742,6 +892,9 @@ def main() -> None:
             continue
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(results[name], indent=2))
+    if args.model:
+        results["models"] = {spec.name: measure_or_reuse_model(spec, args, data, base_run, references, settings)
+                             for spec in args.model}
     emit({
         "benchmark": "peers",
         "machine": machine(args.device),
