@@ -258,7 +258,8 @@ class DecodeConfig:
     max_len_b: int = setting(10, "see `max_len_a`", low=0, high=10_000)
     batch_tokens: int | None = setting(
         None, "source tokens x beam per translation batch (`--batch-tokens`); `score` counts the longer side; null: "
-        "chosen by the device (8,000 on a CPU, 32,768 on a GPU)", low=1, null="the device's default")
+        "chosen by the device (8,000 on a CPU, 32,768 on a GPU; on a CPU with `shortlist` at most 1,600 source "
+        "tokens a batch, which searched greedily 1.26x faster than 8,000)", low=1, null="the device's default")
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "search precision (`--precision`): `auto` as for `train.precision` (see below); `bf16` casts the "
         "weights to bf16 once on CPU (emulated, and slower, on CPUs without bf16 units, which the command says) and "

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lstmmt.batching import collate, token_batches
 from lstmmt.config import DecodeConfig
-from lstmmt.device import autocast, default_batch_tokens
+from lstmmt.device import autocast, default_batch_tokens, search_batch_sources
 from lstmmt.model import Seq2Seq
 from lstmmt.search import Hypothesis, StepModel, search
 from lstmmt.shortlist import Shortlist
@@ -123,16 +123,16 @@ def search_corpus(model: StepModel, sentences: Sequence[np.ndarray], decode: Dec
     """Search every sentence (source ids without EOS); results in input order.
 
     Sorting by length keeps padding low; the batch budget counts source tokens x beams (or
-    samples). Each sentence's result does not depend on the batch it lands in, except with a
+    samples), by default capped on a CPU with a shortlist (lstmmt.device.search_batch_sources).
+    Each sentence's result does not depend on the batch it lands in, except with a
     shortlist, whose allowed ids are the union over the batch (see search_batch), and when
     sampling, whose draws are seeded per batch (lstmmt.search.seeded_generator: the same
     batches, the same samples). On a CPU the batches are shared among decode.workers threads
     (`search_workers`).
     """
     lengths = np.array([len(s) + 1 for s in sentences], dtype=np.int64)
-    budget = decode.batch_tokens or default_batch_tokens(device, training=False)
-    batches = token_batches(np.argsort(lengths, kind="stable"), lengths,
-                            max(1, budget // decode.hypotheses_per_sentence))
+    sources = search_batch_sources(device, decode.batch_tokens, decode.hypotheses_per_sentence, shortlist is not None)
+    batches = token_batches(np.argsort(lengths, kind="stable"), lengths, sources)
 
     def search_one(indices: np.ndarray) -> list[list[Hypothesis]]:
         batch = collate(indices, sentences).to(device)

@@ -161,9 +161,26 @@ on a CPU the batch that scored best in a time budget (twice the updates of 4,096
 tokens/s, docs/results.md), and sizes that keep a GPU busy with Multi30k-length sentences."""
 
 
+SHORTLIST_SOURCE_TOKENS = 1600
+"""Source tokens per search batch at most, by default, when a CPU searches over a vocabulary
+shortlist: a batch's output layer covers the union of its sentences' allowed pieces, so
+smaller batches compute less. The default budget gives beam 5 this size (8,000 / 5); greedy
+search would get 8,000, and ran 1.26x faster at 1,600 (docs/performance.md, "Translation on a CPU")."""
+
+
 def default_batch_tokens(device: torch.device, training: bool) -> int:
     train_tokens, decode_tokens = DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
     return train_tokens if training else decode_tokens
+
+
+def search_batch_sources(device: torch.device, batch_tokens: int | None, hypotheses: int, shortlist: bool) -> int:
+    """Source tokens per search batch: `batch_tokens` (decode.batch_tokens, counting source tokens
+    x hypotheses per sentence) or the device's default, which on a CPU with a shortlist is capped
+    at SHORTLIST_SOURCE_TOKENS."""
+    if batch_tokens is not None:
+        return max(1, batch_tokens // hypotheses)
+    sources = max(1, default_batch_tokens(device, training=False) // hypotheses)
+    return min(sources, SHORTLIST_SOURCE_TOKENS) if shortlist and device.type == "cpu" else sources
 
 
 def prepare_device(device: torch.device) -> None:

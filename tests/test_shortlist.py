@@ -8,8 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lstmmt import Translator, shortlist as shortlists
+from lstmmt import Translator, decoding, shortlist as shortlists
 from lstmmt.cli import app
+from lstmmt.config import DecodeConfig
 from lstmmt.decoding import Ensemble, Restricted
 from lstmmt.encoded import EncodedSide, write_side
 from lstmmt.errors import UserError
@@ -166,3 +167,25 @@ def test_a_shortlist_of_specials_alone_is_refused(run):
     with pytest.raises(UserError, match="at least one of them a value > 0"):
         shortlists.build(RunDir(run), 0, 0)
     assert len(shortlists.build(RunDir(run), 0, 1).always) == len(SPECIALS) + 1
+
+
+@pytest.mark.parametrize(("beam", "batch_tokens", "shortlisted", "largest"), [
+    (1, None, True, 1600),  # the default capped: a batch's shortlist is the union over its sentences
+    (1, None, False, 8000),
+    (5, None, True, 1600),  # 8,000 / 5: the cap changes nothing
+    (5, None, False, 1600),
+    (1, 4000, True, 4000),  # an explicit budget is the user's
+])
+def test_shortlisted_cpu_search_batches_are_capped_by_default(monkeypatch, beam, batch_tokens, shortlisted, largest):
+    sizes: list[int] = []
+
+    def record(model, src, src_lengths, decode, shortlist=None):
+        sizes.append(src.numel())
+        return [[] for _ in range(src.shape[0])]
+
+    monkeypatch.setattr(decoding, "search_batch", record)
+    sentences = [np.full(9, 4, dtype=np.int64) for _ in range(3000)]  # 10 padded tokens each
+    decode = DecodeConfig(beam_size=beam, batch_tokens=batch_tokens)
+    shortlist = Shortlist(np.zeros((VOCAB, 1), dtype=np.int32), np.array(SPECIALS, dtype=np.int32), {})
+    decoding.search_corpus(None, sentences, decode, torch.device("cpu"), "fp32", shortlist if shortlisted else None)
+    assert sum(sizes) == 30_000 and max(sizes) == largest  # source tokens, EOS included
