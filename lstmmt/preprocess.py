@@ -281,14 +281,14 @@ def _encode_train(
     writers = {(split, side): SideWriter(run, split, side) for split in splits for side in SIDES}
     kept_text = {side: text_files[side].with_suffix(".kept") for side in SIDES}
     lines = zip(_text_lines(text_files["src"]), _text_lines(text_files["tgt"]))
+    chunks = iter(lambda: list(itertools.islice(lines, ENCODE_CHUNK)), [])
+    length_problem = partial(_length_problem, data=config.data)
     with open(kept_text["src"], "w", encoding="utf-8", newline="\n") as src_out, \
             open(kept_text["tgt"], "w", encoding="utf-8", newline="\n") as tgt_out, _progress() as progress:
         task = progress.add_task("encoding train", total=None)
-        for number in itertools.count():
-            if not (chunk := list(itertools.islice(lines, ENCODE_CHUNK))):
-                break
+        for number, chunk in enumerate(chunks):
             src_ids, tgt_ids = tokenizer.encode_src([s for s, _ in chunk]), tokenizer.encode_tgt([t for _, t in chunk])
-            kept = _kept(src_ids, tgt_ids, partial(_length_problem, data=config.data), dropped)
+            kept = _kept(src_ids, tgt_ids, length_problem, dropped)
             src_text, tgt_text = [chunk[i][0] for i in kept], [chunk[i][1] for i in kept]
             src_out.writelines(line + "\n" for line in src_text)
             tgt_out.writelines(line + "\n" for line in tgt_text)
