@@ -107,31 +107,74 @@ def thread_env(threads: int | None, base: dict[str, str] | None = None) -> dict[
     return env
 
 
+# The measured command is started by this small launcher, not by the benchmark itself: Linux
+# starts a child's ru_maxrss at the high-water mark of the process it was forked from (about
+# 220 MiB for a benchmark that has imported torch), so a direct child could never report less.
+# The launcher reports on file descriptor argv[1] the command's wait status, wall and CPU
+# seconds, peak RSS and when it was started (CLOCK_MONOTONIC, the same in every process).
+_LAUNCHER = """
+import json, os, signal, subprocess, sys, time
+started = time.clock_gettime(time.CLOCK_MONOTONIC)
+child = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: child.kill())
+while True:
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+        break
+    except KeyboardInterrupt:
+        child.kill()
+os.write(int(sys.argv[1]), json.dumps({
+    "status": status, "started": started, "wall_s": time.clock_gettime(time.CLOCK_MONOTONIC) - started,
+    "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}).encode())
+"""
+
+
+class MeasuredProcess:
+    """A command run for its own wall time, CPU time and peak resident memory (Linux).
+
+    `process` is the launcher's Popen: its stdin, stdout and stderr are the command's."""
+
+    def __init__(self, cmd: Sequence[str], **popen_kwargs: Any) -> None:
+        self._report, write = os.pipe()
+        try:
+            self.process = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(write), *map(str, cmd)],
+                                            pass_fds=(write,), **popen_kwargs)
+        finally:
+            os.close(write)
+
+    def wait(self) -> dict[str, Any]:
+        """Wait for the command: {"exit_code", "started", "wall_s", "cpu_s", "peak_rss_mb"};
+        `started` is a time.CLOCK_MONOTONIC reading. Interrupted, it stops the command first."""
+        try:
+            self.process.wait()
+        except BaseException:
+            self.process.terminate()  # the launcher kills the command, then exits
+            self.process.wait()
+            raise
+        with open(self._report, "rb") as report:
+            data = report.read()
+        if not data:
+            raise RuntimeError(f"the measuring launcher exited {self.process.returncode} without a report")
+        result = json.loads(data)
+        result["exit_code"] = os.waitstatus_to_exitcode(result.pop("status"))
+        return result
+
+
 def run_measured(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
                  cwd: Path | None = None, stdin_path: Path | None = None,
                  stdout_path: Path | None = None) -> dict[str, Any]:
-    """Run a command to completion; stdout/stderr to files. Returns wall/CPU seconds and peak RSS
-    (from wait4, so the child's own numbers), and raises with the log tail on failure."""
+    """Run a command to completion; stdout/stderr to files. Returns the command's own wall and
+    CPU seconds and peak RSS (see MeasuredProcess), and raises with the log tail on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     with open(log_path, "w") as err, open(stdout_path or os.devnull, "w") as out, \
             open(stdin_path or os.devnull, "rb") as inp:
-        proc = subprocess.Popen(list(map(str, cmd)), stdin=inp, stdout=out if stdout_path else err,
-                                stderr=err, env=env, cwd=cwd)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:  # interrupted: never leave the child writing into a run we may redo
-            proc.kill()
-            proc.wait()
-            raise
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
-    if code != 0:
+        usage = MeasuredProcess(cmd, stdin=inp, stdout=out if stdout_path else err, stderr=err, env=env,
+                                cwd=cwd).wait()
+    if usage["exit_code"] != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-25:]
-        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {code}; {log_path}:\n" + "\n".join(tail))
-    return {"wall_s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {usage['exit_code']}; {log_path}:\n" + "\n".join(tail))
+    return {"wall_s": round(usage["wall_s"], 3), "cpu_s": round(usage["cpu_s"], 3),
+            "peak_rss_mb": round(usage["peak_rss_mb"], 1)}
 
 
 # -- the benchmark run directory ------------------------------------------------------------

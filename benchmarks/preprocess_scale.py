@@ -3,11 +3,11 @@
 Writes a generated corpus of `--pairs` (5,000,000) toy pairs (data/toy.py, drawn without
 the distinctness check, so sentences repeat), runs `lstmmt preprocess` on it and on a
 small corpus of `--small` pairs, then `lstmmt train --max-steps` on both, each as its own
-process, and reports wall time and peak resident memory (the child's ru_maxrss from
-wait4). Memory goals: preprocess stays under 2 GB, and training memory does not grow with
-the corpus: training reads it a window of `train.window_sentences` at a time, so the
-large corpus is also trained with a window as large as the small corpus, which should
-need the small corpus's memory (`train_rss_ratio_same_window`).
+process, and reports wall time and peak resident memory (the command's own, from
+common.MeasuredProcess). Memory goals: preprocess stays under 2 GB, and training memory
+does not grow with the corpus: training reads it a window of `train.window_sentences` at a
+time, so the large corpus is also trained with a window as large as the small corpus, which
+should need the small corpus's memory (`train_rss_ratio_same_window`).
 
     python benchmarks/preprocess_scale.py > scale.json
     python benchmarks/preprocess_scale.py --reuse      # train only, on runs preprocessed before
@@ -16,7 +16,6 @@ need the small corpus's memory (`train_rss_ratio_same_window`).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 import toy
-from common import CACHE, emit, exit_on_sigterm, loadavg, log, machine
+from common import CACHE, MeasuredProcess, emit, exit_on_sigterm, loadavg, log, machine
 
 SETTINGS = ["--set", "tokenizer.vocab_size=500", "--set", "data.max_ratio=10"]
 TRAIN = ["--max-steps", "30", "--set", "train.valid_every=1000000", "--set", "train.log_every=10",
@@ -53,15 +52,14 @@ def write_corpus(folder: Path, pairs: int, seed: int) -> None:
 
 
 def measured(command: list[str]) -> dict[str, float]:
-    """Run a command; its wall time and peak resident memory (ru_maxrss of this child alone)."""
+    """Run a command; its own wall time and peak resident memory (common.MeasuredProcess)."""
     log(" ".join(command))
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{process.stderr.read().decode(errors='replace')[-3000:]}")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    run = MeasuredProcess(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = run.process.stderr.read()
+    usage = run.wait()
+    if usage["exit_code"] != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{stderr.decode(errors='replace')[-3000:]}")
+    return {"seconds": round(usage["wall_s"], 1), "peak_rss_mb": round(usage["peak_rss_mb"], 1)}
 
 
 def main() -> None:

@@ -3,10 +3,9 @@
 
 translate reads its input in chunks of 5,000 lines, so streaming 200,000 lines should need
 no more memory than streaming 20,000. This script pipes N generated toy English lines
-through `python -m lstmmt translate RUN` in a subprocess for each size, reads the
-subprocess's own peak RSS from os.wait4 (exact, and unaffected by any other child of this
-script, unlike RUSAGE_CHILDREN), and prints one JSON object per size, then the ratio of the
-largest size's peak to the smallest's:
+through `python -m lstmmt translate RUN` in a subprocess for each size, reads that
+command's own peak RSS (common.MeasuredProcess), and prints one JSON object per size, then
+the ratio of the largest size's peak to the smallest's:
 
     {"lines": 20000, "peak_rss_mb": ..., "seconds": ..., "output_lines": 20000}
     {"lines": 200000, "peak_rss_mb": ..., "seconds": ..., "output_lines": 200000}
@@ -38,13 +37,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 import toy
+from common import MeasuredProcess
 
 TINY_RUN = [
     "--set", "tokenizer.vocab_size=100", "--set", "model.embed_size=16", "--set", "model.hidden_size=32",
@@ -95,10 +94,10 @@ def feed(pipe: IO[bytes], lines: Iterator[bytes]) -> None:
 def measure(run: Path, lines: int, beam: int, threads: int, seed: int) -> dict[str, float | int]:
     """Stream `lines` lines through translate; its peak RSS, wall time and output line count."""
     with tempfile.TemporaryFile() as stderr_file:
-        start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", "lstmmt", "translate", str(run), "--beam", str(beam)],
+        measured = MeasuredProcess([sys.executable, "-m", "lstmmt", "translate", str(run), "--beam", str(beam)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file,
                                    env=os.environ | {"OMP_NUM_THREADS": str(threads)})
+        process = measured.process
         feeder = threading.Thread(target=feed, args=(process.stdin, toy_lines(lines, seed)))
         feeder.start()
         output_lines = 0
@@ -106,15 +105,12 @@ def measure(run: Path, lines: int, beam: int, threads: int, seed: int) -> dict[s
             output_lines += block.count(b"\n")
         feeder.join()
         process.stdout.close()
-        # wait4 rather than Popen.wait: it also returns this child's own resource usage.
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.perf_counter() - start
-        if process.returncode != 0:
+        usage = measured.wait()
+        if usage["exit_code"] != 0:
             stderr_file.seek(0)
             message = stderr_file.read().decode("utf-8", errors="replace")
-            sys.exit(f"translate exited with status {process.returncode}:\n{message}")
-    return {"lines": lines, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "seconds": round(seconds, 1),
+            sys.exit(f"translate exited with status {usage['exit_code']}:\n{message}")
+    return {"lines": lines, "peak_rss_mb": round(usage["peak_rss_mb"], 1), "seconds": round(usage["wall_s"], 1),
             "output_lines": output_lines}
 
 

@@ -8,9 +8,10 @@ amortises start-up further). For each beam size the timed command is the real on
 run as a subprocess whose stdout is read as it streams: the time to the first output line
 and to the last are taken from the moment the process is started, so they include Python
 start-up and model loading (measured on its own with a one-line input and reported as
-`startup_s`). Peak memory is the child's peak RSS (wait4). Target tokens are counted by
-re-encoding the output lines with the run's SentencePiece model (+1 for EOS each), which
-equals the generated length unless the model emitted a non-canonical segmentation.
+`startup_s`). Peak memory is the command's own peak RSS (common.MeasuredProcess). Target
+tokens are counted by re-encoding the output lines with the run's SentencePiece model (+1
+for EOS each), which equals the generated length unless the model emitted a non-canonical
+segmentation.
 
 With --mode inprocess the same translate_stream runs inside this process instead (and on
 a GPU reports torch.cuda.max_memory_allocated); first-line time then excludes start-up.
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shutil
 import subprocess
 import time
@@ -57,6 +57,7 @@ from common import (
     CACHE,
     DEFAULT_DATA,
     TRANSLATE_VARIANTS,
+    MeasuredProcess,
     emit,
     ensure_preprocessed,
     ensure_shortlist,
@@ -196,21 +197,20 @@ def translate_cli(run: Path, input_path: Path, beam: int, args: argparse.Namespa
     err_path = CACHE / "logs" / f"translate-beam{beam}-{variant}.err"
     err_path.parent.mkdir(parents=True, exist_ok=True)
     out: list[str] = []
-    first: float | None = None
-    start = time.perf_counter()
+    first: float | None = None  # a CLOCK_MONOTONIC reading, like the launcher's `started`
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=thread_env(args.threads))
-        assert proc.stdout is not None
-        for raw in proc.stdout:
+        measured = MeasuredProcess(cmd, stdout=subprocess.PIPE, stderr=err, env=thread_env(args.threads))
+        assert measured.process.stdout is not None
+        for raw in measured.process.stdout:
             if first is None:
-                first = time.perf_counter() - start
+                first = time.clock_gettime(time.CLOCK_MONOTONIC)
             out.append(raw.decode("utf-8").rstrip("\n"))
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+        usage = measured.wait()
+    if usage["exit_code"] != 0:
         raise SystemExit(f"{' '.join(cmd)} failed; see {err_path}:\n{err_path.read_text()[-2000:]}")
-    return {"wall_s": round(wall, 3), "first_line_s": round(first or wall, 3),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}, out
+    wall = usage["wall_s"]
+    return {"wall_s": round(wall, 3), "first_line_s": round(first - usage["started"] if first else wall, 3),
+            "cpu_s": round(usage["cpu_s"], 2), "peak_rss_mb": round(usage["peak_rss_mb"], 1)}, out
 
 
 class _Sink(io.StringIO):

@@ -1,6 +1,7 @@
 """The benchmark helpers CI can check without a GPU: the FLOP count behind the efficiency
-figure, gpu_check.sh's answer on a machine without CUDA, peers.py's choice of torch, and
-lstmmt running where `datasets` is not installed (as on the GPU machine)."""
+figure, the launcher that measures a command's own peak memory, gpu_check.sh's answer on a
+machine without CUDA, peers.py's choice of torch, and lstmmt running where `datasets` is not
+installed (as on the GPU machine)."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import flops_per_tgt_token  # noqa: E402
+from common import MeasuredProcess, flops_per_tgt_token  # noqa: E402
 
 
 def tiny(**changes):
@@ -35,6 +36,15 @@ def test_flops_of_a_tiny_model_counted_by_hand():
     assert flops_per_tgt_token(model, 10, 1.0, 2) == 3 * (320 + 576 + 32 + 64 + 56)
     # Bahdanau: the query projection 2*4*4 = 32 on top of scores and context.
     assert flops_per_tgt_token(tiny(attention="bahdanau"), 10, 1.5, 3) == 3 * (240 + 192 + 32 + 48 + 64 + 80)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_a_measured_command_reports_its_own_peak_memory_not_this_process():
+    ballast = b"x" * (600 << 20)  # this process's high-water mark, which a forked child's ru_maxrss starts from
+    usage = MeasuredProcess([sys.executable, "-c", "import sys; data = b'y' * (80 << 20); sys.exit(3)"]).wait()
+    assert len(ballast) and usage["exit_code"] == 3
+    assert 80 < usage["peak_rss_mb"] < 300, usage
+    assert 0 < usage["wall_s"] < 60 and usage["cpu_s"] > 0
 
 
 def test_flops_of_issue_13s_model_are_about_45_mflop():
