@@ -226,7 +226,8 @@ class Translator:
 
     def _alignment(self, src: np.ndarray, tgt: list[int], weights: Any) -> Alignment:
         source, target = self.tokenizer.src_pieces(src.tolist()), self.tokenizer.tgt_pieces(tgt)
-        return Alignment(source + ["</s>"], target + ["</s>"], np.round(weights, 6).tolist(),
+        # float64 before rounding: a float32 rounded to 6 decimals still prints 17 digits in JSON
+        return Alignment(source + ["</s>"], target + ["</s>"], np.round(np.asarray(weights, np.float64), 6).tolist(),
                          word_alignment(source, target, weights))
 
     def _translation(self, src: np.ndarray, hyps: list[Hypothesis], alignment: Alignment | None) -> Translation:
@@ -293,10 +294,16 @@ def _word_index(pieces: list[str]) -> list[int]:
 
 
 def as_dict(translation: Translation) -> dict[str, Any]:
-    """A translation as plain JSON-ready data (the JSONL format of `lstmmt translate`)."""
-    record = dataclasses.asdict(translation)
+    """A translation as plain JSON-ready data (the JSONL format of `lstmmt translate`). The lists
+    are shared, not copied as dataclasses.asdict would: a long alignment's copy took seconds."""
+    record = _fields(translation) | {"n_best": [_fields(candidate) for candidate in translation.n_best]}
     if translation.alignment is None:
         del record["alignment"]
     else:
-        record["alignment"]["words"] = " ".join(f"{s}-{t}" for s, t in translation.alignment.words)
+        words = " ".join(f"{s}-{t}" for s, t in translation.alignment.words)
+        record["alignment"] = _fields(translation.alignment) | {"words": words}
     return record
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    return {field.name: getattr(instance, field.name) for field in dataclasses.fields(instance)}

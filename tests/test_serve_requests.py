@@ -4,7 +4,9 @@ stall, more connections than the server serves. One server process for the modul
 short --timeout; the worker's isolation of a failing request is tested in-process.
 """
 
+import asyncio
 import concurrent.futures
+import http.client
 import json
 import socket
 import threading
@@ -17,9 +19,9 @@ import pytest
 
 from lstmmt import Translator, UserError
 from lstmmt.config import DecodeConfig
-from lstmmt.serve.requests import Limits
-from lstmmt.serve.worker import Job, Worker
-from lstmmt.translator import Translation
+from lstmmt.serve.requests import Limits, ServeError, native_answer
+from lstmmt.serve.worker import Job, Worker, translated
+from lstmmt.translator import Alignment, Translation
 from tests.helpers import SERVE_LINES, Server, request
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
@@ -145,6 +147,35 @@ def test_an_error_message_never_echoes_a_whole_value(server):
                                 "application/x-www-form-urlencoded")
     assert status == 400 and "alternatives must be a whole number" in answer["error"]
     assert len(answer["error"]) < 200
+    fields = {"sentences": ["seven"]} | {f"field{i}" + "x" * 10_000: 1 for i in range(20)}
+    status, _, answer = request(server.url, "/v1/translate", fields)
+    assert status == 400 and "unknown field(s)" in answer["error"] and "17 more" in answer["error"]
+    assert len(answer["error"]) < 500
+
+
+def test_alternatives_are_ascii_digits(server):
+    for digits, status in (("3", 200), ("\u0663", 400), ("1_0", 400), (" 1", 400)):
+        body = {"q": "seven", "source": "en", "target": "de", "alternatives": digits}
+        assert request(server.url, "/translate", body)[0] == status, digits
+
+
+def test_web_pages_of_other_origins_may_call_the_api(server):
+    address = urlsplit(server.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=SOCKET_TIMEOUT)
+    try:
+        connection.request("OPTIONS", "/translate", headers={
+            "Origin": "https://example.org", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        preflight = connection.getresponse()
+        preflight.read()
+        assert preflight.status == 200 and preflight.getheader("Access-Control-Allow-Origin") == "*"
+        connection.request("POST", "/translate", json.dumps({"q": "seven", "source": "en", "target": "de"}),
+                           {"Origin": "https://example.org", "Content-Type": "application/json"})
+        answer = connection.getresponse()
+        assert answer.status == 200 and answer.getheader("Access-Control-Allow-Origin") == "*"
+        assert "translatedText" in json.loads(answer.read())
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize("penalty", [-10.0, 10.0])
@@ -242,6 +273,30 @@ def test_the_worker_searches_each_set_of_decode_settings_with_its_one_translator
     worker._answer(jobs)
     assert [[t.text for t in job.future.result()] for job in jobs] == [["ONE"], ["TWO"], ["THREE"]]
     assert worker.translator.calls == [(["one", "three"], wide), (["two"], narrow)]
+
+
+def test_a_request_whose_client_left_is_dropped_unsearched():
+    recording = RecordingTranslator()
+    worker = Worker(recording, Limits(), log=print)  # not started: the job waits in the queue
+
+    async def gone() -> dict[str, Any]:  # the ASGI receive of a client that disconnected
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(ServeError) as error:
+        asyncio.run(translated(worker, gone, ["one"], DecodeConfig(), False))
+    assert error.value.status == 499
+    worker._answer([worker.queue.get_nowait()])
+    assert worker.translator.calls == [] and worker.requests == 0 and worker.pending == 0
+
+
+def test_a_native_answer_holds_at_most_a_million_attention_weights():
+    def translation(rows: int) -> Translation:
+        weights = [[0.001] * 1000 for _ in range(rows)]
+        return Translation("x", 0.0, 0.0, [], Alignment(["a"] * 1000, ["b"] * rows, weights, []))
+
+    assert len(native_answer([translation(500), translation(500)])["translations"]) == 2
+    with pytest.raises(ServeError, match="1,001,000 attention weights"):
+        native_answer([translation(500), translation(501)])
 
 
 def test_the_worker_logs_truncated_request_sentences_and_leaves_the_translator_it_was_given(reference):

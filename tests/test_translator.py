@@ -8,6 +8,7 @@ scores; learning is tested in test_cli.py).
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def test_jsonl_attention_rows_sum_to_one_over_the_real_source(run, input_file):
         weights = np.array(alignment["weights"])
         assert weights.shape == (len(alignment["target"]), len(alignment["source"]))
         assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-4)
+        assert np.array_equal(weights, weights.round(6))  # six decimals, and written as such
+        assert max(len(number) for number in re.findall(r"[0-9.e-]+", json.dumps(alignment["weights"]))) <= 9
         assert alignment["source"][-1] == alignment["target"][-1] == "</s>"
         words = [tuple(map(int, pair.split("-"))) for pair in alignment["words"].split()]
         assert words and all(0 <= s < len(alignment["source"]) and 0 <= t < len(alignment["target"]) for s, t in words)

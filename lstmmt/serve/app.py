@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -44,8 +46,11 @@ Answer = dict[str, Any] | list[dict[str, Any]]
 
 
 def create_app(translator: Translator, model: Model, limits: Limits, log: Callable[[str], None] = print) -> Starlette:
-    """The Starlette application; its lifespan starts and stops the worker."""
-    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    """The Starlette application; its lifespan starts and stops the worker. Any web page may call it
+    (CORS, as LibreTranslate allows), so browser extensions and pages on other origins work."""
+    cors = Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"])
+    app = Starlette(routes=ROUTES, middleware=[cors], exception_handlers={HTTPException: http_error},
+                    lifespan=lifespan)
     app.state.translator, app.state.model, app.state.limits, app.state.log = translator, model, limits, log
     app.state.worker = Worker(translator, limits, log)
     app.state.page = resources.files("lstmmt").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -92,7 +97,7 @@ async def libre_translate(request: Request) -> Answer:
     fields = await request_fields(request, state.limits)
     asked = libre_request(fields, state.model, state.translator.decode, state.limits)
     lines = asked.lines
-    translations = await translated(state.worker, lines, asked.decode, False) if lines else []
+    translations = await translated(state.worker, request.receive, lines, asked.decode, False) if lines else []
     return libre_answer(asked, translations, state.model)
 
 
@@ -107,7 +112,8 @@ async def native_translate(request: Request) -> Answer:
                          "POST /v1/translate takes application/json")
     asked = native_request(parse_json(await read_body(request, state.limits)), state.translator.decode, state.limits)
     sentences = asked.sentences
-    translations = await translated(state.worker, sentences, asked.decode, asked.alignment) if sentences else []
+    translations = await translated(state.worker, request.receive, sentences, asked.decode,
+                                    asked.alignment) if sentences else []
     return native_answer(translations)
 
 

@@ -33,6 +33,10 @@ REQUEST_DECODE_KEYS = ("beam_size", "n_best", "length_penalty", "max_len_a", "ma
                        "seed")
 """Decode settings a request of the native API may choose; the others belong to the server."""
 
+MAX_ALIGNMENT_WEIGHTS = 1_000_000
+"""The most attention weights one native answer holds (about 9 MB of JSON): a request whose
+alignments hold more gets a 400 instead of an answer that would take seconds to write."""
+
 LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
 """Where LibreTranslate text is split into sentences (each line is translated on its own)."""
 
@@ -144,6 +148,7 @@ def libre_request(fields: dict[str, Any], model: Model, decode: DecodeConfig, li
     n_best = min(alternatives + 1, decode.beam_size)
     if n_best != decode.n_best:
         decode = decode.updated(n_best=n_best)
+    _check_count(len(texts), limits)  # before splitting: each text is at least one line
     split = [LINE_BREAK.split(text) for text in texts]
     _check_count(sum(map(len, split)), limits)
     return LibreRequest(split, isinstance(q, str), source == "auto", alternatives, decode)
@@ -194,7 +199,9 @@ def native_request(fields: dict[str, Any], decode: DecodeConfig, limits: Limits)
     """The fields of a JSON body of POST /v1/translate, checked; `decode` is the server's."""
     unknown = sorted(set(fields) - {"sentences", "alignment", *REQUEST_DECODE_KEYS})
     if unknown:
-        raise ServeError(400, f"Invalid request: unknown field(s) {', '.join(unknown)}; valid: sentences, alignment, "
+        named = ", ".join(name[:60] + "..." * (len(name) > 60) for name in unknown[:3])
+        named += f", {len(unknown) - 3} more" if unknown[3:] else ""
+        raise ServeError(400, f"Invalid request: unknown field(s) {named}; valid: sentences, alignment, "
                          f"{', '.join(REQUEST_DECODE_KEYS)}")
     sentences = fields.get("sentences")
     if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
@@ -227,7 +234,12 @@ def request_decode(fields: dict[str, Any], server: DecodeConfig, limits: Limits)
 
 
 def native_answer(translations: Sequence[Translation]) -> dict[str, Any]:
-    """One object per sentence, as `lstmmt translate --format jsonl` writes it."""
+    """One object per sentence, as `lstmmt translate --format jsonl` writes it; a 400 when the
+    alignments hold more than MAX_ALIGNMENT_WEIGHTS weights."""
+    weights = sum(len(t.alignment.weights) * len(t.alignment.source) for t in translations if t.alignment)
+    if weights > MAX_ALIGNMENT_WEIGHTS:
+        raise ServeError(400, f"Invalid request: the alignments hold {weights:,} attention weights, more than this "
+                         f"server answers ({MAX_ALIGNMENT_WEIGHTS:,}); ask for fewer or shorter sentences")
     return {"translations": [as_dict(t) for t in translations]}
 
 
@@ -235,9 +247,9 @@ def native_answer(translations: Sequence[Translation]) -> dict[str, Any]:
 
 
 def _non_negative_int(value: Any, name: str) -> int:
-    """A whole number >= 0 from JSON or form text; 400 otherwise (an infinite float included)."""
+    """A whole number >= 0 from JSON or form text (ASCII digits only); 400 otherwise (an infinite float included)."""
     error = ServeError(400, f"Invalid request: {name} must be a whole number >= 0, got {shown(value)}")
-    if isinstance(value, bool):
+    if isinstance(value, bool) or isinstance(value, str) and not re.fullmatch(r"[0-9]+", value):
         raise error
     try:
         number = int(value)

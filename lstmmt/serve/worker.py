@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -37,6 +38,7 @@ class Job:
 
 
 STOP = object()
+Receive = Callable[[], Awaitable[dict[str, Any]]]  # an ASGI receive
 
 
 class Worker:
@@ -151,6 +153,23 @@ class Worker:
         self.log("warning: a request sentence has " + message.split(": ", 1)[-1])
 
 
-def translated(worker: Worker, lines: list[str], decode: DecodeConfig, alignment: bool) -> Awaitable[list[Translation]]:
-    """An awaitable of the job's translations; cancelling it (the client left) drops the job if not started."""
-    return asyncio.wrap_future(worker.submit(lines, decode, alignment))
+async def translated(worker: Worker, receive: Receive, lines: list[str], decode: DecodeConfig,
+                     alignment: bool) -> list[Translation]:
+    """The job's translations. `receive` is the request's ASGI receive, its body already read: its
+    next message is "http.disconnect" when the client leaves, and then the job is cancelled, which
+    drops it unsearched if the worker has not taken it yet (ServeError 499: nobody reads it)."""
+    answer = asyncio.wrap_future(worker.submit(lines, decode, alignment))
+    left = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not answer.done():
+        answer.cancel()
+        raise ServeError(499, "the client disconnected before its answer")
+    return answer.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
