@@ -519,7 +519,8 @@ def evaluate(
                                     "hypothesis's score."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
 ) -> None:
-    """BLEU, chrF and TER with sacrebleu; saved under RUN/scores/ (split-SPLIT.json for --split) with the metric signatures."""  # noqa: E501
+    """BLEU, chrF and TER with sacrebleu, saved with their signatures under RUN/scores/ (for --split:
+    split-NAME.json, named after the translation RUN/translations/NAME.hyp it scores)."""
     from lstmmt.evaluate import evaluate_files, evaluate_split
 
     run = RunDir(run_dir)

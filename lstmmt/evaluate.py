@@ -37,16 +37,20 @@ def read_lines(path: Path) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def evaluate_files(run: RunDir, hyp: Path, ref: Path, split: str | None = None,
-                   name: str | None = None) -> dict[str, Any]:
-    """Score hyp against ref and save the result: scores/split-SPLIT.json for a stored split,
-    else scores/NAME.json, NAME given or derived from the whole hypothesis path (RunDir.hyp_score).
-    A named file holding another hypothesis's score is never replaced, nor is either input; the
-    file is written as rundir.write_output writes (a symlink stays a link)."""
-    target = run.split_score(split) if split is not None else run.hyp_score(hyp, name)
-    check_output(target, [hyp, ref])
-    if split is None and name is not None:
+def evaluate_files(run: RunDir, hyp: Path, ref: Path, name: str | None = None) -> dict[str, Any]:
+    """Score hyp against ref into scores/NAME.json, NAME given or derived from the whole
+    hypothesis path (RunDir.hyp_score). A named file holding another hypothesis's score is
+    never replaced."""
+    target = run.hyp_score(hyp, name)
+    if name is not None:
         _refuse_other_hypothesis(target, hyp)
+    return _write_score(target, hyp, ref)
+
+
+def _write_score(target: Path, hyp: Path, ref: Path) -> dict[str, Any]:
+    """The scores of hyp against ref, saved to target as rundir.write_output writes (a symlink
+    stays a link); neither input is ever the target."""
+    check_output(target, [hyp, ref])
     result = score(read_lines(hyp), read_lines(ref)) | {"hypothesis": str(hyp), "reference": str(ref)}
     write_output_text(target, json.dumps(result, indent=2) + "\n")
     return result
@@ -62,10 +66,11 @@ def _refuse_other_hypothesis(target: Path, hyp: Path) -> None:
 
 
 def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, **overrides: Any) -> dict[str, Any]:
-    """Score a stored split, translating its source first unless a translation with the same
-    options exists and is newer than the checkpoint and shortlist it came from (see
-    `split_hypothesis`); `overrides` are decode settings (beam_size, shortlist, quantize) laid
-    over the run's, read from its config once."""
+    """Score a stored split into scores/split-NAME.json for translations/NAME.hyp (see
+    `split_hypothesis`), translating its source first unless a translation with the same
+    options exists and is newer than the checkpoint and shortlist it came from; `overrides`
+    are decode settings (beam_size, shortlist, quantize) laid over the run's, read from its
+    config once."""
     run.require_preprocessed()
     source, reference = run.text(split, "src"), run.text(split, "tgt")
     if not source.exists():
@@ -84,7 +89,7 @@ def evaluate_split(run: RunDir, split: str, checkpoint_name: str, device: str, *
         stderr.print(Text(f"Translating the {split} split into {hyp} on {translator.device} in {translator.precision}"),
                      soft_wrap=True)
         translate_file(translator, str(source), str(hyp))
-    return evaluate_files(run, hyp, reference, split) | {"checkpoint": checkpoint_name}
+    return _write_score(run.split_score(hyp), hyp, reference) | {"checkpoint": checkpoint_name}
 
 
 def _newer_than(path: Path, inputs: list[Path]) -> bool:
@@ -96,7 +101,7 @@ def _newer_than(path: Path, inputs: list[Path]) -> bool:
 def split_hypothesis(run: RunDir, split: str, checkpoint_name: str, decode: DecodeConfig, run_beam_size: int) -> Path:
     """Where the translation of a split with these options lives: RUN/translations/SPLIT.hyp
     for the best checkpoint with the run's beam over the full vocabulary in full precision
-    (what `translate --checkpoint best` writes there in the recipes), else
+    (what the toy recipe's translate step writes there), else
     SPLIT.CHECKPOINT.beamK[.sampleK.tempT.seedS][.shortlist][.int8].hyp, so a translation made
     with other options is never scored in place of the one asked for."""
     sampled = f"sample{decode.sample_topk}.temp{decode.temperature:g}.seed{decode.seed}"

@@ -138,9 +138,10 @@ class RunDir:
     def learning_curve(self) -> Path:
         return self.logs / "learning_curve.png"
 
-    def split_score(self, split: str) -> Path:
-        """scores/split-SPLIT.json: the score of a stored split (`evaluate --split`)."""
-        return self.scores / f"split-{split}.json"
+    def split_score(self, hyp: Path) -> Path:
+        """scores/split-NAME.json: the score of translations/NAME.hyp, a stored split translated
+        by `evaluate --split` (NAME is SPLIT, or SPLIT.CHECKPOINT.beamK... for other options)."""
+        return self.scores / f"split-{hyp.name.removesuffix('.hyp')}.json"
 
     def hyp_score(self, hyp: Path, name: str | None = None) -> Path:
         """scores/NAME.json for `evaluate --hyp`: the given name, else one derived from the whole

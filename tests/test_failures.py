@@ -132,7 +132,7 @@ def test_each_recipe_s_score_target_is_the_file_its_evaluate_command_writes():
         value = {option: command[i + 1] for i, option in enumerate(command[:-1]) if option.startswith("--")}
         run = RunDir(Path("R"))
         if "--split" in value:
-            written = run.split_score(value["--split"])
+            written = run.split_score(run.translations / f"{value['--split']}.hyp")  # with the run's options
         else:
             written = run.hyp_score(Path(value["--hyp"]), value.get("--name"))
         makefile = (root / "recipes" / recipe / "Makefile").read_text()

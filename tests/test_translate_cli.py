@@ -159,6 +159,9 @@ def test_evaluate_split_translates_again_for_other_options(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     hyp = tiny_run / "translations/test.best.beam2.hyp"
     assert json.loads(result.stdout)["hypothesis"] == str(hyp)
+    stored = {path.name: json.loads(path.read_text())["hypothesis"] for path in (tiny_run / "scores").glob("*.json")}
+    assert stored == {"split-test.json": str(tiny_run / "translations/test.hyp"),
+                      "split-test.best.beam2.json": str(hyp)}  # each translation keeps its own score
     result = invoke("translate", tiny_run, "-i", tiny_run / "data/test.src.txt", "-o", tmp_path / "beam2.txt",
                     "--beam", "2")
     assert result.exit_code == 0
