@@ -244,11 +244,11 @@ class TrainConfig:
 class DecodeConfig:
     """Search settings for validation, translate, score and the Translator API."""
 
-    beam_size: int = setting(5, "beam size (`--beam`)", low=1, note="(1 is greedy search)")
+    beam_size: int = setting(5, "beam size (`--beam`)", low=1, high=1000, note="(1 is greedy search)")
     n_best: int = setting(1, "hypotheses kept per sentence, best first (`--n-best`): `translate` writes "
                              "`line ||| text ||| score` rows, `--format jsonl` an `n_best` list; when sampling "
                              "(`sample_topk`), the number of samples drawn per sentence",
-                          low=1, note="(at most beam_size in beam search)")
+                          low=1, high=1000, note="(at most beam_size in beam search)")
     length_penalty: float = setting(
         1.0, "hypothesis score = log-probability / length ** length_penalty (`--length-penalty`; beyond its range "
         "length ** length_penalty overflows); 0 ranks by log-probability alone, larger values favour longer outputs, "

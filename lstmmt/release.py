@@ -85,9 +85,11 @@ class Release:
 
 
 def is_release(path: Path | str) -> bool:
-    """Whether `path` is a release (a folder with manifest.json, or a .tar.gz file) rather than a run."""
+    """Whether `path` is a release (a folder with manifest.json, or a .tar.gz file) rather than a run.
+    A folder with a release's weights but no manifest counts too, so opening it says what is missing."""
     path = Path(path)
-    return (path / MANIFEST).is_file() or (path.is_file() and path.name.endswith((".tar.gz", ".tgz")))
+    return ((path / MANIFEST).is_file() or (path / WEIGHTS).is_file()
+            or (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))))
 
 
 def open_source(path: Path | str) -> RunDir | Release:
@@ -131,7 +133,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{root} is not a release: it has no {MANIFEST}") from None
+        raise UserError(f"{root} is not a whole release: it has no {MANIFEST} (export it again)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{file} is damaged: {first_line(exc, 200)}") from None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int)

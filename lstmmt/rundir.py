@@ -234,6 +234,8 @@ class RunDir:
         return self.offsets(split, "src").exists()
 
     def require_preprocessed(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root} is a file, not a run directory (nor a release)")
         if not self.root.is_dir():
             raise UserError(f"run directory {self.root} does not exist: run `lstmmt preprocess {self.root} ...` first")
         if not (self.config.exists() and self.meta.exists()):

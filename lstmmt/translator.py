@@ -119,6 +119,7 @@ class Translator:
         such as beam_size=5, n_best=3, precision="fp32", shortlist=True, quantize="int8", sample_topk=0), each
         checked; `warn` as in the constructor. decode.shortlist reads shortlist.npz (a UserError
         naming `lstmmt shortlist` when missing); decode.quantize int8 needs the CPU."""
+        _check_decode_type(decode)
         source = source if isinstance(source, (RunDir, Release)) else open_source(source)
         files = layout(source)
         tokenizer = Tokenizer.load(files.tokenizer_dir)
@@ -194,6 +195,7 @@ class Translator:
         change the models' precision, int8 copies or shortlist (a UserError says to load another)."""
         if decode is None or decode is self.decode:
             return self.decode
+        _check_decode_type(decode)
         decode.check()
         for key in LOAD_TIME_DECODE_KEYS:
             if getattr(decode, key) != getattr(self.decode, key):
@@ -234,6 +236,12 @@ class Translator:
         texts = [one_line(text) for text in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
         n_best = [Candidate(text, h.score, h.log_prob) for text, h in zip(texts, hyps)]
         return Translation(texts[0], hyps[0].score, hyps[0].log_prob, n_best, alignment)
+
+
+def _check_decode_type(decode: Any) -> None:
+    if decode is not None and not isinstance(decode, DecodeConfig):
+        raise TypeError(f"decode must be a DecodeConfig or None, got {type(decode).__name__}: pass single "
+                        "settings as keywords (Translator.load(..., beam_size=5)) or use DecodeConfig().updated(...)")
 
 
 def check_lines(lines: Sequence[str], name: str) -> None:

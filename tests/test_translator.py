@@ -245,6 +245,19 @@ def test_load_takes_a_decode_config_and_overrides_laid_over_it(run):
     assert Translator.load(run, device="cpu", decode=decode, n_best=1).decode == replace(decode, n_best=1)
     with pytest.raises(UserError, match="decode.beam_size must be"):
         Translator.load(run, device="cpu", decode=replace(decode, beam_size=0))
+    with pytest.raises(UserError, match="decode.beam_size must be"):  # a beam that would exhaust the memory
+        Translator.load(run, device="cpu", beam_size=10**9)
+    with pytest.raises(TypeError, match="decode must be a DecodeConfig or None, got dict"):
+        Translator.load(run, device="cpu", decode={"beam_size": 2})
+
+
+def test_loading_a_file_or_a_release_without_manifest_says_what_it_is(run, tmp_path):
+    with pytest.raises(UserError, match="is a file, not a run directory"):
+        Translator.load(run / "config.yaml", device="cpu")
+    assert invoke("export", run, "-o", tmp_path / "release").exit_code == 0
+    (tmp_path / "release/manifest.json").unlink()
+    with pytest.raises(UserError, match="has no manifest.json"):
+        Translator.load(tmp_path / "release", device="cpu")
 
 
 @pytest.mark.parametrize("key,value", [("precision", "bf16"), ("quantize", "int8"), ("shortlist", True)])
@@ -256,5 +269,7 @@ def test_a_call_cannot_change_what_load_prepared_the_models_for(translator, key,
 
 
 def test_a_call_with_settings_out_of_range_is_refused(translator):
+    with pytest.raises(TypeError, match="got dict"):
+        translator.translate(["seven"], decode={"beam_size": 2})
     with pytest.raises(UserError, match="decode.n_best must be"):
         translator.translate(["seven"], decode=replace(translator.decode, beam_size=2, n_best=3))
