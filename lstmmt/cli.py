@@ -467,9 +467,9 @@ def serve(
                                        "default: torch's choice)."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Search the sentences of requests that wait "
                                   "together as one batch (answers do not change), or one request at a time."),
-    batch_sentences: int = typer.Option(64, help="The most sentences searched together across requests (a larger "
-                                        "request is still searched whole)."),
-    queue_size: int = typer.Option(64, help="Requests that may wait for the model; "
+    batch_sentences: int = typer.Option(64, help="The most sentences searched together across requests, at the "
+                                        "server's beam size (a larger request is searched a slice at a time)."),
+    queue_size: int = typer.Option(64, help="Requests that may wait for the model besides those being searched; "
                                    "beyond that the answer is 503 with Retry-After."),
     max_body: int = typer.Option(1_048_576, help="Largest request body in bytes; larger ones get 413."),
     max_sentences: int = typer.Option(100, help="Most sentences (lines) in one request; more get 400."),

@@ -234,8 +234,19 @@ def test_connections_beyond_the_limit_get_503(server):
     wait_until(lambda: request(server.url, "/health")[0] == 200, "served again once the idle connections are gone")
 
 
+def answer(worker: Worker, jobs: list[Job]) -> None:
+    """What the worker's thread does with these jobs waiting, up to the last answer."""
+    active: list[Job] = []
+    for job in jobs:
+        worker._take(job, active)
+    while active:
+        worker._search_next(active)
+
+
 class FailingTranslator:
     """Translates a line to itself in capitals, and fails on a whole batch holding "bad input"."""
+
+    decode = DecodeConfig()  # the server's settings: beam 5
 
     def translate(self, lines: list[str], alignment: bool = False, decode: DecodeConfig = None) -> list[Translation]:
         if "bad input" in lines:
@@ -247,7 +258,7 @@ def test_the_worker_gives_an_error_only_to_the_request_that_fails_alone():
     worker = Worker(FailingTranslator(), Limits(), log=print)
     decode = DecodeConfig()
     jobs = [Job(["one", "two"], decode, False), Job(["bad input"], decode, False), Job(["three"], decode, False)]
-    worker._answer(jobs)
+    answer(worker, jobs)
     assert [t.text for t in jobs[0].future.result()] == ["ONE", "TWO"]
     assert isinstance(jobs[1].future.exception(), UserError)
     assert [t.text for t in jobs[2].future.result()] == ["THREE"]
@@ -270,9 +281,34 @@ def test_the_worker_searches_each_set_of_decode_settings_with_its_one_translator
     worker = Worker(recording, Limits(), log=print)
     wide, narrow = DecodeConfig(beam_size=4), DecodeConfig(beam_size=2)
     jobs = [Job(["one"], wide, False), Job(["two"], narrow, False), Job(["three"], wide, False)]
-    worker._answer(jobs)
+    answer(worker, jobs)
     assert [[t.text for t in job.future.result()] for job in jobs] == [["ONE"], ["TWO"], ["THREE"]]
-    assert worker.translator.calls == [(["one", "three"], wide), (["two"], narrow)]
+    assert worker.translator.calls == [(["two"], narrow), (["one", "three"], wide)]  # the cheaper group first
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_large_request_is_searched_a_slice_at_a_time_beside_later_ones(batching):
+    worker = Worker(RecordingTranslator(), Limits(batch_sentences=4, batching=batching), log=print)
+    large, small = Job([f"l{i}" for i in range(10)], DecodeConfig(), False), Job(["s"], DecodeConfig(), False)
+    answered: list[Job] = []
+    for job in (large, small):
+        job.future.add_done_callback(lambda _, job=job: answered.append(job))
+    answer(worker, [large, small])
+    searched = [lines for lines, _ in worker.translator.calls]
+    if batching:  # one sentence of each in turn: the small request is answered with the first batch
+        assert searched == [["l0", "l1", "l2", "s"], ["l3", "l4", "l5", "l6"], ["l7", "l8", "l9"]]
+        assert answered == [small, large]
+    else:  # one whole request at a time
+        assert searched == [large.lines, ["s"]] and answered == [large, small]
+    assert [t.text for t in large.future.result()] == [line.upper() for line in large.lines]
+    assert (worker.requests, worker.sentences, worker.batches) == (2, 11, len(searched))
+
+
+def test_a_wide_search_gets_thinner_slices_and_a_cheaper_group_is_searched_first():
+    worker = Worker(RecordingTranslator(), Limits(batch_sentences=4), log=print)  # 4 sentences at beam 5 a batch
+    wide, small = Job(["w0", "w1", "w2"], DecodeConfig(beam_size=10), False), Job(["s"], DecodeConfig(), False)
+    answer(worker, [wide, small])
+    assert [lines for lines, _ in worker.translator.calls] == [["s"], ["w0"], ["w1", "w2"]]
 
 
 def test_a_request_whose_client_left_is_dropped_unsearched():
@@ -285,7 +321,7 @@ def test_a_request_whose_client_left_is_dropped_unsearched():
     with pytest.raises(ServeError) as error:
         asyncio.run(translated(worker, gone, ["one"], DecodeConfig(), False))
     assert error.value.status == 499
-    worker._answer([worker.queue.get_nowait()])
+    answer(worker, [worker.queue.get_nowait()])
     assert worker.translator.calls == [] and worker.requests == 0 and worker.pending == 0
 
 
@@ -303,7 +339,7 @@ def test_the_worker_logs_truncated_request_sentences_and_leaves_the_translator_i
     logged: list[str] = []
     worker = Worker(reference, Limits(), log=logged.append)
     jobs = [Job(["seven " * 300], reference.decode, False)]
-    worker._answer(jobs)
+    answer(worker, jobs)
     assert len(jobs[0].future.result()) == 1
     assert logged == ["warning: a request sentence has 600 tokens, truncated to 250"]
     assert reference.warn is not worker.translator.warn

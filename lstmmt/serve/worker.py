@@ -1,11 +1,14 @@
 """The thread of `lstmmt serve` that owns the model and searches queued requests in batches.
 
-Requests queue up for it (a bounded queue: 503 with Retry-After when full); each time it is
-free it takes every request waiting, up to `batch_sentences` sentences, and searches the
-sentences of requests with the same decode settings as one batch, with one Translator whose
-`translate` takes each batch's settings. Search results do not depend on the batch (a project
-guarantee), so each answer is the one that request would get alone; a batch that fails is
-searched again a request at a time, so a request fails alone.
+Requests queue up for it (a bounded queue: 503 with Retry-After when full). With batching, it
+holds up to `batch_sentences` requests at once and fills each batch of `batch_sentences`
+sentences with one sentence of each request in turn, so a large request is searched a slice
+at a time beside the small ones that come after it instead of holding them until it is done;
+the sentences of requests with the same decode settings are searched together, with one
+Translator whose `translate` takes each batch's settings. Search results do not depend on the
+batch (a project guarantee), so each answer is the one that request would get alone; a batch
+that fails is searched again a request at a time, so a request fails alone. Without batching,
+it searches one whole request at a time.
 """
 
 from __future__ import annotations
@@ -29,12 +32,20 @@ from lstmmt.serve.requests import Limits, ServeError
 from lstmmt.translator import Translation, Translator
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: two equal requests are two jobs
 class Job:
     lines: list[str]
     decode: DecodeConfig
     alignment: bool
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    done: list[Translation] = field(default_factory=list)  # the translations of lines[:len(done)]
+
+    @property
+    def left(self) -> int:
+        return len(self.lines) - len(self.done)
+
+    def next_lines(self, count: int) -> list[str]:
+        return self.lines[len(self.done):len(self.done) + count]
 
 
 STOP = object()
@@ -91,66 +102,106 @@ class Worker:
 
     def _run(self) -> None:
         torch.set_num_threads(self.threads)
+        active: list[Job] = []  # taken, not yet answered; the next batch starts with the first
         stopping = False
-        while not stopping:
-            first = self.queue.get()
-            if first is STOP:
-                return
-            jobs, count = [first], len(first.lines)
-            while self.limits.batching and count < self.limits.batch_sentences:
+        while active or not stopping:
+            if not active:
+                job = self.queue.get()
+                if job is STOP:
+                    return
+                self._take(job, active)
+            while self.limits.batching and len(active) < self.limits.batch_sentences and not stopping:
                 try:
                     job = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is STOP:
                     stopping = True
-                    break
-                jobs.append(job)
-                count += len(job.lines)
-            self._answer(jobs)
+                else:
+                    self._take(job, active)
+            if active:
+                self._search_next(active)
 
-    def _answer(self, jobs: list[Job]) -> None:
-        """Search the jobs' sentences, one batch per set of decode settings; each job's future gets
-        its own translations (or its own exception). Jobs whose client went away are skipped."""
-        groups: dict[tuple, list[Job]] = {}
-        for job in jobs:
-            if job.future.set_running_or_notify_cancel():
-                groups.setdefault((dataclasses.astuple(job.decode), job.alignment), []).append(job)
+    def _take(self, job: Job, active: list[Job]) -> None:
+        """Hold `job` for searching, unless its client went away while it waited."""
+        if job.future.set_running_or_notify_cancel():
+            active.append(job)
+
+    def _search_next(self, active: list[Job]) -> None:
+        """Search the next batch of the active jobs' sentences and answer the jobs it finishes: with
+        batching, one sentence of each job in turn up to batch_sentences; without, the first job
+        whole. Answered jobs leave `active`; the others that had sentences in the batch move to its end."""
+        counts = self._shares(active) if self.limits.batching else {id(active[0]): active[0].left}
+        slices = [(job, counts[id(job)]) for job in active if counts.get(id(job))]
+        groups: dict[tuple, list[tuple[Job, int]]] = {}
+        for job, count in slices:
+            groups.setdefault((dataclasses.astuple(job.decode), job.alignment), []).append((job, count))
         self.busy = True
         start = time.perf_counter()
-        try:
-            for (_, alignment), group in groups.items():
+        try:  # the cheapest group first: small requests are answered before a large one's slice is searched
+            for (_, alignment), group in sorted(groups.items(), key=lambda item: _cost(item[1])):
                 self._search(group, alignment)
         finally:
             self.busy = False
-            if groups:
-                elapsed = time.perf_counter() - start
-                self.seconds_per_batch = elapsed if not self.seconds_per_batch else \
-                    0.8 * self.seconds_per_batch + 0.2 * elapsed
+            elapsed = time.perf_counter() - start
+            self.seconds_per_batch = elapsed if not self.seconds_per_batch else \
+                0.8 * self.seconds_per_batch + 0.2 * elapsed
+        active[:] = [job for job in active if not counts.get(id(job))] + \
+            [job for job, _ in slices if not job.future.done()]
 
-    def _search(self, group: list[Job], alignment: bool) -> None:
-        """One search for the sentences of jobs with the same decode settings. If it fails, each job
-        is searched alone: only a job that fails by itself gets the error, the others their answers."""
-        lines = [line for job in group for line in job.lines]
+    def _shares(self, active: list[Job]) -> dict[int, int]:
+        """How many sentences of each job (by id) the next batch holds: one of each (there are at
+        most batch_sentences jobs), then one of each in turn while they fit batch_sentences
+        sentences at the server's search width. A sentence searched wider (a larger beam, more
+        samples) takes more of that budget, so a wide request is cut in thinner slices."""
+        counts = {id(job): 1 for job in active}
+        budget = self.limits.batch_sentences * width(self.translator.decode) - sum(width(job.decode) for job in active)
+        taken = True
+        while taken:
+            taken = False
+            for job in active:
+                if counts[id(job)] < job.left and width(job.decode) <= budget:
+                    counts[id(job)] += 1
+                    budget -= width(job.decode)
+                    taken = True
+        return counts
+
+    def _search(self, group: list[tuple[Job, int]], alignment: bool) -> None:
+        """One search for the next `count` sentences of each job (all with the same decode settings).
+        If it fails, each job's slice is searched alone: only a job that fails by itself gets the
+        error, the others their translations."""
+        lines = [line for job, count in group for line in job.next_lines(count)]
         try:
-            translations = self.translator.translate(lines, alignment=alignment, decode=group[0].decode)
+            translations = self.translator.translate(lines, alignment=alignment, decode=group[0][0].decode)
         except Exception as exc:  # noqa: BLE001 (handed to the request: 400 for a UserError, else 500)
             if len(group) == 1:
-                group[0].future.set_exception(exc)
+                group[0][0].future.set_exception(exc)
             else:
-                for job in group:
-                    self._search([job], alignment)
+                for one in group:
+                    self._search([one], alignment)
             return
         self.batches += 1
-        self.requests += len(group)
         self.sentences += len(lines)
         offset = 0
-        for job in group:
-            job.future.set_result(translations[offset:offset + len(job.lines)])
-            offset += len(job.lines)
+        for job, count in group:
+            job.done.extend(translations[offset:offset + count])
+            offset += count
+            if not job.left:
+                self.requests += 1
+                job.future.set_result(job.done)
 
     def _warn(self, message: str) -> None:
         self.log("warning: a request sentence has " + message.split(": ", 1)[-1])
+
+
+def width(decode: DecodeConfig) -> int:
+    """Hypotheses searched per sentence: the beam, or the samples drawn when sampling."""
+    return decode.beam_size if decode.sample_topk is None else decode.n_best
+
+
+def _cost(group: list[tuple[Job, int]]) -> int:
+    """Characters times width of a group's sentences in the next batch: what its search costs, roughly."""
+    return sum(width(job.decode) * sum(map(len, job.next_lines(count))) for job, count in group)
 
 
 async def translated(worker: Worker, receive: Receive, lines: list[str], decode: DecodeConfig,
