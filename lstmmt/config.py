@@ -84,6 +84,10 @@ def setting(default: Any, help: str, *, low: Bound = None, high: Bound = None, a
     return field(default=default, metadata={"help": help, "allowed": allowed})
 
 
+MAX_THREADS = 1024
+"""The most CPU threads a setting may ask for: more than any machine has cores; far more would
+only exhaust what the system allows a process (a RuntimeError, then a crash)."""
+
 DURATION = "a duration > 0 such as 90s, 30m, 1.5h, 2d or a number of seconds"
 """What `parse_duration` reads."""
 
@@ -210,7 +214,7 @@ class TrainConfig:
         "cannot train in it. Also the precision of validation search")
     log_every: int = setting(100, "steps between lines in `logs/metrics.jsonl` and progress updates", low=1)
     device: str = setting("auto", "CUDA when available, else the CPU (`--device`)", words="auto, cpu, cuda or cuda:N")
-    threads: int = setting(0, "CPU threads for PyTorch", low=0, note="(0 = torch's default)")
+    threads: int = setting(0, "CPU threads for PyTorch", low=0, high=MAX_THREADS, note="(0 = torch's default)")
     init_from: str | None = setting(
         None, "the parent whose weights the run started from (set by `train --init-from PARENT`: a run directory's "
         "best checkpoint, a checkpoint file or a release): the first start of the run, and `--restart`, load them with "
@@ -289,7 +293,7 @@ class DecodeConfig:
         "batches, searched alike). Search does small serial work between its matrix products (top-k, bookkeeping, "
         "copies); on a 2-core CPU two batches on one thread each searched 1.12-1.17x faster than one batch on two "
         "threads (docs/performance.md). On a GPU always 1. Validation during training uses it too",
-        low=1, null="one per CPU thread")
+        low=1, high=MAX_THREADS, null="one per CPU thread")
     sample_topk: int | None = setting(
         None, "sample translations instead of searching for the best (back-translation; `--set "
         "decode.sample_topk=0`): each output token is drawn from the model's next-token distribution, 0 from the "

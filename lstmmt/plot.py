@@ -30,7 +30,7 @@ def plot_learning_curve(run: RunDir, output: Path | None = None) -> Path:
     """Write RUN/logs/learning_curve.png (or `output`, checked and written as rundir's
     check_output and write_output do) and return its path."""
     target = Path(output) if output else run.learning_curve
-    check_output(target, run=run)
+    check_output(target, [run.metrics], run=run)
     try:
         import matplotlib
 

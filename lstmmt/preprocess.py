@@ -4,10 +4,12 @@ The order matters. Text cleaning (empty sides, text broken by invalid UTF-8) com
 tokenizer training, so garbage does not shape the vocabulary; the length filters come after
 encoding, because they count subword tokens. Only training pairs are filtered by length or
 encoding damage: valid and test are references and keep every pair with two non-empty sides.
-data/meta.json is written last and marks the step complete.
+Everything is built in RUN/.preprocess/ and replaces the run's files only once complete, so a
+failed or interrupted redo (--force) leaves the run as it was; data/meta.json comes last and
+marks the step complete.
 
 The training split streams, so a corpus larger than memory works: pairs are read one at a
-time and the clean ones written to temporary files in RUN/data; SentencePiece samples
+time and the clean ones written to temporary files in the data folder; SentencePiece samples
 tokenizer.input_sentence_size sentences from them; they are encoded ENCODE_CHUNK pairs at a
 time (SentencePiece spreads each chunk over all cores) and appended to the .npy arrays
 (encoded.SideWriter). Valid and test are small and held in memory.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, replace
@@ -111,10 +114,22 @@ def _check_parent(config: Config, parent: RunDir) -> None:
 
 def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], force: bool,
                        parent: RunDir | None) -> dict:
-    _clear_previous(run, force)
+    """Check that the run may be (re)done, build everything in its staging folder, then let it
+    replace the run's files: a mistake found on the way, Ctrl-C or a kill leaves the run as it was."""
+    _check_previous(run, force)
     run.remove_stale_temporaries()  # of a killed preprocess: no other one runs, we hold the lock
-    run.data_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict] = {}
+    meta = _build(run.staging, config, sources, parent, stats)
+    _replace_outputs(run, run.staging)
+    _show_summary(run, stats)
+    return meta
+
+
+def _build(run: RunDir, config: Config, sources: dict[str, Source], parent: RunDir | None,
+           stats: dict[str, dict]) -> dict:
+    """Write config.yaml, tokenizer/ and data/ (meta.json last) into `run` (the staging folder),
+    filling `stats` with what each split kept and dropped; return the meta dict."""
+    run.data_dir.mkdir(parents=True, exist_ok=True)
     # The references first: they are small, so a mistake in them shows before the long train pass.
     references = {split: pairs for split in REFERENCE_SPLITS if split in sources
                   and (pairs := _read_reference(split, sources[split], config.data, stats)) is not None}
@@ -146,7 +161,6 @@ def _preprocess_locked(run: RunDir, config: Config, sources: dict[str, Source], 
     if parent is not None:
         meta["tokenizer"]["from"] = {"path": str(parent.root.resolve()), "sha256": parent.tokenizer_digest()}
     atomic_write_text(run.meta, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    _show_summary(run, stats)
     return meta
 
 
@@ -158,13 +172,9 @@ def _check_split_names(sources: dict[str, Source]) -> None:
         raise UserError("preprocess needs a train source: the tokenizer and the model learn from it")
 
 
-def _clear_previous(run: RunDir, force: bool) -> None:
-    """Refuse to redo a finished step, or to write into a folder that holds other files,
-    without --force; then remove what this step writes.
-
-    Only this step's own files are removed, never whole folders: a run directory may sit
-    beside the user's files, and leftovers of an interrupted run must not mix with new output.
-    """
+def _check_previous(run: RunDir, force: bool) -> None:
+    """Refuse to redo a finished step, or to write into a folder that holds other files, without
+    --force; warn when checkpoints trained on the old data stay beside the new."""
     if run.config.exists() and run.meta.exists() and not force:
         raise UserError(
             f"{run.root} is already preprocessed (see {run.meta}): pass --force to redo it, "
@@ -178,10 +188,24 @@ def _clear_previous(run: RunDir, force: bool) -> None:
     if any(run.checkpoints.glob("*.pt")):
         old_models = escape(str(run.checkpoints))
         stderr.print(f"[yellow]warning:[/] {old_models} holds models trained on the old data and tokenizer")
-    run.meta.unlink(missing_ok=True)  # first, so a crash from here on leaves the run visibly unfinished
+
+
+def _replace_outputs(run: RunDir, stage: RunDir) -> None:
+    """Move the staged files into the run in place of its own: meta.json goes first (a crash from
+    here on leaves the run visibly unfinished) and comes back last. Only this step's own files are
+    replaced, never whole folders: a run directory may sit beside the user's files."""
+    run.meta.unlink(missing_ok=True)
     outputs = [path(split, side) for path in (run.ids, run.offsets, run.text) for split in SPLITS for side in SIDES]
     for path in outputs + run.sampled_data() + model_files(run.tokenizer_dir):
         path.unlink(missing_ok=True)
+    for staged, folder in ((stage.tokenizer_dir, run.tokenizer_dir), (stage.data_dir, run.data_dir)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in staged.iterdir():
+            if file != stage.meta:
+                os.replace(file, folder / file.name)
+    os.replace(stage.config, run.config)
+    os.replace(stage.meta, run.meta)
+    shutil.rmtree(stage.root)
 
 
 def _foreign_file(run: RunDir) -> Path | None:

@@ -125,6 +125,10 @@ def open_release(path: Path | str) -> Release:
     manifest = _read_manifest(path)
     for name, entry in manifest["files"].items():
         _check_file(path, name, entry)
+    listed = {(path / name).resolve() for name in [MANIFEST, *manifest["files"]]}
+    unlisted = sorted(file for file in path.rglob("*") if file.is_file() and file.resolve() not in listed)
+    if unlisted:  # an entry taken out of the manifest would otherwise leave its file unchecked
+        raise UserError(f"{unlisted[0]} is not listed in {path / MANIFEST}: the release was altered; export it again")
     return Release(path, manifest)
 
 

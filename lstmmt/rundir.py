@@ -107,12 +107,20 @@ class RunDir:
         """shortlist.npz: target-piece candidates per source piece, for `decode.shortlist`."""
         return self.root / "shortlist.npz"
 
+    @property
+    def staging(self) -> RunDir:
+        """.preprocess/: where preprocess builds config.yaml, tokenizer/ and data/ (a run layout of
+        their own) before they replace the run's, so a failed or interrupted redo loses nothing."""
+        return RunDir(self.root / ".preprocess")
+
     def owns(self, path: Path) -> bool:
-        """Whether `path`, symlinks followed, is config.yaml or lies in tokenizer/, data/ or
-        checkpoints/: what the steps write and read back, so no output a user names may replace it."""
+        """Whether `path`, symlinks followed, is a file the steps write and read back (config.yaml,
+        train.json, shortlist.npz, the lock, the training logs) or lies in tokenizer/, data/,
+        checkpoints/, scores/ or .preprocess/, so no output a user names may replace it."""
         target = Path(os.path.realpath(path))
-        folders = (self.tokenizer_dir, self.data_dir, self.checkpoints)
-        return target == Path(os.path.realpath(self.config)) or any(
+        files = (self.config, self.train_summary, self.shortlist, self.lock_file, self.metrics, self.train_log)
+        folders = (self.tokenizer_dir, self.data_dir, self.checkpoints, self.scores, self.staging.root)
+        return target in {Path(os.path.realpath(file)) for file in files} or any(
             target.is_relative_to(os.path.realpath(folder)) for folder in folders)
 
     def tokenizer_digest(self) -> str:
@@ -155,9 +163,9 @@ class RunDir:
         return self.scores / f"hyp-{stem}.{digest}.json"
 
     def stale_temporaries(self) -> list[Path]:
-        """What a killed preprocess leaves: its cleaned training text and half-trained tokenizers."""
-        return [*self.data_dir.glob(".train-text.*"), *(p for name in ("spm", "src", "tgt")
-                                                         for p in self.tokenizer_dir.glob(f".{name}.*"))]
+        """What a killed preprocess leaves: its staging folder (cleaned training text, half-trained
+        tokenizers, part of the encoded data)."""
+        return [self.staging.root] if self.staging.root.exists() else []
 
     def remove_stale_temporaries(self) -> None:
         """Remove stale_temporaries(); call it only while holding the lock of a step that writes them."""
@@ -298,7 +306,7 @@ def check_output(output: Path, inputs: Iterable[Path] = (), run: RunDir | None =
     if Path(output).is_dir():
         raise UserError(f"output {output} is a directory; give a file path")
     if run is not None and run.owns(output):
-        raise UserError(f"output {output} belongs to the run {run.root} (its config, tokenizer, data or checkpoints): "
+        raise UserError(f"output {output} belongs to the run {run.root} (a file its steps write and read back): "
                         "write it elsewhere")
     for source in inputs:
         if _same_file(source, output) and not streams_into(Path(output)):

@@ -24,6 +24,7 @@ and `meta` (a JSON string: settings, vocabulary sizes, training pairs, tokenizer
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ class Shortlist:
         except FileNotFoundError:
             raise UserError(f"decode.shortlist is on, but {path} does not exist: {remedy} first "
                             "(or translate without --shortlist)") from None
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             raise UserError(f"{path} is damaged (not the file `lstmmt shortlist` writes): {remedy} again") from None
         if (meta.get("format") != FORMAT or candidates.dtype != np.int32 or candidates.ndim != 2
                 or candidates.shape[0] != src_vocab or always.dtype != np.int32

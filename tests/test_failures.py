@@ -197,6 +197,14 @@ def test_nonpositive_max_steps_is_refused_before_config_is_written(trained, tmp_
     assert (run / "config.yaml").read_text() == before
 
 
+def test_more_threads_than_a_process_may_start_are_refused_before_config_is_written(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    before = (run / "config.yaml").read_text()
+    for key in ("train.threads", "decode.workers"):
+        assert_one_line_error(invoke("train", run, "--set", f"{key}=100000"), key, "[")
+    assert (run / "config.yaml").read_text() == before
+
+
 # -- 4. average's selection ----------------------------------------------------------------------
 
 
@@ -216,12 +224,12 @@ def test_average_refuses_a_nonpositive_count_and_takes_all_kept_when_asked_for_m
 
 def test_next_preprocess_removes_leftovers_of_a_killed_one(trained, corpus, tmp_path):
     run = copy_run(trained, tmp_path)
-    (run / "data/.train-text.abc123").mkdir()
-    (run / "data/.train-text.abc123/train.src.txt").write_text("a copy of the corpus\n")
-    (run / "tokenizer/.spm.xyz789").mkdir()
-    (run / "tokenizer/.spm.xyz789/spm.model").write_text("half a model")
+    (run / ".preprocess/data/.train-text.abc123").mkdir(parents=True)
+    (run / ".preprocess/data/.train-text.abc123/train.src.txt").write_text("a copy of the corpus\n")
+    (run / ".preprocess/tokenizer/.spm.xyz789").mkdir(parents=True)
+    (run / ".preprocess/tokenizer/.spm.xyz789/spm.model").write_text("half a model")
     assert invoke(*preprocess_args(run, corpus, "--force")).exit_code == 0
-    assert not list((run / "data").glob(".train-text.*")) and not list((run / "tokenizer").glob(".spm.*"))
+    assert not (run / ".preprocess").exists()
 
 
 # -- 6. preprocess --force keeps the run's model and train settings --------------------------------

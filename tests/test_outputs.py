@@ -131,7 +131,8 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("owned", ["checkpoints/best.pt", "data/valid.src.txt", "config.yaml", "tokenizer/spm.model",
-                                   "checkpoints/new.txt"])
+                                   "checkpoints/new.txt", "logs/metrics.jsonl", "logs/train.log", "train.json",
+                                   ".lock", "scores/mine.json", "shortlist.npz", ".preprocess/config.yaml"])
 def test_files_of_the_run_are_refused_as_outputs(run_copy, source, owned):
     path = run_copy / owned
     before = path.read_bytes() if path.exists() else None
@@ -204,12 +205,12 @@ def test_preprocess_refuses_a_folder_that_is_not_a_run(corpus, tmp_path):
 
 def test_preprocess_takes_an_empty_folder_or_the_leftovers_of_an_interrupted_one(corpus, tmp_path):
     run = tmp_path / "run"
-    (run / "data/.train-text.abc123").mkdir(parents=True)
-    (run / "data/.train-text.abc123/train.src.txt").write_text("a copy of the corpus\n")
+    (run / ".preprocess/data/.train-text.abc123").mkdir(parents=True)
+    (run / ".preprocess/data/.train-text.abc123/train.src.txt").write_text("a copy of the corpus\n")
     (run / ".lock").write_text("12345 preprocess\n")
     result = preprocess(run, corpus)
     assert result.exit_code == 0, result.output
-    assert not list((run / "data").glob(".train-text.*"))
+    assert not (run / ".preprocess").exists()
 
 
 def test_translate_writes_utf8_to_an_ascii_stdout(tiny_run, source):

@@ -207,6 +207,23 @@ def test_preprocess_with_force_replaces_every_old_output(
     assert "holds models trained on the old data" in capsys.readouterr().err
 
 
+def test_a_failed_or_interrupted_redo_leaves_the_run_as_it_was(tmp_path: Path, sources: dict, monkeypatch) -> None:
+    run = RunDir(tmp_path / "run")
+    preprocess(run, config(), sources)
+    before = {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file() and path != run.lock_file}
+    with pytest.raises(UserError):  # a mistake found after the tokenizer is trained: misaligned references
+        valid = write_prefix(tmp_path / "valid", [b"a", b"b"], [b"c"])
+        preprocess(run, config(), {"train": sources["train"], "valid": file_source(valid)}, force=True)
+    monkeypatch.setattr("lstmmt.preprocess.train_tokenizer", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the tokenizer trains
+        preprocess(run, config(), sources, force=True)
+    assert {path: path.read_bytes() for path in before} == before
+    monkeypatch.undo()
+    meta = preprocess(run, config(tokenizer={"vocab_size": 60}), sources, force=True)  # the next redo goes through
+    assert not run.staging.root.exists() and meta["tokenizer"]["src_vocab_size"] == 60
+    assert run.read_meta() == meta
+
+
 def test_length_filters_that_drop_everything_are_a_user_error(tmp_path: Path, sources: dict) -> None:
     run = RunDir(tmp_path / "run")
     with pytest.raises(UserError, match="data.max_tokens=1"):

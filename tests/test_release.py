@@ -83,7 +83,8 @@ def test_model_card_names_languages_data_hashes_and_scores(run, release):
     assert score["signatures"]["bleu"] in card and f"{score['bleu']:.2f}" in card
 
 
-@pytest.mark.parametrize("damage", ["flip a weight byte", "delete the tokenizer", "newer format"])
+@pytest.mark.parametrize("damage", ["flip a weight byte", "delete the tokenizer", "newer format",
+                                    "unlist the altered weights"])
 def test_damaged_release_is_one_line_naming_the_file(release, tmp_path, damage):
     copy = tmp_path / "copy"
     shutil.copytree(release, copy)
@@ -95,10 +96,16 @@ def test_damaged_release_is_one_line_naming_the_file(release, tmp_path, damage):
     elif damage == "delete the tokenizer":
         (copy / "tokenizer" / "spm.model").unlink()
         named = "spm.model"
-    else:
+    elif damage == "newer format":
         manifest = json.loads((copy / "manifest.json").read_text())
         (copy / "manifest.json").write_text(json.dumps(manifest | {"format_version": 99}))
         named = "manifest.json"
+    else:  # the weights changed and taken out of the manifest, so that no hash is checked
+        manifest = json.loads((copy / "manifest.json").read_text())
+        del manifest["files"]["model.safetensors"]
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:-1] + b" ")
+        named = "model.safetensors"
     result = invoke("translate", copy, "-i", "-", *SETTINGS, input="seven\n")
     assert result.exit_code == 1
     assert named in result.output and "Traceback" not in result.output

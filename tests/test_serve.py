@@ -315,7 +315,8 @@ def test_serve_help_names_every_option():
 @pytest.mark.parametrize("args,message", [
     (["--queue-size", "0"], "--queue-size must be >= 1"),
     (["--port", "70000"], "--port must be between 0 and 65535"),
-    (["--threads", "0", "--port", "0"], "--threads must be >= 1"),
+    (["--threads", "0", "--port", "0"], "--threads must be in [1, 1024]"),
+    (["--threads", "100000", "--port", "0"], "--threads must be in [1, 1024]"),
     (["--timeout", "0"], "--timeout must be a number of seconds > 0"),
     (["--timeout", "inf"], "--timeout must be a number of seconds > 0"),
     (["--max-connections", "0"], "--max-connections must be >= 1"),

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from lstmmt.config import MAX_THREADS
 from lstmmt.errors import UserError
 from lstmmt.serve.requests import Limits, Model
 from lstmmt.translator import Translator
@@ -32,8 +33,8 @@ def prepare(limits: Limits, host: str, port: int, shutdown_timeout: float, threa
     check_options(limits, shutdown_timeout)
     listen(host, port).close()
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise UserError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
         import torch
 
         torch.set_num_threads(threads)
