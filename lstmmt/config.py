@@ -84,6 +84,10 @@ def setting(default: Any, help: str, *, low: Bound = None, high: Bound = None, a
     return field(default=default, metadata={"help": help, "allowed": allowed})
 
 
+BYTES_PER_TOKEN = 64
+"""Bytes of text per source token that `DecodeConfig.line_bytes` allows: far more than any
+script's subword takes (a CJK piece is a few bytes)."""
+
 MAX_THREADS = 1024
 """The most CPU threads a setting may ask for: more than any machine has cores; far more would
 only exhaust what the system allows a process (a RuntimeError, then a crash)."""
@@ -331,6 +335,12 @@ class DecodeConfig:
         if self.temperature != 1.0:
             raise UserError(f"decode.temperature {shown(self.temperature)} applies only when sampling: set "
                             "decode.sample_topk (0 = the whole distribution) or leave decode.temperature at 1.0")
+
+    @property
+    def line_bytes(self) -> int:
+        """The most bytes of an input line read (and characters of a preprocessed reference kept):
+        BYTES_PER_TOKEN per max_source_tokens, so only a line the search would truncate anyway is cut."""
+        return self.max_source_tokens * BYTES_PER_TOKEN
 
     def greedy(self) -> DecodeConfig:
         """These settings for greedy search (validation during training): beam 1, one hypothesis, no sampling."""

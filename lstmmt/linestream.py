@@ -12,7 +12,7 @@ does to the training text, and never appear inside an output line. A line with n
 translate (empty, whitespace, or only characters the tokenizer drops) gives an empty line;
 invalid UTF-8 is replaced by U+FFFD with a warning naming the line; over-long lines are
 truncated to decode.max_source_tokens with a warning naming the line. A line is cut to its
-first decode.max_source_tokens x BYTES_PER_TOKEN bytes while it is read (the rest is skipped
+first decode.line_bytes bytes while it is read (the rest is skipped
 up to its newline, with a warning), so memory stays bounded whatever the input.
 """
 
@@ -35,7 +35,6 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from lstmmt import rundir
-from lstmmt.config import DecodeConfig
 from lstmmt.console import stderr
 from lstmmt.errors import UserError
 from lstmmt.rundir import RunDir, check_output
@@ -46,14 +45,6 @@ CHUNK_LINES = 5000
 FIRST_CHUNK = 64
 """Most lines of the first chunk; chunks double from it up to CHUNK_LINES, so output starts soon."""
 FORMATS = ("text", "jsonl")
-BYTES_PER_TOKEN = 64
-"""Bytes of input kept per decode.max_source_tokens: far more than any script's subword takes
-(a CJK piece is a few bytes), so only a line the search would truncate anyway is cut."""
-
-
-def line_bytes(decode: DecodeConfig) -> int:
-    """The most bytes of an input line read: the rest could only be truncated after encoding."""
-    return decode.max_source_tokens * BYTES_PER_TOKEN
 
 
 def warn(message: str) -> None:
@@ -84,7 +75,7 @@ def _cut(raw: bytes, limit: int) -> bytes:
 
 def read_chunks(stream: BinaryIO, limit: int, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[str]]]:
     """(first line number, lines) of the input as it becomes available, in chunks of at most
-64, 128, ... up to chunk_lines lines; each line cut to its first `limit` bytes (see `line_bytes`).
+64, 128, ... up to chunk_lines lines; each line cut to its first `limit` bytes (see `DecodeConfig.line_bytes`).
 
     Splitting on b"\n" only, so "\r\n" files count their lines right and a stray form feed
     or U+2028 inside a line cannot split it (the Translator turns it into a space).
@@ -195,7 +186,7 @@ def translate_stream(translator: Translator, source: BinaryIO, target: TextIO, o
                      progress: Callable[[int], None] | None = None) -> int:
     """Translate `source` to `target` as input arrives, flushing after each chunk; returns the number of input lines."""
     total = 0
-    for first, lines in read_chunks(source, line_bytes(translator.decode), chunk_lines):
+    for first, lines in read_chunks(source, translator.decode.line_bytes, chunk_lines):
         for offset, translation in enumerate(translator.translate(lines, alignment=alignment, first_line=first)):
             output = format_output(translation, translator.decode.n_best, first - 1 + offset, output_format)
             target.write("\n".join(output) + "\n")
@@ -301,7 +292,7 @@ def score_file(translator: Translator, src_path: str, tgt_path: str, output_path
     with open_input(src_path) as sources, open_input(tgt_path) as targets:
         def write(target: TextIO) -> int:
             total = 0
-            for first, src, tgt in paired_chunks(sources, targets, src_path, tgt_path, line_bytes(translator.decode)):
+            for first, src, tgt in paired_chunks(sources, targets, src_path, tgt_path, translator.decode.line_bytes):
                 for result in translator.score(src, tgt, first_line=first):
                     target.write(f"{result.score:.4f}\t{result.log_prob:.4f}\n")
                 target.flush()

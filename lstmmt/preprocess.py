@@ -3,7 +3,8 @@
 The order matters. Text cleaning (empty sides, text broken by invalid UTF-8) comes before
 tokenizer training, so garbage does not shape the vocabulary; the length filters come after
 encoding, because they count subword tokens. Only training pairs are filtered by length or
-encoding damage: valid and test are references and keep every pair with two non-empty sides.
+encoding damage: valid and test are references and keep every pair with two non-empty sides
+of at most decode.line_bytes (16,000) characters each.
 Everything is built in RUN/.preprocess/ and replaces the run's files only once complete, so a
 failed or interrupted redo (--force) leaves the run as it was; data/meta.json comes last and
 marks the step complete.
@@ -50,7 +51,8 @@ from lstmmt.tokenizer import Sampling, Tokenizer, copy_tokenizer, model_files, t
 
 SPLITS = ("train", "valid", "test")
 REFERENCE_SPLITS = ("valid", "test")
-DROP_REASONS = {"train": ("empty", "invalid_utf8", "too_long", "bad_ratio"), "valid": ("empty",), "test": ("empty",)}
+DROP_REASONS = {"train": ("empty", "invalid_utf8", "too_long", "bad_ratio"), "valid": ("empty", "too_long"),
+                "test": ("empty", "too_long")}
 ENCODE_CHUNK = 50_000
 """Training pairs encoded at a time: bounds the memory of Python id lists on large corpora."""
 
@@ -132,7 +134,7 @@ def _build(run: RunDir, config: Config, sources: dict[str, Source], parent: RunD
     run.data_dir.mkdir(parents=True, exist_ok=True)
     # The references first: they are small, so a mistake in them shows before the long train pass.
     references = {split: pairs for split in REFERENCE_SPLITS if split in sources
-                  and (pairs := _read_reference(split, sources[split], config.data, stats)) is not None}
+                  and (pairs := _read_reference(split, sources[split], config, stats)) is not None}
     with tempfile.TemporaryDirectory(dir=run.data_dir, prefix=".train-text.") as tmp:
         text_files = {side: Path(tmp) / f"train.{side}.txt" for side in SIDES}
         clean_pairs = _clean_train(sources["train"], config.data, text_files, stats)
@@ -222,14 +224,20 @@ def _foreign_file(run: RunDir) -> Path | None:
 
 
 def _read_reference(
-    split: str, source: Source, data: DataConfig, stats: dict[str, dict],
+    split: str, source: Source, config: Config, stats: dict[str, dict],
 ) -> tuple[list[str], list[str]] | None:
-    """A valid/test split's pairs with two non-empty sides, or None (with a warning) when an
-    optional dataset split does not exist."""
+    """A valid/test split's pairs with two non-empty sides of at most decode.line_bytes characters
+    (what translate reads of a line: a longer one is no sentence, and validating on it would take
+    hours), or None (with a warning) when an optional dataset split does not exist."""
     stderr.print(f"reading {split} from {escape(source.path)}")
     counts, dropped = {"read": 0, "invalid_utf8": 0}, dict.fromkeys(DROP_REASONS[split], 0)
+    data, most = config.data, config.decode.line_bytes
+
+    def problem(src: str, tgt: str) -> str | None:
+        return _empty_side(src, tgt) or ("too_long" if max(len(src), len(tgt)) > most else None)
+
     try:
-        pairs = list(_clean(iter_pairs(source, data.src_lang, data.tgt_lang), _empty_side, counts, dropped))
+        pairs = list(_clean(iter_pairs(source, data.src_lang, data.tgt_lang), problem, counts, dropped))
     except MissingSplit as missing:
         if source.required:
             raise

@@ -20,7 +20,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from lstmmt import linestream, translator as translator_module
-from lstmmt.config import DecodeConfig, ModelConfig
+from lstmmt.config import BYTES_PER_TOKEN, DecodeConfig, ModelConfig
 from lstmmt.model import Seq2Seq
 from lstmmt.translator import Translator
 from tests.helpers import TINY_RUN, invoke
@@ -200,7 +200,7 @@ def test_a_300_mb_line_without_newline_is_read_in_bounded_memory(run):
     _, _, short_peak = translate_measured(run, [b"seven\n"])
     stdout, stderr, peak = translate_measured(run, [b"seven " * (1 << 17)] * (300 * (1 << 20) // (6 << 17)))
     assert stdout.count(b"\n") == 1
-    assert f"line 1: longer than {MAX_SOURCE_TOKENS * linestream.BYTES_PER_TOKEN:,} bytes" in stderr
+    assert f"line 1: longer than {MAX_SOURCE_TOKENS * BYTES_PER_TOKEN:,} bytes" in stderr
     assert peak - short_peak < 100 << 20, f"peak RSS {peak >> 20} MiB against {short_peak >> 20} MiB for one short line"
 
 

@@ -132,7 +132,8 @@ def sources(tmp_path: Path) -> dict:
         encoded(tgt) + [b"EMPTY SOURCE", b"CAFE OK", long_line.upper().encode(), ratio_tgt.encode()],
     )
     valid_src, valid_tgt = corpus(20, seed=1)
-    valid_rows = [*zip(valid_src, valid_tgt), ("", "EMPTY"), (ratio_src, ratio_tgt)]
+    no_sentence = "word " * 4000  # 20,000 characters: more than translate reads of a line (decode.line_bytes)
+    valid_rows = [*zip(valid_src, valid_tgt), ("", "EMPTY"), (ratio_src, ratio_tgt), (no_sentence, "LONG")]
     valid = tmp_path / "valid.tsv"
     valid.write_bytes(b"".join(f"{s}\t{t}\n".encode() for s, t in valid_rows) + b"bad \xff\tBAD\n")
     test = tmp_path / "test.jsonl"
@@ -159,8 +160,10 @@ def test_preprocess_writes_the_documented_files(
         "read": 204, "invalid_utf8": 1, "kept": 200,
         "dropped": {"empty": 1, "invalid_utf8": 1, "too_long": 1, "bad_ratio": 1},
     }  # fmt: skip
-    # valid keeps what train would drop for its length or broken bytes: it is a reference.
-    assert meta["splits"]["valid"] == {"read": 23, "invalid_utf8": 1, "dropped": {"empty": 1}, "kept": 22}
+    # valid keeps what train would drop for its length or broken bytes: it is a reference; a
+    # "line" longer than translate reads goes.
+    assert meta["splits"]["valid"] == {"read": 24, "invalid_utf8": 1, "dropped": {"empty": 1, "too_long": 1},
+                                       "kept": 22}
     assert meta["splits"]["test"]["kept"] == 10
     assert (meta["src_lang"], meta["tgt_lang"]) == ("en", "de")
     assert meta["tokenizer"] == {"joint": True, "model_type": "unigram", "src_vocab_size": 50, "tgt_vocab_size": 50,
