@@ -9,6 +9,7 @@ training exactly (optimizer, step, data position, RNG states, early-stopping sta
 from __future__ import annotations
 
 import errno
+import pickle
 import re
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -61,8 +62,12 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (torch raises many types for torn zips and refused globals)
-        raise UserError(f"cannot load checkpoint {path} (truncated, corrupt or unsafe): {first_line(exc)}") from None
+    except pickle.UnpicklingError:  # torch's own advice (load with weights_only=False) would run the code
+        raise UserError(f"cannot load checkpoint {path} (unsafe): it holds pickled objects other than tensors, "
+                        "which lstmmt never runs; it is no checkpoint lstmmt wrote") from None
+    except Exception as exc:  # noqa: BLE001 (torch raises many types for torn zips)
+        reason = first_line(exc, 120).split(". ")[0]
+        raise UserError(f"cannot load checkpoint {path} (truncated or corrupt): {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise UserError(f"{path} is not an lstmmt checkpoint")
     return payload

@@ -204,6 +204,7 @@ class RunDir:
         if not held:
             yield
             return
+        self.require_folder()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -241,9 +242,13 @@ class RunDir:
     def has_split(self, split: str) -> bool:
         return self.offsets(split, "src").exists()
 
-    def require_preprocessed(self) -> None:
+    def require_folder(self) -> None:
+        """A UserError when the run's path is a file (a corpus or a release archive given as RUN)."""
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root} is a file, not a run directory (nor a release)")
+
+    def require_preprocessed(self) -> None:
+        self.require_folder()
         if not self.root.is_dir():
             raise UserError(f"run directory {self.root} does not exist: run `lstmmt preprocess {self.root} ...` first")
         if not (self.config.exists() and self.meta.exists()):

@@ -396,6 +396,10 @@ class Trainer:
             self._seed_rank(self.state.step)  # checkpoints hold rank 0's RNG state only
             self.out.print(f"Resuming from {path} (step {self.state.step}, epoch {self.state.epoch + 1})", markup=False)
             self.out.forget_after(self.state.step)
+            best = self.run.checkpoint("best")
+            if self.state.best_bleu >= 0 and not checkpoint.is_training_checkpoint(best):
+                self.out.warn(f"{best} is missing or damaged: the next validation writes it again")
+                self.state.best_bleu = -1.0  # else only a better score than the lost one would replace it
             return True
         return False
 

@@ -331,6 +331,22 @@ def test_out_of_range_config_yaml_is_one_line_naming_the_key(trained, tmp_path, 
     assert_one_line_error(invoke("train", run, "--max-steps", "45"), key, message)
 
 
+def test_a_file_given_as_the_run_is_named_as_such(corpus, tmp_path):
+    file = corpus / "train.en"
+    for command in (preprocess_args(file, corpus), ["train", file], ["average", file, "--last", "1"], ["info", file]):
+        assert_one_line_error(invoke(*command), "is a file, not a run directory")
+
+
+def test_a_damaged_best_checkpoint_is_written_again_by_the_next_validation(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    best = run / "checkpoints/best.pt"
+    best.write_bytes(best.read_bytes()[:100])
+    result = invoke("train", run, "--max-steps", str(STEPS + 15))
+    assert result.exit_code == 0, result.output
+    assert "best.pt is missing or damaged" in " ".join(result.output.split())
+    assert checkpoint.load(best)["step"] > STEPS  # a validation after the resume wrote it again
+
+
 def test_torn_last_metrics_line_is_skipped(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     with open(run / "logs/metrics.jsonl", "a") as handle:

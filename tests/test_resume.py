@@ -135,9 +135,14 @@ def test_malicious_checkpoint_fails_cleanly_without_running_its_payload(tmp_path
     marker = tmp_path / "pwned"
     planted = tmp_path / "planted.pt"
     torch.save({"format": 1, "model": {}, "evil": Payload(marker)}, planted)
-    with pytest.raises(UserError, match="unsafe"):
+    with pytest.raises(UserError, match="unsafe") as error:
         checkpoint.load(planted)
     assert not marker.exists()
+    assert "weights_only" not in str(error.value)  # torch's advice to load it unsafely is not passed on
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(planted.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"truncated or corrupt\): PytorchStreamReader failed reading zip archive"):
+        checkpoint.load(torn)
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
