@@ -15,10 +15,11 @@ from lstmmt.tokenizer import EOS
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"beam_size": 0}, "decode.beam_size must be an integer >= 1"),
-    ({"beam_size": -2}, "decode.beam_size must be an integer >= 1"),
+    ({"beam_size": 0}, "decode.beam_size must be an integer in [1, 1000]"),
+    ({"beam_size": -2}, "decode.beam_size must be an integer in [1, 1000]"),
+    ({"beam_size": 1001}, "decode.beam_size must be an integer in [1, 1000]"),
     ({"n_best": 6}, "decode.n_best must be an integer in [1, decode.beam_size (5)], got 6"),
-    ({"n_best": 0}, "decode.n_best must be an integer >= 1 (at most beam_size in beam search), got 0"),
+    ({"n_best": 0}, "decode.n_best must be an integer in [1, 1000] (at most beam_size in beam search), got 0"),
     ({"beam_size": 2, "n_best": 3}, "decode.n_best must be an integer in [1, decode.beam_size (2)], got 3"),
     ({"length_penalty": math.nan}, "decode.length_penalty must be a number in [-10, 10], got nan"),
     ({"length_penalty": 1e308}, "decode.length_penalty must be a number in [-10, 10], got 1e+308"),
@@ -29,7 +30,7 @@ from lstmmt.tokenizer import EOS
     ({"length_penalty": "x" * 5000}, f"decode.length_penalty must be a number, got '{'x' * 27}...{'x' * 28}'"),
     ({"batch_tokens": 0}, "decode.batch_tokens must be an integer >= 1"),
     ({"max_source_tokens": 0}, "decode.max_source_tokens must be an integer >= 1"),
-    ({"workers": 0}, "decode.workers must be an integer >= 1"),
+    ({"workers": 0}, "decode.workers must be an integer in [1, 1024]"),
     ({"beam_size": 2.5}, "decode.beam_size must be int"),
     ({"beam": 3}, "unknown decode setting(s) beam"),
 ])
