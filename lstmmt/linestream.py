@@ -213,6 +213,8 @@ def open_input(path: str) -> BinaryIO:
 def check_paths(inputs: list[str], output: str, run: RunDir | None = None) -> None:
     """Refuse, before any work is done, missing inputs, directories as inputs or as the output,
     and an output that is one of the inputs or a file of `run` (rundir.check_output)."""
+    if inputs.count("-") > 1:
+        raise UserError("only one input can be - (stdin): give the others as files")
     for path in inputs:
         if path != "-" and Path(path).is_dir():
             raise UserError(f"input {path} is a directory; give a file, a pipe or - for stdin")

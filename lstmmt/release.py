@@ -194,7 +194,9 @@ def export(run: RunDir, output: Path, checkpoint_name: str = "best", dtype: Dtyp
     archive = output.name.endswith((".tar.gz", ".tgz"))
     if archive:
         check_output(output, run=run)
-    elif output.exists() and (not output.is_dir() or any(output.iterdir())) or run.owns(output):
+    elif run.owns(output):
+        raise UserError(f"{output} lies in what the run {run.root} keeps: write the release elsewhere")
+    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError(f"{output} already exists: choose a new folder, or a .tar.gz file name")
     source = checkpoints.resolve(run, checkpoint_name)
     payload = checkpoints.load(source)

@@ -122,6 +122,8 @@ def test_an_input_as_the_output_is_refused_and_kept(tiny_run, source, tmp_path):
     result = invoke("score", tiny_run, "--src", source, "--tgt", targets, "-o", targets)
     assert result.exit_code == 1 and "is the input" in result.stderr and "Scoring on" not in result.stderr
     assert source.read_bytes() == before and targets.read_text(encoding="utf-8") == "sieben\nhalb acht\n"
+    result = invoke("score", tiny_run, "--src", "-", "--tgt", "-", input="seven\n")
+    assert result.exit_code == 1 and "only one input can be - (stdin)" in result.output
 
 
 @pytest.fixture

@@ -138,6 +138,9 @@ def test_export_refuses_a_non_empty_folder_and_leaves_it(run, tmp_path):
     result = invoke("export", run, "-o", out)
     assert result.exit_code == 1 and "already exists" in result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    result = invoke("export", run, "-o", run / "checkpoints/release")
+    assert result.exit_code == 1 and "write the release elsewhere" in result.output
+    assert not (run / "checkpoints/release").exists()
 
 
 def test_serve_of_a_release_answers_the_libretranslate_client(run, release):
