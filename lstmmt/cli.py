@@ -616,10 +616,11 @@ def export(
 @app.command()
 @friendly
 def info(run_dir: Path = RunArg) -> None:
-    """Show what a run directory holds: config, data, tokenizer, checkpoints, scores."""
+    """Show what a run directory holds (config, data, tokenizer, checkpoints, scores), or a release
+    (`lstmmt export`: its manifest, model and decode settings)."""
     from lstmmt.info import describe
 
-    stdout.print(describe(RunDir(run_dir)))
+    stdout.print(describe(run_dir))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`lstmmt info`: a readable summary of a run directory, built only from its files."""
+"""`lstmmt info`: a readable summary of a run directory or a release, built only from its files."""
 
 from __future__ import annotations
 
@@ -11,10 +11,37 @@ from rich.text import Text
 
 from lstmmt.config import Config
 from lstmmt.metrics_log import read_metrics
+from lstmmt.release import Release, is_release, open_release
 from lstmmt.rundir import RunDir
 
 
-def describe(run: RunDir) -> RenderableType:
+def describe(path: Path) -> RenderableType:
+    """The summary of a run directory, or of a release (checked against its manifest first)."""
+    return describe_release(open_release(path), path) if is_release(path) else describe_run(RunDir(path))
+
+
+def describe_release(release: Release, path: Path) -> RenderableType:
+    """The release unpacked from `path` (a folder or a .tar.gz): its manifest, model and decode settings."""
+    facts = release.manifest
+    config = Config.load(release.layout.config)
+    title = Text.assemble((str(path), "bold"), f": release, {facts.get('source_lang')} -> "
+                          f"{facts.get('target_lang')}")
+    table = Table(title="manifest.json", show_header=False)
+    source = facts.get("checkpoint") or {}
+    for name, value in (("format", f"{facts.get('format_version')} (lstmmt {facts.get('lstmmt_version')})"),
+                        ("created", facts.get("created")), ("license", facts.get("license") or "not stated"),
+                        ("parameters", f"{facts.get('parameters', 0):,} ({facts.get('dtype')})"),
+                        ("from", f"{source.get('name')} at step {source.get('step')}"),
+                        ("files", ", ".join(sorted(facts.get("files", {}))))):
+        table.add_row(name, str(value))
+    decode = config.decode
+    search = f"beam {decode.beam_size}" if decode.sample_topk is None else f"sampling (top-k {decode.sample_topk})"
+    options = [search, f"precision {decode.precision}", *(["shortlist"] if decode.shortlist else []),
+               *(["int8"] if decode.quantize == "int8" else [])]
+    return Group(title, _settings(config), table, Text("decode: " + ", ".join(options)))
+
+
+def describe_run(run: RunDir) -> RenderableType:
     run.require_preprocessed()
     config = Config.load(run.config)
     meta = run.read_meta()

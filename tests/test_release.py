@@ -72,6 +72,18 @@ def test_release_holds_weights_only_and_is_smaller_than_best_pt(run, release):
     assert set(manifest["files"]) == files - {"manifest.json"}
 
 
+def test_info_describes_a_release_folder_or_archive(release, tmp_path):
+    archive = tmp_path / "en-de.tar.gz"
+    shutil.make_archive(str(archive).removesuffix(".tar.gz"), "gztar", release.parent, release.name)
+    manifest = json.loads((release / "manifest.json").read_text())
+    for path in (release, archive):
+        result = invoke("info", path)
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        assert f"{path}: release, en -> de" in text and f"{manifest['parameters']:,} (fp32)" in text
+        assert f"at step {manifest['checkpoint']['step']}" in text and "decode: beam" in text
+
+
 def test_model_card_names_languages_data_hashes_and_scores(run, release):
     card = (release / "README.md").read_text(encoding="utf-8")
     meta = json.loads((run / "data" / "meta.json").read_text())
