@@ -23,8 +23,10 @@ _IO_ADVICE = {
 
 
 def io_error_message(exc: OSError) -> str:
-    """One line for an I/O failure: the path, the cause and what to do."""
-    path = exc.filename if exc.filename is not None else "a file"
+    """One line for an I/O failure: the path, the cause and what to do. Of a copy that found the
+    disk full (shutil names both files), the file being written."""
+    written = exc.filename2 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    path = written or (exc.filename if exc.filename is not None else "a file")
     cause = exc.strerror or str(exc)
     advice = _IO_ADVICE.get(exc.errno or 0)
     return f"cannot write or read {path}: {cause}" + (f"; {advice}" if advice else "")

@@ -288,18 +288,21 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     A crash at any moment leaves either the old file or the new one, never a torn one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp_name = None
     try:
-        write(tmp)
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        with open(tmp, "rb+") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        write(Path(tmp_name))
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+        with open(tmp_name, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (exc.filename is None or Path(exc.filename).name.startswith(f".{path.name}.")):
+            exc.filename = str(path)  # the file the user knows, not the temporary one
         raise
     _fsync_dir(path.parent)
 
