@@ -338,8 +338,9 @@ def test_a_native_answer_holds_at_most_a_million_attention_weights():
 def test_the_worker_logs_truncated_request_sentences_and_leaves_the_translator_it_was_given(reference):
     logged: list[str] = []
     worker = Worker(reference, Limits(), log=logged.append)
-    jobs = [Job(["seven " * 300], reference.decode, False)]
+    jobs = [Job(["seven " * 300], reference.decode, False), Job(["seven " * 300] * 40, reference.decode, False)]
     answer(worker, jobs)
-    assert len(jobs[0].future.result()) == 1
-    assert logged == ["warning: a request sentence has 600 tokens, truncated to 250"]
+    assert [len(job.future.result()) for job in jobs] == [1, 40]
+    assert logged == ["warning: a request sentence has 600 tokens, truncated to 250",
+                      "warning: 40 more request sentences of that batch were truncated too"]
     assert reference.warn is not worker.translator.warn

@@ -65,6 +65,7 @@ class Worker:
         self.queue: queue.Queue = queue.Queue(maxsize=limits.queue_size)
         self.thread = threading.Thread(target=self._run, name="lstmmt-worker", daemon=True)
         self.busy = False
+        self.warnings = 0  # warnings of the batch being searched
         self.requests = self.sentences = self.batches = 0
         self.pending = 0  # jobs submitted and not yet answered
         self.lock = threading.Lock()
@@ -136,13 +137,15 @@ class Worker:
         groups: dict[tuple, list[tuple[Job, int]]] = {}
         for job, count in slices:
             groups.setdefault((dataclasses.astuple(job.decode), job.alignment), []).append((job, count))
-        self.busy = True
+        self.busy, self.warnings = True, 0
         start = time.perf_counter()
         try:  # the cheapest group first: small requests are answered before a large one's slice is searched
             for (_, alignment), group in sorted(groups.items(), key=lambda item: _cost(item[1])):
                 self._search(group, alignment)
         finally:
             self.busy = False
+            if self.warnings > 1:
+                self.log(f"warning: {self.warnings - 1} more request sentences of that batch were truncated too")
             elapsed = time.perf_counter() - start
             self.seconds_per_batch = elapsed if not self.seconds_per_batch else \
                 0.8 * self.seconds_per_batch + 0.2 * elapsed
@@ -191,7 +194,11 @@ class Worker:
                 job.future.set_result(job.done)
 
     def _warn(self, message: str) -> None:
-        self.log("warning: a request sentence has " + message.split(": ", 1)[-1])
+        """The first warning of a batch (a truncated sentence) in the log; the others are counted,
+        so one request of many long sentences cannot flood the log."""
+        if not self.warnings:
+            self.log("warning: a request sentence has " + message.split(": ", 1)[-1])
+        self.warnings += 1
 
 
 def width(decode: DecodeConfig) -> int:
