@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,19 @@ class Ranks:
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+
+@contextmanager
+def joined(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
+    """This rank and its device (setup) for the block, then leave the process group (teardown):
+    after the others once the block ends, at once when it raises."""
+    ranks, device = setup(device_name)
+    try:
+        yield ranks, device
+    except BaseException:
+        teardown(finished=False)
+        raise
+    teardown(finished=True)
 
 
 def setup(device_name: str) -> tuple[Ranks, torch.device]:
@@ -67,8 +82,13 @@ def check_gpus_for(ranks_here: int, device: torch.device) -> None:
                         f"use --nproc {count} (or torchrun --nproc_per_node {count}), or --device cpu")
 
 
-def teardown() -> None:
+def teardown(finished: bool) -> None:
+    """Leave the process group. A rank that finished waits for the others first: one that tears
+    gloo down while a peer is still at work can abort at exit ("terminate called without an
+    active exception"). A rank leaving on an error does not wait (the others may never come)."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

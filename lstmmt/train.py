@@ -497,26 +497,23 @@ def train(run: RunDir, config: Config, restart: bool = False, parent: Parent | N
     parent = _parent_to_start_from(run, config, restart, parent)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    ranks, device = distributed.setup(config.train.device)
-    try:  # rank 0 holds the run's lock; the checkpoints folder must be writable before training starts
-        with run.lock("train", held=ranks.is_main, writable=run.checkpoints):
-            trainer = Trainer(run, config, device, ranks)
+    with distributed.joined(config.train.device) as (ranks, device), \
+            run.lock("train", held=ranks.is_main, writable=run.checkpoints):  # rank 0's; checkpoints/ writable
+        trainer = Trainer(run, config, device, ranks)
+        if ranks.is_main:
+            run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
+        if restart:
             if ranks.is_main:
-                run.train_summary.unlink(missing_ok=True)  # training (again): not finished until it says so
-            if restart:
-                if ranks.is_main:
-                    for old in [*run.checkpoints.glob("*.pt"), run.metrics, run.train_log]:
-                        old.unlink(missing_ok=True)
-            elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
-                raise UserError(f"no checkpoint in {run.checkpoints} could be read; "
-                                "pass --restart to train from scratch")
-            if parent is not None:
-                trainer.start_from(parent)
-            if ranks.is_main:  # with the settings the device chose, so a resumed run (on any device) keeps them
-                trainer.config.save(run.config)
-            return trainer.fit()
-    finally:
-        distributed.teardown()
+                for old in [*run.checkpoints.glob("*.pt"), run.metrics, run.train_log]:
+                    old.unlink(missing_ok=True)
+        elif not trainer.resume() and any(run.checkpoints.glob("*.pt")):
+            raise UserError(f"no checkpoint in {run.checkpoints} could be read; "
+                            "pass --restart to train from scratch")
+        if parent is not None:
+            trainer.start_from(parent)
+        if ranks.is_main:  # with the settings the device chose, so a resumed run (on any device) keeps them
+            trainer.config.save(run.config)
+        return trainer.fit()
 
 
 def _parent_to_start_from(run: RunDir, config: Config, restart: bool, given: Parent | None) -> Parent | None:

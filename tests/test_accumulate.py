@@ -163,8 +163,7 @@ def train_rank(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    ranks, device = distributed.setup("cpu")
-    try:
+    with distributed.joined("cpu") as (ranks, device):
         trainer = Trainer(RunDir(Path(run_dir)), Config.load(Path(run_dir) / "config.yaml"), device, ranks)
         allreduces = []
 
@@ -176,8 +175,6 @@ def train_rank(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> 
         trainer.fit()
         torch.save({"model": trainer.model.state_dict(), "allreduces": len(allreduces), "steps": trainer.state.step},
                    Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        distributed.teardown()
 
 
 def free_port() -> int:

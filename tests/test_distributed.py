@@ -55,14 +55,11 @@ def train_rank(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> 
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     run = RunDir(Path(run_dir))
-    ranks, device = distributed.setup("cpu")
-    try:
+    with distributed.joined("cpu") as (ranks, device):
         trainer = Trainer(run, Config.load(run.config), device, ranks)
         seen = record_batches(trainer)
         trainer.fit()
         torch.save({"model": trainer.model.state_dict(), "seen": seen}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        distributed.teardown()
 
 
 @pytest.mark.slow
