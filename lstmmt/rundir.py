@@ -15,9 +15,10 @@ Layout (documented in README.md):
     RUN/shortlist.npz               vocabulary shortlist for search (`lstmmt shortlist`; lstmmt/shortlist.py)
     RUN/logs/train.log, metrics.jsonl
     RUN/translations/NAME.hyp       translate output
-    RUN/scores/NAME.json            evaluate output (split-SPLIT.json for --split,
+    RUN/scores/NAME.json            evaluate output (split-NAME.json for translations/NAME.hyp of --split,
                                     hyp-STEM.HASH.json or --name for --hyp)
     RUN/.lock                       held (flock) by preprocess, train and average; holds the holder's PID
+    RUN/.preprocess/                while preprocess runs: the new config.yaml, tokenizer/ and data/
 
 Outputs a user names (`-o`) go through write_output and check_output: atomic for files,
 streamed into FIFOs, devices and descriptors, never one of the command's inputs nor a file
