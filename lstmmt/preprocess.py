@@ -415,7 +415,7 @@ def _show_summary(run: RunDir, stats: dict[str, dict]) -> None:
     reasons = DROP_REASONS["train"]
     table = Table(
         title=f"preprocessed {escape(str(run.root))}",
-        caption="pairs dropped, by reason; valid and test are only cleaned of empty sides",
+        caption="pairs dropped, by reason; valid and test lose only empty sides and over-long lines",
     )
     for column in ("split", "read", *(reason.replace("_", " ") for reason in reasons), "kept"):
         table.add_column(column, justify="left" if column == "split" else "right")
