@@ -11,7 +11,7 @@ from rich.text import Text
 
 from lstmmt.config import Config
 from lstmmt.metrics_log import read_metrics
-from lstmmt.release import Release, is_release, open_release
+from lstmmt.release import Release, decoding, is_release, open_release
 from lstmmt.rundir import RunDir
 
 
@@ -34,11 +34,7 @@ def describe_release(release: Release, path: Path) -> RenderableType:
                         ("from", f"{source.get('name')} at step {source.get('step')}"),
                         ("files", ", ".join(sorted(facts.get("files", {}))))):
         table.add_row(name, str(value))
-    decode = config.decode
-    search = f"beam {decode.beam_size}" if decode.sample_topk is None else f"sampling (top-k {decode.sample_topk})"
-    options = [search, f"precision {decode.precision}", *(["shortlist"] if decode.shortlist else []),
-               *(["int8"] if decode.quantize == "int8" else [])]
-    return Group(title, _settings(config), table, Text("decode: " + ", ".join(options)))
+    return Group(title, _settings(config), table, Text("decode: " + decoding(config.decode)))
 
 
 def describe_run(run: RunDir) -> RenderableType:

@@ -327,10 +327,15 @@ def _settings(config: Config) -> list[str]:
             f"tied embeddings {str(m.tie_embeddings).lower()}",
             f"- Training: {t.batch_tokens}-token batches, lr {t.lr} ({t.schedule} schedule), label smoothing "
             f"{t.label_smoothing}, dropout {m.dropout}",
-            f"- Decoding: beam {config.decode.beam_size}, length penalty {config.decode.length_penalty}"
-            + (", shortlist" if config.decode.shortlist else "") + (f", {config.decode.quantize}"
-                                                                      if config.decode.quantize != "none" else ""),
+            f"- Decoding: {decoding(config.decode)}",
             ""]
+
+
+def decoding(decode: DecodeConfig) -> str:
+    """A release's decode settings in a few words, for its model card and `lstmmt info`."""
+    options = [f"beam {decode.beam_size}", f"length penalty {decode.length_penalty}",
+               *(["shortlist"] if decode.shortlist else []), *([decode.quantize] if decode.quantize != "none" else [])]
+    return ", ".join(options)
 
 
 def _training(run: RunDir) -> list[str]:
